@@ -1,0 +1,37 @@
+# Two commands do everything:  make repro  (the whole study)  and  make test  (the test suite).
+# Both create or reuse the virtual environment .venv inside the repository.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup test repro quick bench-loss lab clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+setup: $(VENV)/.installed  ## create or update .venv
+
+test: setup  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+repro: setup  ## run the whole study with DVC (results land in results/)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp $(shell $(BIN)/python -m fgmm_lib.profiles quick)
+
+bench-loss: setup  ## time and memory of the loss backends on this machine
+	$(BIN)/fgmm bench-loss --out results/bench
+
+lab: setup  ## open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,166 @@
+"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss.
+
+Options of ``generate`` and ``pretrain`` are derived from the fields of
+:class:`fgmm_lib.data.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
+line, ``params.yaml`` and the Python API always name the same knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Sequence
+
+
+def parse_bool(text: str) -> bool:
+    """Parse ``true``/``false`` (as DVC writes booleans) and the usual spellings."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """Add one ``--field-name`` option per dataclass field, typed like the field."""
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for name, field in hints.items():
+        if name in skip:
+            continue
+        kind = field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[cls.__module__]))  # noqa: S307
+        if kind is bool:
+            convert: Any = parse_bool
+        elif kind in (int, float, str):
+            convert = kind
+        else:
+            raise TypeError(f"{cls.__name__}.{name}: unsupported option type {kind!r}")
+        has_default = field.default is not dataclasses.MISSING
+        help_text = field.metadata.get("help", "")
+        if has_default:
+            help_text = f"{help_text} (default: {field.default})".strip()
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=convert,
+            required=not has_default,
+            default=argparse.SUPPRESS,
+            metavar=kind.__name__.upper(),
+            help=help_text,
+        )
+
+
+def _options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from fgmm_lib.data import GenerationConfig, generate_dataset
+
+    config = GenerationConfig.from_dict(_options(args, GenerationConfig))
+    out = generate_dataset(config, args.out, vocab=args.vocab, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from fgmm_lib.train import TrainConfig, pretrain
+
+    config = TrainConfig.from_dict(_options(args, TrainConfig))
+    run = pretrain(config, resume=args.resume, progress=not args.quiet)
+    print(f"wrote {run}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fgmm_lib.evaluate import evaluate
+
+    metrics = evaluate(args.run, args.data, split=args.split, out=args.out, probe_split=args.probe_split,
+                       progress=not args.quiet)
+    printable = {k: v for k, v in metrics.items() if k != "probe"}
+    printable["probe"] = {k: v for k, v in (metrics.get("probe") or {}).items() if k != "confusion"}
+    print(json.dumps(printable, indent=2))
+    return 0
+
+
+def _cmd_bench_loss(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench import bench_loss
+
+    kwargs: dict[str, Any] = {"out_dir": args.out, "quick": args.quick, "progress": not args.quiet}
+    for name in ("device", "dtype", "repeats", "memory_budget_gib", "dim"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    for name in ("batch_sizes", "cells", "phrases", "backends", "aggregations"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = tuple(value)
+    table = bench_loss(**kwargs)
+    print(table.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fgmm`` command."""
+    from fgmm_lib.data import GenerationConfig
+    from fgmm_lib.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="fgmm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write a Narrated Digits dataset folder")
+    gen.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
+    gen.add_argument("--vocab", default=None, help="reuse this vocab.json instead of building one")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_options(gen, GenerationConfig)
+    gen.set_defaults(func=_cmd_generate)
+
+    pre = sub.add_parser("pretrain", help="pretrain both encoders from scratch")
+    pre.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_options(pre, TrainConfig)
+    pre.set_defaults(func=_cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="every downstream task of a run, on held-out clips")
+    ev.add_argument("--run", required=True, help="run folder written by 'fgmm pretrain'")
+    ev.add_argument("--data", required=True, help="evaluation dataset folder (same vocabulary as the run)")
+    ev.add_argument("--out", default=None, help="metrics JSON to write")
+    ev.add_argument("--split", default="test", help="split to evaluate on (default: test)")
+    ev.add_argument("--probe-split", default="train", help="split the linear probe is trained on (default: train)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    bench = sub.add_parser("bench-loss", help="time and peak memory of the pair-score backends")
+    bench.add_argument("--out", default="results/bench", help="folder for loss.csv and loss.png")
+    bench.add_argument("--quick", action="store_true", help="a few small sizes only")
+    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    bench.add_argument("--repeats", type=int, default=None)
+    bench.add_argument("--dim", type=int, default=None)
+    bench.add_argument("--memory-budget-gib", type=float, default=None)
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    bench.add_argument("--cells", type=int, nargs="+", default=None)
+    bench.add_argument("--phrases", type=int, nargs="+", default=None)
+    bench.add_argument("--backends", nargs="+", default=None)
+    bench.add_argument("--aggregations", nargs="+", default=None)
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_cmd_bench_loss)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fgmm`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError) as error:
+        print(f"fgmm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
