@@ -41,8 +41,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
         help_text = field.metadata.get("help", "")
         if has_default:
             help_text = f"{help_text} (default: {field.default})".strip()
+        flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            *flags,
             dest=name,
             type=convert,
             required=not has_default,
