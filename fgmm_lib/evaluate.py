@@ -1,0 +1,822 @@
+"""Downstream evaluation with frozen encoders (STUDY.md section 5).
+
+Four tasks, all on held-out clips of a clean evaluation set (every noise knob at 0, the
+pretraining vocabulary):
+
+- action recognition: a linear probe (multinomial logistic regression) on the clips' global
+  video embeddings, trained on the probe split and reported on the evaluation split as top-1
+  accuracy (micro: the fraction of clips classified correctly);
+- text to video retrieval, zero-shot: the distinct clean captions of the split query its clips;
+  every clip whose clean caption equals the query is a correct answer;
+- text to image retrieval: "the <colour> <digit>" queries a corpus of still clips (one frame
+  where the actor is visible, repeated over the clip's length); every still of that colour and
+  digit is a correct answer;
+- attention pointing: does the cell that the digit word's phrase attends to most fall inside
+  the actor's box.
+
+Retrieval scores are the run's own pair score (STUDY.md section 2): the cosine of the global
+embeddings for ``coarse`` and ``milnce``, and the fine-grained aggregation with the run's
+(possibly learned) temperatures for ``mean``, ``max`` and ``attention``.
+
+The linear probe uses the global video embedding (not the mean of the local tokens): it is the
+pooled feature every loss trains (``coarse`` and ``milnce`` only ever see it), so all runs are
+probed on the same kind of feature.
+
+Public API: :func:`embed_dataset`, :func:`pair_score_matrix`, :func:`retrieval_metrics`,
+:func:`random_ranking_hit_rate`, :func:`linear_probe`, :func:`cell_hit_mask`,
+:func:`pointing_accuracy` and :func:`evaluate` (what ``fgmm evaluate`` runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.retrieval import RetrievalHitRate
+from tqdm.auto import tqdm
+
+__all__ = [
+    "FINE_GRAINED_LOSSES",
+    "COARSE_LOSSES",
+    "embed_dataset",
+    "pair_score_matrix",
+    "retrieval_metrics",
+    "random_ranking_hit_rate",
+    "linear_probe",
+    "cell_hit_mask",
+    "pointing_accuracy",
+    "still_frame_indices",
+    "evaluate",
+]
+
+#: Losses whose pair score is the cosine of the global embeddings.
+COARSE_LOSSES = ("coarse", "milnce")
+#: Losses whose pair score aggregates (cell, phrase) cosines; these have attention maps.
+FINE_GRAINED_LOSSES = ("mean", "max", "attention")
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding
+# --------------------------------------------------------------------------------------------
+
+
+def still_frame_indices(visible: Tensor) -> Tensor:
+    """Index of the frame used as each clip's still image: the middle one of its visible frames.
+
+    ``visible`` is ``[C, T]`` bool. A clip with no visible frame uses its middle frame.
+    """
+    if visible.dim() != 2:
+        raise ValueError(f"visible must have shape [C, T], got {tuple(visible.shape)}")
+    frames = visible.shape[1]
+    visible = visible.bool()
+    counts = visible.sum(dim=1)
+    # Position (0-based) of the wanted visible frame among the visible ones.
+    wanted = torch.div(counts - 1, 2, rounding_mode="floor").clamp(min=0)
+    order = torch.cumsum(visible.long(), dim=1) - 1  # rank of each visible frame among visible ones
+    is_wanted = visible & (order == wanted.unsqueeze(1))
+    index = torch.where(
+        counts > 0, is_wanted.long().argmax(dim=1), torch.full_like(counts, frames // 2)
+    )
+    return index
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def embed_dataset(
+    model: torch.nn.Module,
+    dataset: Any,
+    batch_size: int = 256,
+    progress: bool = True,
+    stills: bool = True,
+) -> dict[str, Tensor]:
+    """Embed every clip of a :class:`fgmm_lib.data.NarratedDigits` split with frozen encoders.
+
+    The model runs in eval mode under ``torch.no_grad`` (its previous mode is restored after);
+    batches go to the model's device and the results come back as float32 CPU tensors.
+
+    Returns a dict (C = clips of the split):
+
+    - ``"video_tokens"`` ``[C, N, D]``, ``"video_global"`` ``[C, D]``: the clips;
+    - ``"caption_phrases"`` ``[C, M, D]``, ``"caption_mask"`` ``[C, M]`` (bool),
+      ``"caption_global"`` ``[C, D]``: the clean captions;
+    - ``"still_tokens"`` ``[C, N, D]``, ``"still_global"`` ``[C, D]``, ``"still_frame"`` ``[C]``:
+      still clips (the frame :func:`still_frame_indices` picks, repeated T times), only if
+      ``stills``;
+    - ``"caption_tokens"`` ``[C, L]``, ``"action"``, ``"digit"``, ``"colour"``, ``"index"`` ``[C]``,
+      ``"boxes"`` ``[C, T, 4]``, ``"visible"`` ``[C, T]``: the clips' labels, for the tasks.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    count = len(dataset)
+    if count == 0:
+        raise ValueError(f"the dataset split {getattr(dataset, 'split', '?')!r} has no clips to embed")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[Tensor]] = {}
+
+    def keep(name: str, value: Tensor) -> None:
+        parts.setdefault(name, []).append(value.detach().to("cpu"))
+
+    starts = range(0, count, batch_size)
+    try:
+        with torch.no_grad():
+            for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress):
+                positions = np.arange(start, min(start + batch_size, count))
+                batch = dataset.get_batch(positions)
+                video = batch["video"].to(device=device, dtype=torch.float32)
+                tokens, global_embedding = model.encode_video(video)
+                keep("video_tokens", tokens.float())
+                keep("video_global", global_embedding.float())
+                caption_tokens = batch["caption_tokens"].to(device)
+                caption_mask = batch["caption_mask"].to(device).bool()
+                phrases, phrase_mask, caption_global = model.encode_text(caption_tokens, caption_mask)
+                keep("caption_phrases", phrases.float())
+                keep("caption_mask", phrase_mask.bool())
+                keep("caption_global", caption_global.float())
+                visible = torch.as_tensor(batch["visible"]).bool()
+                if stills:
+                    frame = still_frame_indices(visible).to(device)
+                    frames = video.shape[2]
+                    gather = frame.view(-1, 1, 1, 1, 1).expand(-1, video.shape[1], 1, *video.shape[3:])
+                    still = torch.gather(video, 2, gather).expand(-1, -1, frames, -1, -1).contiguous()
+                    still_tokens, still_global = model.encode_video(still)
+                    keep("still_tokens", still_tokens.float())
+                    keep("still_global", still_global.float())
+                    keep("still_frame", frame)
+                keep("caption_tokens", torch.as_tensor(batch["caption_tokens"]))
+                for name in ("action", "digit", "colour", "index"):
+                    keep(name, torch.as_tensor(batch[name]).long().reshape(-1))
+                keep("boxes", torch.as_tensor(batch["boxes"]).float())
+                keep("visible", visible)
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(values, dim=0) for name, values in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Pair scores
+# --------------------------------------------------------------------------------------------
+
+
+def pair_score_matrix(
+    video_tokens: Tensor,
+    video_global: Tensor,
+    text_phrases: Tensor,
+    text_mask: Tensor,
+    text_global: Tensor,
+    loss: str,
+    attn_temperature: float = 0.1,
+    weight_temperature: float = 0.1,
+    block_size: int = 256,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Pair scores ``S [Cv, Ct]`` between videos and texts, as the run named by ``loss`` scores them.
+
+    ``coarse`` / ``milnce``: cosine of the global embeddings. ``mean`` / ``max`` / ``attention``:
+    :func:`fgmm_lib.losses.pair_scores` with that aggregation and the given temperatures,
+    computed in blocks of ``block_size`` videos (bounded memory) on ``device`` (default: the
+    device of ``video_tokens``). Returned as a float32 CPU tensor.
+    """
+    device = torch.device(device) if device is not None else video_tokens.device
+    if loss in COARSE_LOSSES:
+        video = F.normalize(video_global.to(device).float(), dim=-1)
+        text = F.normalize(text_global.to(device).float(), dim=-1)
+        return (video @ text.T).cpu()
+    if loss not in FINE_GRAINED_LOSSES:
+        raise ValueError(f"loss must be one of {COARSE_LOSSES + FINE_GRAINED_LOSSES}, got {loss!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    from fgmm_lib.losses import pair_scores
+
+    text = text_phrases.to(device).float()
+    mask = text_mask.to(device).bool()
+    rows = []
+    with torch.no_grad():
+        for start in range(0, video_tokens.shape[0], block_size):
+            block = video_tokens[start : start + block_size].to(device).float()
+            rows.append(
+                pair_scores(
+                    block,
+                    text,
+                    text_mask=mask,
+                    aggregation=loss,
+                    attn_temperature=float(attn_temperature),
+                    weight_temperature=float(weight_temperature),
+                    backend="auto",
+                ).float().cpu()
+            )
+    return torch.cat(rows, dim=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Retrieval
+# --------------------------------------------------------------------------------------------
+
+
+def _check_retrieval_inputs(scores: Tensor, relevant: Tensor) -> None:
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        raise ValueError(f"scores must be a [Q, C] tensor, got {getattr(scores, 'shape', type(scores).__name__)}")
+    if not isinstance(relevant, Tensor) or tuple(relevant.shape) != tuple(scores.shape):
+        shape = tuple(relevant.shape) if isinstance(relevant, Tensor) else type(relevant).__name__
+        raise ValueError(f"relevant must be a bool tensor of the shape of scores {tuple(scores.shape)}, got {shape}")
+    if relevant.dtype != torch.bool:
+        raise ValueError(f"relevant must be a bool tensor, got dtype {relevant.dtype}")
+    if scores.numel() == 0:
+        raise ValueError(f"scores must be non-empty, got shape {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be a float tensor, got dtype {scores.dtype}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores hold NaN or infinite values")
+    empty = ~relevant.any(dim=1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten().tolist()
+        raise ValueError(f"queries {rows[:10]} have no relevant item: every query needs at least one")
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive ints, got {ks!r}")
+    return ks
+
+
+def best_relevant_ranks(scores: Tensor, relevant: Tensor) -> Tensor:
+    """1-based rank of each query's best-ranked relevant item, ``[Q]`` float64.
+
+    Items are ranked by descending score. A tie between relevant and irrelevant items counts
+    as a random order: with ``g`` irrelevant and ``h`` relevant items tied at the best relevant
+    score, the rank is ``1 + (#irrelevant scored higher) + g / (h + 1)`` (its expectation).
+    Without ties this is the plain rank.
+    """
+    _check_retrieval_inputs(scores, relevant)
+    best = scores.masked_fill(~relevant, float("-inf")).amax(dim=1, keepdim=True)
+    higher = ((scores > best) & ~relevant).sum(dim=1).double()
+    tied_irrelevant = ((scores == best) & ~relevant).sum(dim=1).double()
+    tied_relevant = ((scores == best) & relevant).sum(dim=1).double()
+    return 1.0 + higher + tied_irrelevant / (tied_relevant + 1.0)
+
+
+def retrieval_metrics(scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@K (hit rate), median rank and mean rank of a retrieval.
+
+    Args:
+        scores: ``[Q, C]`` score of each corpus item for each query (higher = better).
+        relevant: ``[Q, C]`` bool, True where the item is a correct answer to the query; every
+            query needs at least one.
+        ks: the K of R@K.
+
+    R@K goes through ``torchmetrics.retrieval.RetrievalHitRate(top_k=K)``: a query counts as a
+    hit when any correct answer is among its top K. Scores are first shifted to
+    ``scores - scores.min() + 1`` (order-preserving, all > 0: torchmetrics' retrieval metrics
+    must not see scores <= 0), and the ranks are computed on exactly the float32 values that
+    torchmetrics sees. The median / mean rank is that of the best-ranked correct answer
+    (:func:`best_relevant_ranks`), computed directly.
+
+    Returns ``{"R@1": .., "R@5": .., "R@10": .., "median_rank": .., "mean_rank": ..}``.
+    """
+    _check_retrieval_inputs(scores, relevant)
+    ks = _check_ks(ks)
+    scores64 = scores.detach().to("cpu", torch.float64)
+    shifted = (scores64 - scores64.min() + 1.0).float()
+    relevant = relevant.detach().cpu()
+    queries, corpus = shifted.shape
+    indexes = torch.arange(queries).unsqueeze(1).expand(queries, corpus).reshape(-1)
+    result: dict[str, float] = {}
+    for k in ks:
+        metric = RetrievalHitRate(top_k=k, empty_target_action="error")
+        result[f"R@{k}"] = float(metric(shifted.reshape(-1), relevant.reshape(-1), indexes=indexes))
+    ranks = best_relevant_ranks(shifted, relevant)
+    result["median_rank"] = float(torch.quantile(ranks, 0.5))
+    result["mean_rank"] = float(ranks.mean())
+    return result
+
+
+def random_ranking_hit_rate(relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected R@K of a uniformly random ranking, exactly, for a relevance matrix ``[Q, C]``.
+
+    A query with ``r`` correct answers among ``C`` items misses at K with probability
+    ``binom(C - r, K) / binom(C, K)``; the result is the mean over queries of one minus that.
+    """
+    if not isinstance(relevant, Tensor) or relevant.dim() != 2 or relevant.dtype != torch.bool:
+        raise ValueError("relevant must be a [Q, C] bool tensor")
+    ks = _check_ks(ks)
+    corpus = relevant.shape[1]
+    counts = relevant.sum(dim=1).tolist()
+    result = {}
+    for k in ks:
+        top = min(k, corpus)
+        hits = [1.0 - math.comb(corpus - r, top) / math.comb(corpus, top) for r in counts]
+        result[f"R@{k}"] = float(np.mean(hits)) if hits else float("nan")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Linear probe
+# --------------------------------------------------------------------------------------------
+
+
+def _fit_logistic(
+    features: Tensor, labels: Tensor, num_classes: int, weight_decay: float, epochs: int
+) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS, L2 penalty ``weight_decay/2 ||W||^2``."""
+    weight = torch.zeros(features.shape[1], num_classes, dtype=features.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=features.dtype, requires_grad=True)
+    optimiser = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=epochs, tolerance_grad=1e-9, tolerance_change=1e-12,
+        history_size=20, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = F.cross_entropy(features @ weight + bias, labels) + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _check_probe_inputs(features: Tensor, labels: Tensor, name: str, num_classes: int) -> None:
+    if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[0] == 0:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"{name}_features must be a non-empty [n, D] tensor, got {shape}")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"{name}_labels must be a [n] tensor with n = {features.shape[0]}, got {shape}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}_labels must hold integer class ids, got dtype {labels.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{name}_labels must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError(f"{name}_features hold NaN or infinite values")
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    epochs: int = 200,
+    seed: int = 0,
+    weight_decays: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+    validation_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """Linear probe: multinomial logistic regression on frozen features.
+
+    Features are standardised with the train set's mean and standard deviation, in float64.
+    The L2 weight decay is chosen from ``weight_decays`` by accuracy on a held-out
+    ``validation_fraction`` of the train set (a permutation drawn from ``seed``; ties go to the
+    stronger decay), then the probe is refitted on the whole train set with it. Each fit is a
+    full-batch L-BFGS run of at most ``epochs`` iterations from zero weights (the problem is
+    convex, so the result does not depend on an initialisation).
+
+    Returns ``{"top1": micro top-1 accuracy on the test set (torchmetrics MulticlassAccuracy,
+    average="micro"), "confusion": [[..]] (rows = true class, columns = predicted;
+    torchmetrics MulticlassConfusionMatrix), "weight_decay": the chosen decay, "train_size",
+    "test_size"}``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not weight_decays or any(not (float(w) >= 0 and math.isfinite(float(w))) for w in weight_decays):
+        raise ValueError(f"weight_decays must be non-negative finite numbers, got {weight_decays!r}")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction!r}")
+    _check_probe_inputs(train_features, train_labels, "train", num_classes)
+    _check_probe_inputs(test_features, test_labels, "test", num_classes)
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train_features and test_features must have the same feature size, got "
+            f"{train_features.shape[1]} and {test_features.shape[1]}"
+        )
+    train_x = train_features.detach().cpu().double()
+    test_x = test_features.detach().cpu().double()
+    train_y = train_labels.detach().cpu().long()
+    test_y = test_labels.detach().cpu().long()
+    mean = train_x.mean(dim=0)
+    std = train_x.std(dim=0, unbiased=False).clamp_min(1e-8)
+    train_x = (train_x - mean) / std
+    test_x = (test_x - mean) / std
+
+    decays = sorted({float(w) for w in weight_decays}, reverse=True)  # strongest first: wins ties
+    chosen = decays[0]
+    held_out = int(round(validation_fraction * train_x.shape[0]))
+    if len(decays) > 1 and held_out >= 1 and train_x.shape[0] - held_out >= 2:
+        generator = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(train_x.shape[0], generator=generator)
+        fit_rows, val_rows = order[held_out:], order[:held_out]
+        best_accuracy = -1.0
+        for decay in decays:
+            weight, bias = _fit_logistic(train_x[fit_rows], train_y[fit_rows], num_classes, decay, epochs)
+            predicted = (train_x[val_rows] @ weight + bias).argmax(dim=1)
+            accuracy = float((predicted == train_y[val_rows]).double().mean())
+            if accuracy > best_accuracy:
+                best_accuracy, chosen = accuracy, decay
+    weight, bias = _fit_logistic(train_x, train_y, num_classes, chosen, epochs)
+    predicted = (test_x @ weight + bias).argmax(dim=1)
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, test_y)
+    confusion = MulticlassConfusionMatrix(num_classes=num_classes)(predicted, test_y)
+    return {
+        "top1": float(accuracy),
+        "confusion": confusion.long().tolist(),
+        "weight_decay": chosen,
+        "train_size": int(train_x.shape[0]),
+        "test_size": int(test_x.shape[0]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Pointing
+# --------------------------------------------------------------------------------------------
+
+
+def cell_hit_mask(
+    boxes: Tensor, visible: Tensor, grid: tuple[int, int, int], frame_size: tuple[int, int, int]
+) -> Tensor:
+    """For each clip and token-grid cell, would pointing at that cell be a hit? ``[C, N]`` bool.
+
+    Cell ``(t', y', x')`` of a ``(T', H', W')`` grid over ``T x H x W`` clips has its centre at
+    pixel coordinates ``((x' + 0.5) W / W', (y' + 0.5) H / H')`` and covers the frames whose
+    interval ``[f, f + 1)`` overlaps ``[t' T / T', (t' + 1) T / T')``. It is a hit when that
+    centre lies inside the actor's box (``x0 <= x < x1``, ``y0 <= y < y1``) in at least one
+    covered frame where the actor is visible. Cells are in token order
+    (:func:`fgmm_lib.models.token_to_cell`).
+
+    Args:
+        boxes: ``[C, T, 4]`` actor boxes ``(x0, y0, x1, y1)`` in pixels, exclusive ``x1`` / ``y1``.
+        visible: ``[C, T]`` bool, False on frames where the actor is not shown.
+        grid: ``(T', H', W')``, the model's token grid.
+        frame_size: ``(T, H, W)`` of the clips.
+    """
+    from fgmm_lib.models import token_to_cell
+
+    grid_t, grid_h, grid_w = (int(v) for v in grid)
+    frames, height, width = (int(v) for v in frame_size)
+    if min(grid_t, grid_h, grid_w, frames, height, width) < 1:
+        raise ValueError(f"grid {tuple(grid)} and frame_size {tuple(frame_size)} must hold positive sizes")
+    if boxes.dim() != 3 or boxes.shape[1:] != (frames, 4):
+        raise ValueError(f"boxes must have shape [C, {frames}, 4], got {tuple(boxes.shape)}")
+    if tuple(visible.shape) != tuple(boxes.shape[:2]):
+        raise ValueError(f"visible must have shape {tuple(boxes.shape[:2])}, got {tuple(visible.shape)}")
+    boxes = boxes.double()
+    centre_x = (torch.arange(grid_w, dtype=torch.float64) + 0.5) * width / grid_w  # [W']
+    centre_y = (torch.arange(grid_h, dtype=torch.float64) + 0.5) * height / grid_h  # [H']
+    x0, y0, x1, y1 = (boxes[..., i] for i in range(4))  # [C, T]
+    inside_x = (x0.unsqueeze(-1) <= centre_x) & (centre_x < x1.unsqueeze(-1))  # [C, T, W']
+    inside_y = (y0.unsqueeze(-1) <= centre_y) & (centre_y < y1.unsqueeze(-1))  # [C, T, H']
+    inside = inside_y.unsqueeze(-1) & inside_x.unsqueeze(-2) & visible.bool()[..., None, None]  # [C, T, H', W']
+    frame = torch.arange(frames, dtype=torch.float64)
+    cell_t = torch.arange(grid_t, dtype=torch.float64)
+    covers = (frame.unsqueeze(0) < (cell_t.unsqueeze(1) + 1) * frames / grid_t) & (
+        frame.unsqueeze(0) + 1 > cell_t.unsqueeze(1) * frames / grid_t
+    )  # [T', T]
+    hit = torch.einsum("st,cthw->cshw", covers.double(), inside.double()) > 0  # [C, T', H', W']
+    t, y, x = token_to_cell(torch.arange(grid_t * grid_h * grid_w), (grid_t, grid_h, grid_w))
+    return hit[:, t, y, x]
+
+
+def pointing_accuracy(
+    video_tokens: Tensor,
+    caption_phrases: Tensor,
+    caption_mask: Tensor,
+    phrase_index: Tensor,
+    boxes: Tensor,
+    visible: Tensor,
+    grid: tuple[int, int, int],
+    frame_size: tuple[int, int, int],
+    aggregation: str = "attention",
+    attn_temperature: float = 0.1,
+    weight_temperature: float = 0.1,
+) -> dict[str, float]:
+    """Attention pointing accuracy (STUDY.md section 5, last row).
+
+    For clip ``c``, the phrase ``phrase_index[c]`` (the one centred on the digit word of its
+    clean caption) points at its most attended cell: the argmax over cells of
+    ``attention_maps(...)["phrase_attention"][m]`` for ``attention`` (with the given
+    temperatures), of the cosine ``attention_maps(...)["similarity"][:, m]`` for ``mean`` and
+    ``max`` (the same argmax: the softmax is monotone). The clip is a hit when
+    :func:`cell_hit_mask` marks that cell.
+
+    Args:
+        video_tokens: ``[C, N, D]``; caption_phrases ``[C, M, D]``; caption_mask ``[C, M]`` bool.
+        phrase_index: ``[C]`` long, the digit phrase of each clip (must be a valid phrase).
+        boxes, visible, grid, frame_size: as in :func:`cell_hit_mask`.
+
+    Returns ``{"accuracy": hit rate, "chance": mean over clips of the fraction of cells that
+    are hits (the accuracy of a uniformly random cell), "clips": C}``.
+    """
+    from fgmm_lib.losses import attention_maps
+
+    if aggregation not in FINE_GRAINED_LOSSES:
+        raise ValueError(f"aggregation must be one of {FINE_GRAINED_LOSSES}, got {aggregation!r}")
+    clips = video_tokens.shape[0]
+    if video_tokens.dim() != 3 or clips == 0:
+        raise ValueError(f"video_tokens must be a non-empty [C, N, D] tensor, got {tuple(video_tokens.shape)}")
+    if caption_phrases.dim() != 3 or caption_phrases.shape[0] != clips:
+        raise ValueError(f"caption_phrases must have shape [{clips}, M, D], got {tuple(caption_phrases.shape)}")
+    if tuple(caption_mask.shape) != tuple(caption_phrases.shape[:2]):
+        raise ValueError(f"caption_mask must have shape {tuple(caption_phrases.shape[:2])}, got {tuple(caption_mask.shape)}")
+    if phrase_index.shape != (clips,):
+        raise ValueError(f"phrase_index must have shape [{clips}], got {tuple(phrase_index.shape)}")
+    phrases = caption_phrases.shape[1]
+    index = phrase_index.long()
+    if int(index.min()) < 0 or int(index.max()) >= phrases:
+        raise ValueError(f"phrase_index must lie in [0, {phrases}), got values in [{int(index.min())}, {int(index.max())}]")
+    mask = caption_mask.bool()
+    if not bool(mask[torch.arange(clips), index].all()):
+        bad = torch.nonzero(~mask[torch.arange(clips), index]).flatten().tolist()
+        raise ValueError(f"phrase_index points at padded phrases for clips {bad[:10]}")
+    hits_possible = cell_hit_mask(boxes, visible, grid, frame_size)  # [C, N]
+    if hits_possible.shape[1] != video_tokens.shape[1]:
+        raise ValueError(
+            f"the grid {tuple(grid)} has {hits_possible.shape[1]} cells but video_tokens have "
+            f"N = {video_tokens.shape[1]}"
+        )
+    chosen = torch.empty(clips, dtype=torch.long)
+    with torch.no_grad():
+        for c in range(clips):
+            maps = attention_maps(
+                video_tokens[c], caption_phrases[c], text_mask=mask[c],
+                attn_temperature=float(attn_temperature), weight_temperature=float(weight_temperature),
+            )
+            m = int(index[c])
+            if aggregation == "attention":
+                chosen[c] = int(maps["phrase_attention"][m].argmax())
+            else:
+                chosen[c] = int(maps["similarity"][:, m].argmax())
+    hits = hits_possible[torch.arange(clips), chosen]
+    return {
+        "accuracy": float(hits.double().mean()),
+        "chance": float(hits_possible.double().mean(dim=1).mean()),
+        "clips": int(clips),
+    }
+
+
+def digit_phrase_indices(caption_tokens: Tensor, digits: Tensor, vocab: Any) -> Tensor:
+    """Position of the digit word (``DIGIT_WORDS[digit]``) in each clean caption's token ids ``[C, L]``.
+
+    Phrase index = word index, since the text encoder gives one phrase per word (M = L).
+    """
+    from fgmm_lib.data import DIGIT_WORDS
+
+    positions = []
+    for row, (ids, digit) in enumerate(zip(caption_tokens.tolist(), digits.tolist())):
+        words = list(vocab.decode(ids))
+        word = DIGIT_WORDS[int(digit)]
+        if word not in words:
+            raise ValueError(f"the digit word {word!r} is not among the caption tokens of clip row {row}: {words}")
+        positions.append(words.index(word))
+    return torch.tensor(positions, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_out_writable(out: Path) -> None:
+    """Fail now, before any work, if the metrics file cannot be written at ``out``."""
+    if out.is_dir():
+        raise ValueError(f"cannot write the metrics file {out}: it is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write the metrics file {out}: {error}") from error
+
+
+def _write_json_atomic(payload: dict[str, Any], out: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _clean_probe_rows(meta: Any) -> np.ndarray:
+    """Bool mask of the clean single-actor clips: no distractor and the actor visible in every frame."""
+    no_distractor = np.array([len(list(g)) == 0 for g in meta["distractor_glyphs"]], dtype=bool)
+    all_visible = np.array([bool(np.all(np.asarray(v, dtype=bool))) for v in meta["visible"]], dtype=bool)
+    return no_distractor & all_visible
+
+
+def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """Distinct values in order of first appearance and the row of each first appearance."""
+    seen: dict[Any, int] = {}
+    for row, value in enumerate(values):
+        seen.setdefault(value, row)
+    return list(seen), list(seen.values())
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    probe_split: str = "train",
+    progress: bool = True,
+    batch_size: int = 256,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run every downstream task of STUDY.md section 5 for the run folder ``run`` on ``data``.
+
+    Args:
+        run: a pretraining run folder (read with :func:`fgmm_lib.train.load_run`).
+        data: a Narrated Digits folder generated with the run's vocabulary (normally a clean
+            one: every noise knob at 0).
+        split: the held-out split that retrieval, pointing and the probe's test use.
+        out: if given, the metrics are also written there as JSON (atomically; checked for
+            writability before any work).
+        probe_split: the split the linear probe is trained on.
+        progress: show progress bars.
+        batch_size: clips per forward pass.
+        device: where the encoders run (default: CUDA if available, else CPU).
+
+    Returns a dict::
+
+        {"run", "data", "loss", "split", "probe_split", "clips",
+         "probe": {"action_top1", "chance", "confusion", "weight_decay", "train_clips",
+                   "test_clips", "dropped_train_clips", "dropped_test_clips"},
+         "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
+         "t2i": {same keys},
+         "pointing": {"accuracy", "chance", "clips"} or None for coarse / milnce}
+    """
+    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS, SPLITS, NarratedDigits, Vocabulary
+    from fgmm_lib.train import load_run
+
+    for name, value in (("split", split), ("probe_split", probe_split)):
+        if value not in SPLITS:
+            raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
+    run = Path(run)
+    data = Path(data)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        _check_out_writable(out_path)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist")
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist")
+    data_vocab_path = data / "vocab.json"
+    if not data_vocab_path.is_file():
+        raise FileNotFoundError(f"data folder {data} has no vocabulary file {data_vocab_path}")
+
+    model, loss_module, train_config, vocab = load_run(run)
+    data_fingerprint = Vocabulary.load(data_vocab_path).fingerprint()
+    if data_fingerprint != vocab.fingerprint():
+        raise ValueError(
+            f"the data folder {data} was generated with another vocabulary than the run {run} was "
+            f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
+            f"generate the evaluation data with the run's vocabulary (generate_dataset(..., vocab=<the "
+            f"pretraining data's vocab.json>))"
+        )
+    loss_name = str(train_config.loss)
+    if loss_name not in COARSE_LOSSES + FINE_GRAINED_LOSSES:
+        raise ValueError(f"run {run} has an unknown loss {loss_name!r}")
+    if loss_module is not None:
+        attn_temperature = float(getattr(loss_module, "attn_temperature", train_config.attn_temperature))
+        weight_temperature = float(getattr(loss_module, "weight_temperature", train_config.weight_temperature))
+    else:
+        attn_temperature = float(train_config.attn_temperature)
+        weight_temperature = float(train_config.weight_temperature)
+
+    device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device_name)
+    test_set = NarratedDigits(data, split=split, vocab=vocab)
+    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
+    if len(test_set) == 0:
+        raise ValueError(f"split {split!r} of {data} has no clips")
+    if len(probe_set) == 0:
+        raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
+    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
+    probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
+
+    # ---- linear probe on clean single-actor clips
+    train_keep = _clean_probe_rows(probe_set.meta)
+    test_keep = _clean_probe_rows(test_set.meta)
+    dropped_train = int((~train_keep).sum())
+    dropped_test = int((~test_keep).sum())
+    if dropped_train or dropped_test:
+        warnings.warn(
+            f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_split!r} clips and "
+            f"{dropped_test} of {len(test_keep)} {split!r} clips of {data} that have distractors or "
+            f"misaligned frames (the probe uses clean single-actor clips)",
+            stacklevel=2,
+        )
+    if not train_keep.any() or not test_keep.any():
+        raise ValueError(
+            f"no clean single-actor clips left for the linear probe in {data} "
+            f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
+            f"evaluate on data generated with distractors=0 and misaligned_frames=0"
+        )
+    train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
+    test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
+    probe = linear_probe(
+        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
+        test["video_global"][test_rows], test["action"][test_rows],
+        num_classes=len(ACTIONS),
+    )
+
+    score_args = dict(
+        loss=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
+        device=device_name,
+    )
+
+    # ---- text to video: distinct clean captions vs the split's clips
+    captions = [str(c) for c in test_set.meta["caption"]]
+    queries, first_rows = _unique_first(captions)
+    rows = torch.tensor(first_rows, dtype=torch.long)
+    video_scores = pair_score_matrix(
+        test["video_tokens"], test["video_global"],
+        test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows], **score_args,
+    )  # [clips, queries]
+    caption_array = np.array(captions, dtype=object)
+    t2v_relevant = torch.from_numpy(np.stack([caption_array == q for q in queries]).astype(bool))
+    t2v = retrieval_metrics(video_scores.T.contiguous(), t2v_relevant)
+    t2v.update(queries=len(queries), corpus=len(captions), chance=random_ranking_hit_rate(t2v_relevant))
+
+    # ---- text to image: "the <colour> <digit>" vs still clips
+    colours = test["colour"].tolist()
+    digits = test["digit"].tolist()
+    pairs, _ = _unique_first(list(zip(colours, digits)))
+    pairs.sort()
+    image_queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
+    max_words = int(test_set.params.max_words)
+    encoded = [vocab.encode(q, max_words) for q in image_queries]
+    query_ids = torch.stack([torch.as_tensor(ids) for ids, _ in encoded]).to(device_name)
+    query_mask = torch.stack([torch.as_tensor(mask) for _, mask in encoded]).bool().to(device_name)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        query_phrases, query_phrase_mask, query_global = model.encode_text(query_ids, query_mask)
+    model.train(was_training)
+    image_scores = pair_score_matrix(
+        test["still_tokens"], test["still_global"],
+        query_phrases.float().cpu(), query_phrase_mask.bool().cpu(), query_global.float().cpu(), **score_args,
+    )  # [clips, queries]
+    colour_tensor, digit_tensor = test["colour"], test["digit"]
+    t2i_relevant = torch.stack([(colour_tensor == c) & (digit_tensor == d) for c, d in pairs])
+    t2i = retrieval_metrics(image_scores.T.contiguous(), t2i_relevant)
+    t2i.update(queries=len(image_queries), corpus=len(colours), chance=random_ranking_hit_rate(t2i_relevant))
+
+    # ---- pointing: where does the digit word's phrase look
+    pointing = None
+    if loss_name in FINE_GRAINED_LOSSES:
+        frames, height, width = (int(v) for v in test_set[0]["video"].shape[1:])
+        grid = model.video.grid(frames, height, width)
+        pointing = pointing_accuracy(
+            test["video_tokens"], test["caption_phrases"], test["caption_mask"],
+            digit_phrase_indices(test["caption_tokens"], test["digit"], vocab),
+            test["boxes"], test["visible"], grid, (frames, height, width),
+            aggregation=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
+        )
+
+    result: dict[str, Any] = {
+        "run": str(run),
+        "data": str(data),
+        "loss": loss_name,
+        "split": split,
+        "probe_split": probe_split,
+        "clips": len(test_set),
+        "temperatures": {"attn": attn_temperature, "weight": weight_temperature},
+        "probe": {
+            "action_top1": probe["top1"],
+            "chance": 1.0 / len(ACTIONS),
+            "confusion": probe["confusion"],
+            "weight_decay": probe["weight_decay"],
+            "train_clips": probe["train_size"],
+            "test_clips": probe["test_size"],
+            "dropped_train_clips": dropped_train,
+            "dropped_test_clips": dropped_test,
+        },
+        "t2v": t2v,
+        "t2i": t2i,
+        "pointing": pointing,
+    }
+    if out_path is not None:
+        _write_json_atomic(result, out_path)
+    return result

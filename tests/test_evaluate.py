@@ -1,0 +1,390 @@
+"""Tests of fgmm_lib.evaluate: retrieval metrics, linear probe, pointing and the whole evaluation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
+
+from fgmm_lib.evaluate import (
+    best_relevant_ranks,
+    cell_hit_mask,
+    embed_dataset,
+    linear_probe,
+    pair_score_matrix,
+    pointing_accuracy,
+    random_ranking_hit_rate,
+    retrieval_metrics,
+    still_frame_indices,
+)
+
+# --------------------------------------------------------------------------------------------
+# Plain reference implementations (loops, written from STUDY.md section 5)
+# --------------------------------------------------------------------------------------------
+
+
+def reference_best_ranks(scores: np.ndarray, relevant: np.ndarray) -> list[int]:
+    """1-based position of the first relevant item after sorting each row by descending score."""
+    ranks = []
+    for row_scores, row_relevant in zip(scores, relevant):
+        order = sorted(range(len(row_scores)), key=lambda c: -row_scores[c])
+        ranks.append(next(position + 1 for position, c in enumerate(order) if row_relevant[c]))
+    return ranks
+
+
+def reference_hit_rate(ranks: list[int], k: int) -> float:
+    return sum(rank <= k for rank in ranks) / len(ranks)
+
+
+# A hand-made retrieval: corpus captions A B A C B A, queries A B C; scores include negatives.
+HAND_CAPTIONS = ["A", "B", "A", "C", "B", "A"]
+HAND_QUERIES = ["A", "B", "C"]
+HAND_SCORES = torch.tensor(
+    [
+        [-0.5, 0.9, -0.2, 0.3, 0.1, -0.9],  # best relevant (-0.2) below 0.9, 0.3, 0.1: rank 4
+        [0.2, -0.1, 0.4, -0.3, 0.8, 0.0],  # best relevant 0.8: rank 1
+        [0.7, 0.6, -0.4, -0.6, 0.5, 0.65],  # only relevant -0.6 is last: rank 6
+    ],
+    dtype=torch.float64,
+)
+HAND_RELEVANT = torch.tensor([[q == c for c in HAND_CAPTIONS] for q in HAND_QUERIES])
+
+
+def test_retrieval_metrics_hand_made_matrix_with_repeated_captions() -> None:
+    metrics = retrieval_metrics(HAND_SCORES, HAND_RELEVANT, ks=(1, 4, 5, 6, 10))
+    assert reference_best_ranks(HAND_SCORES.numpy(), HAND_RELEVANT.numpy()) == [4, 1, 6]
+    assert metrics["R@1"] == pytest.approx(1 / 3)
+    assert metrics["R@4"] == pytest.approx(2 / 3)
+    assert metrics["R@5"] == pytest.approx(2 / 3)
+    assert metrics["R@6"] == pytest.approx(1.0)
+    assert metrics["R@10"] == pytest.approx(1.0)
+    assert metrics["median_rank"] == pytest.approx(4.0)
+    assert metrics["mean_rank"] == pytest.approx(11 / 3)
+    assert best_relevant_ranks(HAND_SCORES, HAND_RELEVANT).tolist() == [4.0, 1.0, 6.0]
+
+
+def test_retrieval_metrics_ignore_a_constant_shift_of_negative_scores() -> None:
+    reference = retrieval_metrics(HAND_SCORES, HAND_RELEVANT)
+    for offset in (-5.0, -1.0, 3.0):
+        assert retrieval_metrics(HAND_SCORES + offset, HAND_RELEVANT) == pytest.approx(reference)
+    all_negative = HAND_SCORES - 2.0
+    assert bool((all_negative < 0).all())
+    assert retrieval_metrics(all_negative, HAND_RELEVANT)["R@1"] == pytest.approx(1 / 3)
+
+
+def test_hit_rate_is_not_recall_when_queries_have_several_correct_answers() -> None:
+    """RetrievalRecall divides by the number of correct answers: on this matrix it differs."""
+    queries, corpus = HAND_SCORES.shape
+    indexes = torch.arange(queries).unsqueeze(1).expand(queries, corpus).reshape(-1)
+    shifted = (HAND_SCORES - HAND_SCORES.min() + 1).float().reshape(-1)
+    target = HAND_RELEVANT.reshape(-1)
+    recall = float(RetrievalRecall(top_k=5)(shifted, target, indexes=indexes))
+    hit_rate = float(RetrievalHitRate(top_k=5)(shifted, target, indexes=indexes))
+    # Query A has 2 of its 3 answers in the top 5: recall 2/3, hit 1. B: 1 and 1. C: 0 and 0.
+    assert recall == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert hit_rate == pytest.approx(2 / 3)
+    assert retrieval_metrics(HAND_SCORES, HAND_RELEVANT)["R@5"] == pytest.approx(hit_rate)
+    assert recall != pytest.approx(hit_rate)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_retrieval_metrics_match_direct_ranks_on_random_matrices(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    queries, corpus = 17, 40
+    scores = torch.randn(queries, corpus, generator=generator, dtype=torch.float64) * 0.5
+    relevant = torch.rand(queries, corpus, generator=generator) < 0.1
+    relevant[torch.arange(queries), torch.randint(corpus, (queries,), generator=generator)] = True
+    ks = (1, 3, 5, 10)
+    metrics = retrieval_metrics(scores, relevant, ks=ks)
+    ranks = reference_best_ranks(scores.numpy(), relevant.numpy())
+    for k in ks:
+        assert metrics[f"R@{k}"] == pytest.approx(reference_hit_rate(ranks, k))
+    assert metrics["median_rank"] == pytest.approx(float(np.median(ranks)))
+    assert metrics["mean_rank"] == pytest.approx(float(np.mean(ranks)))
+
+
+def test_tied_scores_rank_at_their_random_order_expectation() -> None:
+    # All scores equal: the first of r answers among C in a random order sits at (C + 1) / (r + 1).
+    relevant = torch.tensor([[True, False, False, False, False], [True, True, False, True, False]])
+    ranks = best_relevant_ranks(torch.zeros(2, 5), relevant)
+    assert ranks.tolist() == pytest.approx([6 / 2, 6 / 4])
+    # Ties among relevant items only do not move the rank.
+    scores = torch.tensor([[0.9, 0.5, 0.5, 0.1]])
+    assert best_relevant_ranks(scores, torch.tensor([[False, True, True, False]])).tolist() == [2.0]
+
+
+def test_random_ranking_hit_rate_is_exact() -> None:
+    relevant = torch.tensor(
+        [[True, False, False, False, False], [True, True, False, False, False], [True, False, True, False, True]]
+    )
+    expected = {}
+    for k in (1, 2, 3, 10):
+        hits = []
+        for row in relevant.tolist():
+            orders = list(itertools.permutations(range(len(row))))
+            hits.append(sum(any(row[c] for c in order[:k]) for order in orders) / len(orders))
+        expected[f"R@{k}"] = float(np.mean(hits))
+    assert random_ranking_hit_rate(relevant, ks=(1, 2, 3, 10)) == pytest.approx(expected)
+
+
+def test_random_scores_give_the_random_ranking_hit_rate() -> None:
+    generator = torch.Generator().manual_seed(0)
+    queries, corpus = 3000, 30
+    relevant = torch.rand(queries, corpus, generator=generator) < 0.05
+    relevant[:, 0] |= ~relevant.any(dim=1)
+    metrics = retrieval_metrics(torch.randn(queries, corpus, generator=generator), relevant)
+    chance = random_ranking_hit_rate(relevant)
+    for k in (1, 5, 10):
+        p = chance[f"R@{k}"]
+        assert abs(metrics[f"R@{k}"] - p) < 4 * math.sqrt(p * (1 - p) / queries)
+
+
+def test_retrieval_metrics_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="no relevant item"):
+        retrieval_metrics(torch.zeros(2, 3), torch.tensor([[True, False, False], [False, False, False]]))
+    with pytest.raises(ValueError, match="shape"):
+        retrieval_metrics(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        retrieval_metrics(torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.full((1, 2), float("nan")), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ks"):
+        retrieval_metrics(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), ks=(0,))
+
+
+# --------------------------------------------------------------------------------------------
+# Linear probe
+# --------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_separates_separable_features() -> None:
+    generator = torch.Generator().manual_seed(0)
+    classes, dim = 8, 12
+    centres = torch.randn(classes, dim, generator=generator) * 3
+
+    def sample(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(classes, (count,), generator=generator)
+        features = centres[labels] + 0.3 * torch.randn(count, dim, generator=generator)
+        return features * 50 + 7, labels  # far from standardised: the probe standardises
+
+    train_x, train_y = sample(240)
+    test_x, test_y = sample(160)
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=classes)
+    assert result["top1"] >= 0.98
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (classes, classes)
+    assert int(confusion.sum()) == 160
+    assert result["top1"] == pytest.approx(float(confusion.diag().sum()) / 160)
+    assert result["train_size"] == 240 and result["test_size"] == 160
+
+
+def test_linear_probe_is_at_chance_on_random_labels() -> None:
+    generator = torch.Generator().manual_seed(1)
+    classes, dim, count = 8, 16, 500
+    result = linear_probe(
+        torch.randn(count, dim, generator=generator), torch.randint(classes, (count,), generator=generator),
+        torch.randn(count, dim, generator=generator), torch.randint(classes, (count,), generator=generator),
+        num_classes=classes,
+    )
+    assert abs(result["top1"] - 1 / classes) < 4 * math.sqrt((1 / classes) * (1 - 1 / classes) / count)
+
+
+def test_linear_probe_accuracy_is_micro_not_macro() -> None:
+    # 9 test clips of class 0 all right, 1 of class 1 wrong: micro 0.9, macro 0.5.
+    train_x = torch.tensor([[-1.0], [-2.0], [-1.5], [1.0], [2.0], [1.5]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    test_x = torch.tensor([[-1.0]] * 9 + [[-1.0]])
+    test_y = torch.tensor([0] * 9 + [1])
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes=2, weight_decays=(1e-3,))
+    assert result["top1"] == pytest.approx(0.9)
+    assert result["confusion"] == [[9, 0], [1, 0]]
+
+
+def test_linear_probe_rejects_bad_input() -> None:
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="train_labels"):
+        linear_probe(x, torch.tensor([0, 1, 5, 0, 1, 2]), x, y, num_classes=3)
+    with pytest.raises(ValueError, match="test_labels"):
+        linear_probe(x, y, x, y[:4], num_classes=3)
+    with pytest.raises(ValueError, match="feature size"):
+        linear_probe(x, y, torch.randn(6, 4), y, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        linear_probe(x, y, x, y, num_classes=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Pointing
+# --------------------------------------------------------------------------------------------
+
+
+def reference_cell_hits(boxes: torch.Tensor, visible: torch.Tensor, grid, frame_size) -> torch.Tensor:
+    grid_t, grid_h, grid_w = grid
+    frames, height, width = frame_size
+    clips = boxes.shape[0]
+    hits = torch.zeros(clips, grid_t * grid_h * grid_w, dtype=torch.bool)
+    for c in range(clips):
+        for n in range(grid_t * grid_h * grid_w):
+            t, y, x = n // (grid_h * grid_w), (n // grid_w) % grid_h, n % grid_w
+            cx, cy = (x + 0.5) * width / grid_w, (y + 0.5) * height / grid_h
+            for f in range(frames):
+                covered = f < (t + 1) * frames / grid_t and f + 1 > t * frames / grid_t
+                x0, y0, x1, y1 = boxes[c, f].tolist()
+                if covered and visible[c, f] and x0 <= cx < x1 and y0 <= cy < y1:
+                    hits[c, n] = True
+    return hits
+
+
+@pytest.mark.parametrize("grid,frame_size", [((2, 2, 2), (4, 8, 8)), ((3, 4, 3), (5, 13, 11))])
+def test_cell_hit_mask_matches_loop_reference(grid, frame_size) -> None:
+    generator = torch.Generator().manual_seed(0)
+    clips, (frames, height, width) = 6, frame_size
+    corner = torch.rand(clips, frames, 2, generator=generator) * torch.tensor([width, height])
+    size = 1 + torch.rand(clips, frames, 2, generator=generator) * torch.tensor([width, height]) / 2
+    boxes = torch.cat([corner, corner + size], dim=-1).floor()
+    visible = torch.rand(clips, frames, generator=generator) < 0.7
+    assert torch.equal(cell_hit_mask(boxes, visible, grid, frame_size), reference_cell_hits(boxes, visible, grid, frame_size))
+
+
+def _hand_pointing_case():
+    """Grid (2, 2, 2) over 4 x 8 x 8 clips: cell centres at x, y in {2, 6}.
+
+    The actor is at the top right (box 4..8 x 0..4) in frames 0-1 and at the bottom left
+    (0..4 x 4..8) in frames 2-3: hit cells are (0, 0, 1) = token 1 and (1, 1, 0) = token 6.
+    Video tokens are the one-hot vectors e_n; the digit phrase (index 2) of clip 0 points
+    at token 1 (hit), of clip 1 at token 5 = (1, 0, 1) (miss), of clip 2 at token 1 but the
+    actor is not visible in frames 0-1 there (miss).
+    """
+    grid, frame_size = (2, 2, 2), (4, 8, 8)
+    top_right, bottom_left = [4.0, 0.0, 8.0, 4.0], [0.0, 4.0, 4.0, 8.0]
+    boxes = torch.tensor([[top_right, top_right, bottom_left, bottom_left]] * 3)
+    visible = torch.ones(3, 4, dtype=torch.bool)
+    visible[2, :2] = False
+    dim, cells, phrases = 8, 8, 4
+    video_tokens = torch.eye(cells, dim).expand(3, cells, dim).clone()
+    caption_phrases = torch.randn(3, phrases, dim, generator=torch.Generator().manual_seed(0))
+    caption_phrases[0, 2] = torch.eye(dim)[1] + 0.2 * torch.eye(dim)[3]
+    caption_phrases[1, 2] = torch.eye(dim)[5] + 0.1 * torch.eye(dim)[6]
+    caption_phrases[2, 2] = torch.eye(dim)[1] + 0.2 * torch.eye(dim)[6]
+    caption_mask = torch.tensor([[True, True, True, False]] * 3)
+    phrase_index = torch.tensor([2, 2, 2])
+    return video_tokens, caption_phrases, caption_mask, phrase_index, boxes, visible, grid, frame_size
+
+
+@pytest.mark.parametrize("aggregation", ["attention", "max", "mean"])
+def test_pointing_hand_made_case(aggregation: str) -> None:
+    case = _hand_pointing_case()
+    boxes, visible, grid, frame_size = case[4:]
+    possible = cell_hit_mask(boxes, visible, grid, frame_size)
+    assert torch.nonzero(possible[0]).flatten().tolist() == [1, 6]
+    assert torch.nonzero(possible[2]).flatten().tolist() == [6]
+    result = pointing_accuracy(*case, aggregation=aggregation, attn_temperature=0.05, weight_temperature=0.5)
+    assert result["accuracy"] == pytest.approx(1 / 3)
+    assert result["chance"] == pytest.approx((2 / 8 + 2 / 8 + 1 / 8) / 3)
+    assert result["clips"] == 3
+
+
+def test_pointing_rejects_a_padded_digit_phrase() -> None:
+    case = list(_hand_pointing_case())
+    case[3] = torch.tensor([2, 3, 2])
+    with pytest.raises(ValueError, match="padded"):
+        pointing_accuracy(*case)
+    case[3] = torch.tensor([2, 4, 2])
+    with pytest.raises(ValueError, match="phrase_index"):
+        pointing_accuracy(*case)
+
+
+def test_still_frame_is_the_middle_visible_frame() -> None:
+    visible = torch.tensor(
+        [[True] * 6, [False, False, True, True, True, False], [False] * 6, [False, False, False, False, False, True]]
+    )
+    assert still_frame_indices(visible).tolist() == [2, 3, 3, 5]
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding and pair scores with a small real model and a fake dataset
+# --------------------------------------------------------------------------------------------
+
+
+class FakeClips:
+    """The subset of NarratedDigits that embed_dataset uses: ``len`` and ``get_batch``."""
+
+    split = "test"
+
+    def __init__(self, clips: int = 5, frames: int = 4, size: int = 16, words: int = 6, vocab_size: int = 12):
+        generator = torch.Generator().manual_seed(0)
+        self.video = torch.rand(clips, 3, frames, size, size, generator=generator)
+        self.tokens = torch.randint(2, vocab_size, (clips, words), generator=generator)
+        self.mask = torch.ones(clips, words, dtype=torch.bool)
+        self.mask[:, -2:] = False
+        self.visible = torch.ones(clips, frames, dtype=torch.bool)
+        self.visible[1, :2] = False
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return self.clips
+
+    def get_batch(self, positions) -> dict:
+        p = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+        return {
+            "video": self.video[p], "caption_tokens": self.tokens[p], "caption_mask": self.mask[p],
+            "visible": self.visible[p], "boxes": torch.zeros(len(p), self.video.shape[2], 4),
+            "action": p % 8, "digit": p % 10, "colour": p % 8, "index": p,
+        }
+
+
+def _small_model(vocab_size: int = 12):
+    from fgmm_lib.models import DualEncoder, ModelConfig
+
+    torch.manual_seed(0)
+    return DualEncoder(ModelConfig(vocab_size=vocab_size, dim=8, width=0.25, word_dim=8))
+
+
+def test_embed_dataset_shapes_stills_and_mode() -> None:
+    model = _small_model()
+    model.train()
+    clips = FakeClips()
+    out = embed_dataset(model, clips, batch_size=2, progress=False)
+    assert model.training  # restored
+    grid = model.video.grid(4, 16, 16)
+    cells = grid[0] * grid[1] * grid[2]
+    assert out["video_tokens"].shape == (5, cells, 8)
+    assert out["video_global"].shape == (5, 8)
+    assert out["caption_phrases"].shape == (5, 6, 8)
+    assert out["caption_mask"].dtype == torch.bool and out["caption_mask"].shape == (5, 6)
+    assert out["still_tokens"].shape == (5, cells, 8)
+    assert out["still_frame"].tolist() == [1, 2, 1, 1, 1]
+    model.eval()
+    with torch.no_grad():
+        tokens, global_embedding = model.encode_video(clips.video)
+        frame = clips.video[1, :, 2:3].expand(-1, 4, -1, -1).unsqueeze(0)
+        still_tokens, _ = model.encode_video(frame)
+    assert torch.allclose(out["video_tokens"], tokens, atol=1e-5)
+    assert torch.allclose(out["video_global"], global_embedding, atol=1e-5)
+    assert torch.allclose(out["still_tokens"][1], still_tokens[0], atol=1e-5)
+    assert out["action"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_pair_score_matrix_is_the_runs_score() -> None:
+    from fgmm_lib.losses import pair_scores
+
+    generator = torch.Generator().manual_seed(0)
+    video_tokens, video_global = torch.randn(7, 5, 4, generator=generator), torch.randn(7, 4, generator=generator)
+    phrases, text_global = torch.randn(3, 6, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    mask = torch.rand(3, 6, generator=generator) < 0.7
+    mask[:, 0] = True
+    for loss in ("coarse", "milnce"):
+        expected = torch.nn.functional.cosine_similarity(video_global[:, None], text_global[None], dim=-1)
+        assert torch.allclose(pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, loss), expected, atol=1e-6)
+    for loss in ("mean", "max", "attention"):
+        expected = pair_scores(video_tokens, phrases, mask, aggregation=loss, attn_temperature=0.2, weight_temperature=0.3)
+        blocked = pair_score_matrix(
+            video_tokens, video_global, phrases, mask, text_global, loss,
+            attn_temperature=0.2, weight_temperature=0.3, block_size=3,
+        )
+        assert torch.allclose(blocked, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="loss"):
+        pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, "cosine")
