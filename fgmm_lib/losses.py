@@ -1,0 +1,510 @@
+"""Pair scores between videos and texts, and the contrastive losses built on them.
+
+The math follows STUDY.md sections 2 and 3. Every similarity is a cosine: tokens are
+L2-normalised along D inside. Masks are bool with True = valid; masked tokens never
+influence a score or a gradient, whatever their values (they are replaced by zeros
+before anything else is computed).
+
+Pair score backends (``pair_scores(..., backend=...)``):
+
+- ``"naive"``: the reference. Materialises the full ``[Bv, Bt, N, M]`` similarity tensor.
+- ``"chunked"``: pure PyTorch. Processes blocks of texts and recomputes each block in
+  backward, so memory grows with ``Bv * block * N * M``. ``"mean"`` needs no block at all:
+  the mean of a bilinear form over valid pairs is the cosine of summed unit tokens.
+- ``"triton"``: the fused kernel of :mod:`fgmm_lib.triton_scores`.
+- ``"auto"``: ``"triton"`` for CUDA tensors when the kernel can be imported, else ``"chunked"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AGGREGATIONS = ("mean", "max", "attention")
+LOSSES = ("coarse", "milnce", "mean", "max", "attention")
+BACKENDS = ("naive", "chunked", "triton", "auto")
+CONTRASTIVE_AGGREGATIONS = ("coarse",) + AGGREGATIONS
+
+#: Memory the chunked backend allows one block's working set (bytes).
+CHUNK_MEMORY_BUDGET_BYTES = 256 * 2**20
+#: How many ``[Bv, block, N, M]`` tensors one block's forward + recomputed backward holds at once
+#: (similarities, masked logits, softmax, products, and their gradients, for both directions).
+CHUNK_WORKING_COPIES = 12
+#: Smallest InfoNCE temperature used (open_clip clamps the logit scale at 100 the same way).
+MIN_TEMPERATURE = 0.01
+
+Temperature = float | Tensor
+
+
+# --------------------------------------------------------------------------------------
+# validation and preparation
+# --------------------------------------------------------------------------------------
+
+def _check_temperature(value: Temperature, name: str) -> None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        scalar = float(value.detach())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        scalar = float(value)
+    else:
+        raise ValueError(f"{name} must be a positive float or a scalar tensor, got {value!r}")
+    if not scalar > 0 or not math.isfinite(scalar):
+        raise ValueError(f"{name} must be a finite value > 0, got {scalar}")
+
+
+def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+
+
+def _check_tokens(tokens: Any, name: str, ndim: int = 3) -> None:
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.ndim != ndim:
+        layout = "[B, N, D]" if ndim == 3 else "[N, D]"
+        raise ValueError(f"{name} must have shape {layout} ({ndim} dims), got shape {tuple(tokens.shape)}")
+    if not tokens.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tokens.dtype}")
+    if tokens.shape[-2] == 0 or tokens.shape[-1] == 0:
+        raise ValueError(f"{name} has no tokens or no features: shape {tuple(tokens.shape)}")
+
+
+def _check_mask(mask: Tensor | None, tokens: Tensor, name: str, tokens_name: str, what: str,
+                item: str = "token") -> Tensor:
+    """Return a bool mask of ``tokens.shape[:-1]`` (all valid when ``mask`` is None)."""
+    expected = tuple(tokens.shape[:-1])
+    if mask is None:
+        return torch.ones(expected, dtype=torch.bool, device=tokens.device)
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must have dtype torch.bool (True = valid), got {mask.dtype}")
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)} but {tokens_name} {tuple(tokens.shape)} needs {expected}")
+    if mask.device != tokens.device:
+        raise ValueError(f"{name} is on {mask.device} but {tokens_name} is on {tokens.device}")
+    if mask.ndim == 1:
+        if not bool(mask.any()):
+            raise ValueError(f"{name} leaves the {what} with no valid {item}")
+    else:
+        empty_rows = (~mask.any(dim=-1)).nonzero().flatten()
+        if empty_rows.numel() > 0:
+            rows = empty_rows.tolist()
+            raise ValueError(f"{name} leaves {what} {rows[:10]} (row index) with no valid {item}")
+    return mask
+
+
+def _check_pair(video_tokens: Tensor, text_tokens: Tensor, video_name: str, text_name: str) -> None:
+    if video_tokens.shape[-1] != text_tokens.shape[-1]:
+        raise ValueError(
+            f"{video_name} {tuple(video_tokens.shape)} and {text_name} {tuple(text_tokens.shape)} "
+            f"disagree on the feature size D ({video_tokens.shape[-1]} vs {text_tokens.shape[-1]})")
+    if video_tokens.dtype != text_tokens.dtype:
+        raise ValueError(f"{video_name} has dtype {video_tokens.dtype} but {text_name} has {text_tokens.dtype}")
+    if video_tokens.device != text_tokens.device:
+        raise ValueError(f"{video_name} is on {video_tokens.device} but {text_name} is on {text_tokens.device}")
+
+
+def _unit_tokens(tokens: Tensor, mask: Tensor) -> Tensor:
+    """L2-normalise valid tokens along D; masked tokens become exact zeros (no value, no gradient)."""
+    kept = torch.where(mask.unsqueeze(-1), tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
+    return F.normalize(kept, dim=-1)
+
+
+# --------------------------------------------------------------------------------------
+# aggregation of a similarity tensor s [..., N, M]
+# --------------------------------------------------------------------------------------
+
+def _masked_mean(values: Tensor, valid: Tensor, dim: int) -> Tensor:
+    return values.masked_fill(~valid, 0).sum(dim) / valid.sum(dim).to(values.dtype)
+
+
+def _aggregate(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor, aggregation: str,
+               attn_temperature: Temperature, weight_temperature: Temperature) -> Tensor:
+    """Pair scores from cosine similarities.
+
+    ``similarity`` is ``[..., N, M]`` and zero wherever a cell or a phrase is masked;
+    ``cell_valid`` broadcasts as ``[..., N, 1]`` and ``phrase_valid`` as ``[..., 1, M]``.
+    """
+    if aggregation == "mean":
+        pair_valid = cell_valid & phrase_valid
+        total = similarity.masked_fill(~pair_valid, 0).sum((-2, -1))
+        count = cell_valid.sum((-2, -1)) * phrase_valid.sum((-2, -1))
+        return total / count.to(similarity.dtype)
+    phrase_is_valid = phrase_valid.squeeze(-2)   # [..., M]
+    cell_is_valid = cell_valid.squeeze(-1)       # [..., N]
+    if aggregation == "max":
+        best_cell = similarity.masked_fill(~cell_valid, float("-inf")).amax(dim=-2)      # [..., M]
+        best_phrase = similarity.masked_fill(~phrase_valid, float("-inf")).amax(dim=-1)  # [..., N]
+        return 0.5 * (_masked_mean(best_cell, phrase_is_valid, -1) + _masked_mean(best_phrase, cell_is_valid, -1))
+    if aggregation == "attention":
+        # Temperatures divide before masking: -inf / tau would give a nan gradient for tau.
+        scaled = similarity / attn_temperature
+        # text to video: each phrase attends over cells, phrases weighted by how well they match
+        phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=-2)
+        phrase_match = (phrase_attention * similarity).sum(-2)                      # c [..., M]
+        phrase_weight = torch.softmax((phrase_match / weight_temperature)
+                                      .masked_fill(~phrase_is_valid, float("-inf")), dim=-1)
+        text_to_video = (phrase_weight * phrase_match.masked_fill(~phrase_is_valid, 0)).sum(-1)
+        # video to text: each cell attends over phrases, cells weighted by how well they match
+        cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=-1)
+        cell_match = (cell_attention * similarity).sum(-1)                          # e [..., N]
+        cell_weight = torch.softmax((cell_match / weight_temperature)
+                                    .masked_fill(~cell_is_valid, float("-inf")), dim=-1)
+        video_to_text = (cell_weight * cell_match.masked_fill(~cell_is_valid, 0)).sum(-1)
+        return 0.5 * (text_to_video + video_to_text)
+    raise ValueError(f"unknown aggregation {aggregation!r}; valid choices: {', '.join(AGGREGATIONS)}")
+
+
+def _block_scores(video_unit: Tensor, text_unit: Tensor, video_valid: Tensor, text_valid: Tensor,
+                  aggregation: str, attn_temperature: Temperature, weight_temperature: Temperature) -> Tensor:
+    """Scores [Bv, Bt] of unit (masked-zeroed) tokens through the full [Bv, Bt, N, M] similarity."""
+    similarity = torch.einsum("ind,jmd->ijnm", video_unit, text_unit)
+    cell_valid = video_valid[:, None, :, None]
+    phrase_valid = text_valid[None, :, None, :]
+    return _aggregate(similarity, cell_valid, phrase_valid, aggregation, attn_temperature, weight_temperature)
+
+
+# --------------------------------------------------------------------------------------
+# chunked backend
+# --------------------------------------------------------------------------------------
+
+def chunk_block_size(num_videos: int, cells: int, phrases: int, element_size: int,
+                     budget_bytes: int | None = None) -> int:
+    """Texts per block so that ``CHUNK_WORKING_COPIES`` tensors of [Bv, block, N, M] fit ``budget_bytes``
+    (default ``CHUNK_MEMORY_BUDGET_BYTES``); at least 1."""
+    if budget_bytes is None:
+        budget_bytes = CHUNK_MEMORY_BUDGET_BYTES
+    per_text = CHUNK_WORKING_COPIES * num_videos * cells * phrases * element_size
+    return max(1, budget_bytes // per_text)
+
+
+class _ChunkedPairScores(torch.autograd.Function):
+    """Pair scores over blocks of texts; backward recomputes one block at a time.
+
+    Saves only its inputs (unit tokens, masks, temperatures), never a [Bv, Bt, N, M] tensor.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, video_unit: Tensor, text_unit: Tensor, video_valid: Tensor, text_valid: Tensor,
+                attn_temperature: Tensor, weight_temperature: Tensor, aggregation: str, block_size: int) -> Tensor:
+        num_texts = text_unit.shape[0]
+        scores = video_unit.new_empty(video_unit.shape[0], num_texts)
+        for start in range(0, num_texts, block_size):
+            stop = min(start + block_size, num_texts)
+            scores[:, start:stop] = _block_scores(
+                video_unit, text_unit[start:stop], video_valid, text_valid[start:stop],
+                aggregation, attn_temperature, weight_temperature)
+        ctx.save_for_backward(video_unit, text_unit, video_valid, text_valid, attn_temperature, weight_temperature)
+        ctx.aggregation = aggregation
+        ctx.block_size = block_size
+        return scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_scores: Tensor) -> tuple[Tensor | None, ...]:
+        video_unit, text_unit, video_valid, text_valid, attn_temperature, weight_temperature = ctx.saved_tensors
+        need_video, need_text, _, _, need_attn, need_weight = ctx.needs_input_grad[:6]
+        grad_video = torch.zeros_like(video_unit) if need_video else None
+        grad_text = torch.zeros_like(text_unit) if need_text else None
+        grad_attn = torch.zeros_like(attn_temperature) if need_attn else None
+        grad_weight = torch.zeros_like(weight_temperature) if need_weight else None
+        num_texts = text_unit.shape[0]
+        with torch.enable_grad():
+            video = video_unit.detach().requires_grad_(need_video)
+            attn = attn_temperature.detach().requires_grad_(need_attn)
+            weight = weight_temperature.detach().requires_grad_(need_weight)
+            for start in range(0, num_texts, ctx.block_size):
+                stop = min(start + ctx.block_size, num_texts)
+                text = text_unit[start:stop].detach().requires_grad_(need_text)
+                block = _block_scores(video, text, video_valid, text_valid[start:stop],
+                                      ctx.aggregation, attn, weight)
+                wanted = [(tensor, need) for tensor, need in
+                          ((video, need_video), (text, need_text), (attn, need_attn), (weight, need_weight))]
+                inputs = [tensor for tensor, need in wanted if need]
+                if not inputs:
+                    break
+                grads = iter(torch.autograd.grad(block, inputs, grad_scores[:, start:stop], allow_unused=True))
+                for (_, need), slot in zip(wanted, ("video", "text", "attn", "weight")):
+                    if not need:
+                        continue
+                    grad = next(grads)
+                    if grad is None:
+                        continue
+                    if slot == "video":
+                        grad_video += grad
+                    elif slot == "text":
+                        grad_text[start:stop] = grad
+                    elif slot == "attn":
+                        grad_attn += grad
+                    else:
+                        grad_weight += grad
+        return grad_video, grad_text, None, None, grad_attn, grad_weight, None, None
+
+
+def _as_scalar_tensor(value: Temperature, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.reshape(())
+    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+
+
+def _chunked_scores(video_unit: Tensor, text_unit: Tensor, video_valid: Tensor, text_valid: Tensor,
+                    aggregation: str, attn_temperature: Temperature, weight_temperature: Temperature,
+                    block_size: int | None) -> Tensor:
+    if aggregation == "mean":
+        # mean over valid (n, m) of <v_n, t_m> = <sum of valid v_n, sum of valid t_m> / (N_valid * M_valid)
+        video_mean = video_unit.sum(1) / video_valid.sum(1, keepdim=True).to(video_unit.dtype)
+        text_mean = text_unit.sum(1) / text_valid.sum(1, keepdim=True).to(text_unit.dtype)
+        return video_mean @ text_mean.T
+    if block_size is None:
+        block_size = chunk_block_size(video_unit.shape[0], video_unit.shape[1], text_unit.shape[1],
+                                      video_unit.element_size())
+    return _ChunkedPairScores.apply(
+        video_unit, text_unit, video_valid, text_valid,
+        _as_scalar_tensor(attn_temperature, video_unit), _as_scalar_tensor(weight_temperature, video_unit),
+        aggregation, block_size)
+
+
+_TRITON_AVAILABLE: bool | None = None
+
+
+def _triton_available() -> bool:
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import fgmm_lib.triton_scores  # noqa: F401
+        except ImportError:
+            _TRITON_AVAILABLE = False
+        else:
+            _TRITON_AVAILABLE = True
+    return _TRITON_AVAILABLE
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+
+def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
+                video_mask: Tensor | None = None, aggregation: str = "attention",
+                attn_temperature: Temperature = 0.1, weight_temperature: Temperature = 0.1,
+                backend: str = "naive", block_size: int | None = None) -> Tensor:
+    """Fine-grained pair scores S[i, j] between every video i and every text j (STUDY.md section 2).
+
+    Args:
+        video_tokens: ``[Bv, N, D]`` cell tokens, any scale (cosine is taken inside).
+        text_tokens: ``[Bt, M, D]`` phrase tokens, any scale.
+        text_mask: ``[Bt, M]`` bool, True = valid phrase; None = all valid.
+        video_mask: ``[Bv, N]`` bool, True = valid cell; None = all valid.
+        aggregation: one of ``AGGREGATIONS`` ("mean", "max", "attention").
+        attn_temperature: tau_a of "attention" (inner softmax over cells / phrases), > 0.
+        weight_temperature: tau_w of "attention" (outer weighting of phrases / cells), > 0.
+        backend: one of ``BACKENDS``; see the module docstring.
+        block_size: texts per block for the "chunked" backend; None = from ``CHUNK_MEMORY_BUDGET_BYTES``.
+
+    Returns:
+        ``[Bv, Bt]`` scores, in [-1, 1].
+    """
+    _check_choice(aggregation, "aggregation", AGGREGATIONS)
+    _check_choice(backend, "backend", BACKENDS)
+    _check_tokens(video_tokens, "video_tokens")
+    _check_tokens(text_tokens, "text_tokens")
+    _check_pair(video_tokens, text_tokens, "video_tokens", "text_tokens")
+    video_valid = _check_mask(video_mask, video_tokens, "video_mask", "video_tokens", "video")
+    text_valid = _check_mask(text_mask, text_tokens, "text_mask", "text_tokens", "text")
+    _check_temperature(attn_temperature, "attn_temperature")
+    _check_temperature(weight_temperature, "weight_temperature")
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
+                                   or block_size < 1):
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+
+    if backend == "auto":
+        backend = "triton" if video_tokens.is_cuda and _triton_available() else "chunked"
+    if backend == "triton":
+        from fgmm_lib.triton_scores import triton_pair_scores
+
+        zero = torch.zeros((), dtype=video_tokens.dtype, device=video_tokens.device)
+        return triton_pair_scores(
+            torch.where(video_valid.unsqueeze(-1), video_tokens, zero),
+            torch.where(text_valid.unsqueeze(-1), text_tokens, zero),
+            text_valid, video_valid, aggregation, attn_temperature, weight_temperature)
+
+    video_unit = _unit_tokens(video_tokens, video_valid)
+    text_unit = _unit_tokens(text_tokens, text_valid)
+    if backend == "naive":
+        return _block_scores(video_unit, text_unit, video_valid, text_valid,
+                             aggregation, attn_temperature, weight_temperature)
+    return _chunked_scores(video_unit, text_unit, video_valid, text_valid,
+                           aggregation, attn_temperature, weight_temperature, block_size)
+
+
+def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
+                   video_mask: Tensor | None = None, attn_temperature: Temperature = 0.1,
+                   weight_temperature: Temperature = 0.1) -> dict[str, Tensor]:
+    """The attention of one (video, text) pair, for plots and the pointing metric.
+
+    Args:
+        video_tokens: ``[N, D]`` cell tokens of one clip; text_tokens: ``[M, D]`` phrase tokens of one text.
+        text_mask: ``[M]`` bool; video_mask: ``[N]`` bool (True = valid; None = all valid).
+
+    Returns:
+        ``"similarity"`` [N, M] cosines (0 where masked); ``"phrase_attention"`` [M, N] softmax over
+        valid cells per phrase; ``"phrase_weight"`` [M] softmax over valid phrases; ``"cell_attention"``
+        [N, M] softmax over valid phrases per cell; ``"cell_weight"`` [N] softmax over valid cells;
+        ``"score"`` the pair's "attention" score (a 0-dim tensor). Rows and weights of masked
+        phrases or cells are 0.
+    """
+    _check_tokens(video_tokens, "video_tokens", ndim=2)
+    _check_tokens(text_tokens, "text_tokens", ndim=2)
+    _check_pair(video_tokens, text_tokens, "video_tokens", "text_tokens")
+    video_valid = _check_mask(video_mask, video_tokens, "video_mask", "video_tokens", "video")
+    text_valid = _check_mask(text_mask, text_tokens, "text_mask", "text_tokens", "text")
+    _check_temperature(attn_temperature, "attn_temperature")
+    _check_temperature(weight_temperature, "weight_temperature")
+
+    similarity = _unit_tokens(video_tokens, video_valid) @ _unit_tokens(text_tokens, text_valid).T
+    cell_valid = video_valid[:, None]
+    phrase_valid = text_valid[None, :]
+    pair_valid = cell_valid & phrase_valid
+    scaled = similarity / attn_temperature
+    phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=0)
+    phrase_match = (phrase_attention * similarity).sum(0)
+    phrase_weight = torch.softmax((phrase_match / weight_temperature).masked_fill(~text_valid, float("-inf")), dim=0)
+    cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=1)
+    cell_match = (cell_attention * similarity).sum(1)
+    cell_weight = torch.softmax((cell_match / weight_temperature).masked_fill(~video_valid, float("-inf")), dim=0)
+    score = 0.5 * ((phrase_weight * phrase_match.masked_fill(~text_valid, 0)).sum()
+                   + (cell_weight * cell_match.masked_fill(~video_valid, 0)).sum())
+    return {
+        "similarity": similarity,
+        "phrase_attention": phrase_attention.masked_fill(~pair_valid, 0).T,
+        "phrase_weight": phrase_weight,
+        "cell_attention": cell_attention.masked_fill(~pair_valid, 0),
+        "cell_weight": cell_weight,
+        "score": score,
+    }
+
+
+def _cosine_matrix(video_global: Tensor, text_global: Tensor) -> Tensor:
+    return F.normalize(video_global, dim=-1) @ F.normalize(text_global, dim=-1).T
+
+
+class ContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE over pair scores (STUDY.md section 3): L = (CE(S/tau) + CE(S^T/tau)) / 2.
+
+    tau is learnable, stored as a log (``log_temperature``) and clamped to >= ``MIN_TEMPERATURE``
+    when used. For "attention", tau_a and tau_w are stored as logs too: parameters when
+    ``learn_attention_temperatures`` is True, fixed buffers otherwise.
+    """
+
+    def __init__(self, aggregation: str = "attention", temperature: float = 0.07, attn_temperature: float = 0.1,
+                 weight_temperature: float = 0.1, learn_attention_temperatures: bool = False,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if aggregation == "milnce":
+            raise ValueError("aggregation 'milnce' is not a pair score; use mil_nce_loss for MIL-NCE "
+                             f"(valid choices here: {', '.join(CONTRASTIVE_AGGREGATIONS)})")
+        _check_choice(aggregation, "aggregation", CONTRASTIVE_AGGREGATIONS)
+        _check_choice(backend, "backend", BACKENDS)
+        _check_temperature(temperature, "temperature")
+        _check_temperature(attn_temperature, "attn_temperature")
+        _check_temperature(weight_temperature, "weight_temperature")
+        self.aggregation = aggregation
+        self.backend = backend
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        log_attn = torch.tensor(math.log(attn_temperature))
+        log_weight = torch.tensor(math.log(weight_temperature))
+        self.learn_attention_temperatures = bool(learn_attention_temperatures) and aggregation == "attention"
+        if self.learn_attention_temperatures:
+            self.log_attn_temperature = nn.Parameter(log_attn)
+            self.log_weight_temperature = nn.Parameter(log_weight)
+        else:
+            self.register_buffer("log_attn_temperature", log_attn)
+            self.register_buffer("log_weight_temperature", log_weight)
+
+    @property
+    def temperature(self) -> float:
+        """The InfoNCE temperature in use (clamped)."""
+        return float(self._temperature().detach())
+
+    @property
+    def attn_temperature(self) -> float:
+        """tau_a of the "attention" aggregation."""
+        return float(self.log_attn_temperature.detach().exp())
+
+    @property
+    def weight_temperature(self) -> float:
+        """tau_w of the "attention" aggregation."""
+        return float(self.log_weight_temperature.detach().exp())
+
+    def _temperature(self) -> Tensor:
+        return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
+
+    def scores(self, video_tokens: Tensor | None, video_global: Tensor | None, text_tokens: Tensor | None,
+               text_global: Tensor | None, text_mask: Tensor | None = None,
+               video_mask: Tensor | None = None) -> Tensor:
+        """Pair scores S [Bv, Bt]: cosine of the globals for "coarse", else ``pair_scores`` of the tokens."""
+        if self.aggregation == "coarse":
+            for value, name in ((video_global, "video_global"), (text_global, "text_global")):
+                if not isinstance(value, Tensor) or value.ndim != 2:
+                    shape = tuple(value.shape) if isinstance(value, Tensor) else value
+                    raise ValueError(f"{name} must be a [B, D] tensor for aggregation 'coarse', got {shape}")
+            _check_pair(video_global, text_global, "video_global", "text_global")
+            return _cosine_matrix(video_global, text_global)
+        for value, name in ((video_tokens, "video_tokens"), (text_tokens, "text_tokens")):
+            if value is None:
+                raise ValueError(f"{name} is required for aggregation {self.aggregation!r}")
+        return pair_scores(video_tokens, text_tokens, text_mask, video_mask, aggregation=self.aggregation,
+                           attn_temperature=self.log_attn_temperature.exp(),
+                           weight_temperature=self.log_weight_temperature.exp(), backend=self.backend)
+
+    def forward(self, video_tokens: Tensor | None, video_global: Tensor | None, text_tokens: Tensor | None,
+                text_global: Tensor | None, text_mask: Tensor | None = None,
+                video_mask: Tensor | None = None) -> Tensor:
+        """The symmetric InfoNCE loss of a batch whose i-th video and i-th text are the positive pair."""
+        scores = self.scores(video_tokens, video_global, text_tokens, text_global, text_mask, video_mask)
+        if scores.shape[0] != scores.shape[1]:
+            raise ValueError(f"InfoNCE needs as many videos as texts (paired batch), got scores {tuple(scores.shape)}")
+        logits = scores / self._temperature()
+        targets = torch.arange(scores.shape[0], device=scores.device)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def mil_nce_loss(video_global: Tensor, text_global: Tensor, temperature: float = 0.07,
+                 candidate_mask: Tensor | None = None) -> Tensor:
+    """MIL-NCE (Miech et al. 2020) with K candidate narrations per clip, on cosine similarities.
+
+    With x[i, j, k] = cos(video_i, text_j candidate k) / temperature, clip i's loss is
+    ``logsumexp(x[i, :, :], x[:, i, :]) - logsumexp_k x[i, i, k]``: the positives are clip i's
+    own K candidates, the denominator counts clip i against every candidate in the batch and
+    every clip against clip i's candidates. Returns the mean over clips.
+
+    Args:
+        video_global: ``[B, D]``; text_global: ``[B, K, D]``; temperature > 0;
+        candidate_mask: ``[B, K]`` bool, True = valid candidate; None = all valid.
+    """
+    if not isinstance(video_global, Tensor) or video_global.ndim != 2:
+        shape = tuple(video_global.shape) if isinstance(video_global, Tensor) else type(video_global).__name__
+        raise ValueError(f"video_global must be a [B, D] tensor, got {shape}")
+    _check_tokens(text_global, "text_global")
+    _check_pair(video_global, text_global, "video_global", "text_global")
+    if text_global.shape[0] != video_global.shape[0]:
+        raise ValueError(f"video_global has {video_global.shape[0]} clips but text_global has "
+                         f"{text_global.shape[0]} candidate sets")
+    valid = _check_mask(candidate_mask, text_global, "candidate_mask", "text_global", "clip", item="candidate")
+    _check_temperature(temperature, "temperature")
+
+    batch, candidates, dim = text_global.shape
+    videos = F.normalize(video_global, dim=-1)
+    texts = _unit_tokens(text_global, valid).reshape(batch * candidates, dim)
+    logits = (videos @ texts.T).reshape(batch, batch, candidates) / temperature
+    logits = logits.masked_fill(~valid[None, :, :], float("-inf"))
+    own = torch.arange(batch, device=logits.device)
+    positives = torch.logsumexp(logits[own, own], dim=-1)
+    everything = torch.cat((logits, logits.transpose(0, 1)), dim=1).reshape(batch, -1)
+    return (torch.logsumexp(everything, dim=-1) - positives).mean()
