@@ -181,6 +181,17 @@ def test_distractors_light_pixels_outside_the_actor_box_and_differ_from_the_acto
     assert [r["boxes"] for r in clean_rows] == [r["boxes"] for r in rows]
 
 
+def test_other_digits_are_uniform_over_the_pairs_that_differ_from_the_actor():
+    rng = np.random.default_rng(0)
+    avoid = np.arange(80)  # every (colour, digit) pair as colour * 10 + digit
+    colour, digit = data._other_combos(rng, avoid, (80, 4000))
+    combo = colour * 10 + digit
+    assert (combo != avoid[:, None]).all()
+    counts = np.stack([np.bincount(row, minlength=80) for row in combo])
+    counts[np.arange(80), avoid] = -1
+    assert counts[counts >= 0].min() > 0.3 * 4000 / 79 and counts.max() < 1.7 * 4000 / 79
+
+
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
 def test_misaligned_frames_replace_one_contiguous_stretch(store, fraction):
     root = make(store, f"misaligned_{fraction}", seed=7, distractors=0, misaligned_frames=fraction)
