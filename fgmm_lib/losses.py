@@ -31,8 +31,10 @@ CONTRASTIVE_AGGREGATIONS = ("coarse",) + AGGREGATIONS
 
 #: Memory the chunked backend allows one block's working set (bytes).
 CHUNK_MEMORY_BUDGET_BYTES = 256 * 2**20
-#: How many ``[Bv, block, N, M]`` tensors one block's forward + recomputed backward holds at once
-#: (similarities, masked logits, softmax, products, and their gradients, for both directions).
+#: How many ``[Bv, block, N, M]`` tensors one block's working set is counted as. Counted generously:
+#: the recomputed backward of "attention" holds about 5 to 6 at once (similarities, masked logits,
+#: softmaxes, products and their gradients; "max" about 3, measured with torch.profiler), the rest
+#: is headroom so that the budget is an upper bound.
 CHUNK_WORKING_COPIES = 12
 #: Smallest InfoNCE temperature used (open_clip clamps the logit scale at 100 the same way).
 MIN_TEMPERATURE = 0.01
@@ -459,9 +461,14 @@ class ContrastiveLoss(nn.Module):
         for value, name in ((video_tokens, "video_tokens"), (text_tokens, "text_tokens")):
             if value is None:
                 raise ValueError(f"{name} is required for aggregation {self.aggregation!r}")
+        if self.learn_attention_temperatures:
+            attn_temperature: Temperature = self.log_attn_temperature.exp()
+            weight_temperature: Temperature = self.log_weight_temperature.exp()
+        else:
+            attn_temperature, weight_temperature = self.attn_temperature, self.weight_temperature
         return pair_scores(video_tokens, text_tokens, text_mask, video_mask, aggregation=self.aggregation,
-                           attn_temperature=self.log_attn_temperature.exp(),
-                           weight_temperature=self.log_weight_temperature.exp(), backend=self.backend)
+                           attn_temperature=attn_temperature, weight_temperature=weight_temperature,
+                           backend=self.backend)
 
     def forward(self, video_tokens: Tensor | None, video_global: Tensor | None, text_tokens: Tensor | None,
                 text_global: Tensor | None, text_mask: Tensor | None = None,
