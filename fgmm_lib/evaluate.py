@@ -418,6 +418,32 @@ def linear_probe(
     train_x = (train_x - mean) / std
     test_x = (test_x - mean) / std
 
+    # The fits are tiny (n x D by classes): one thread is fastest, and immune to a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        chosen_decay, weight, bias = _choose_and_fit(
+            train_x, train_y, num_classes, weight_decays, epochs, seed, validation_fraction
+        )
+    finally:
+        torch.set_num_threads(threads)
+    predicted = (test_x @ weight + bias).argmax(dim=1)
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, test_y)
+    confusion = MulticlassConfusionMatrix(num_classes=num_classes)(predicted, test_y)
+    return {
+        "top1": float(accuracy),
+        "confusion": confusion.long().tolist(),
+        "weight_decay": chosen_decay,
+        "train_size": int(train_x.shape[0]),
+        "test_size": int(test_x.shape[0]),
+    }
+
+
+def _choose_and_fit(
+    train_x: Tensor, train_y: Tensor, num_classes: int, weight_decays: Sequence[float], epochs: int,
+    seed: int, validation_fraction: float,
+) -> tuple[float, Tensor, Tensor]:
+    """Pick the weight decay on a held-out part of the train set, refit on all of it: (decay, W, b)."""
     decays = sorted({float(w) for w in weight_decays}, reverse=True)  # strongest first: wins ties
     chosen = decays[0]
     held_out = int(round(validation_fraction * train_x.shape[0]))
@@ -433,16 +459,7 @@ def linear_probe(
             if accuracy > best_accuracy:
                 best_accuracy, chosen = accuracy, decay
     weight, bias = _fit_logistic(train_x, train_y, num_classes, chosen, epochs)
-    predicted = (test_x @ weight + bias).argmax(dim=1)
-    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, test_y)
-    confusion = MulticlassConfusionMatrix(num_classes=num_classes)(predicted, test_y)
-    return {
-        "top1": float(accuracy),
-        "confusion": confusion.long().tolist(),
-        "weight_decay": chosen,
-        "train_size": int(train_x.shape[0]),
-        "test_size": int(test_x.shape[0]),
-    }
+    return chosen, weight, bias
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,13 +552,17 @@ def pointing_accuracy(
     if caption_phrases.dim() != 3 or caption_phrases.shape[0] != clips:
         raise ValueError(f"caption_phrases must have shape [{clips}, M, D], got {tuple(caption_phrases.shape)}")
     if tuple(caption_mask.shape) != tuple(caption_phrases.shape[:2]):
-        raise ValueError(f"caption_mask must have shape {tuple(caption_phrases.shape[:2])}, got {tuple(caption_mask.shape)}")
+        raise ValueError(
+            f"caption_mask must have shape {tuple(caption_phrases.shape[:2])}, got {tuple(caption_mask.shape)}"
+        )
     if phrase_index.shape != (clips,):
         raise ValueError(f"phrase_index must have shape [{clips}], got {tuple(phrase_index.shape)}")
     phrases = caption_phrases.shape[1]
     index = phrase_index.long()
     if int(index.min()) < 0 or int(index.max()) >= phrases:
-        raise ValueError(f"phrase_index must lie in [0, {phrases}), got values in [{int(index.min())}, {int(index.max())}]")
+        raise ValueError(
+            f"phrase_index must lie in [0, {phrases}), got values in [{int(index.min())}, {int(index.max())}]"
+        )
     mask = caption_mask.bool()
     if not bool(mask[torch.arange(clips), index].all()):
         bad = torch.nonzero(~mask[torch.arange(clips), index]).flatten().tolist()
@@ -572,20 +593,28 @@ def pointing_accuracy(
     }
 
 
-def digit_phrase_indices(caption_tokens: Tensor, digits: Tensor, vocab: Any) -> Tensor:
-    """Position of the digit word (``DIGIT_WORDS[digit]``) in each clean caption's token ids ``[C, L]``.
+def digit_phrase_indices(captions: Sequence[str], digits: Sequence[int] | Tensor, max_words: int) -> Tensor:
+    """Position of the digit word (``DIGIT_WORDS[digit]``) among the words of each clean caption.
 
-    Phrase index = word index, since the text encoder gives one phrase per word (M = L).
+    Phrase index = word index, since the text encoder gives one phrase per word (M = L) and the
+    vocabulary encodes one id per whitespace-separated word. The position comes from the
+    caption's words, so it is defined even where the vocabulary maps the digit word to unknown.
     """
     from fgmm_lib.data import DIGIT_WORDS
 
+    digits = digits.tolist() if isinstance(digits, Tensor) else list(digits)
+    if len(digits) != len(captions):
+        raise ValueError(f"captions and digits must have the same length, got {len(captions)} and {len(digits)}")
     positions = []
-    for row, (ids, digit) in enumerate(zip(caption_tokens.tolist(), digits.tolist())):
-        words = list(vocab.decode(ids))
+    for row, (caption, digit) in enumerate(zip(captions, digits)):
+        words = str(caption).lower().split()
         word = DIGIT_WORDS[int(digit)]
         if word not in words:
-            raise ValueError(f"the digit word {word!r} is not among the caption tokens of clip row {row}: {words}")
-        positions.append(words.index(word))
+            raise ValueError(f"the digit word {word!r} is not in the caption {caption!r} (clip row {row})")
+        position = words.index(word)
+        if position >= max_words:
+            raise ValueError(f"the digit word of the caption {caption!r} lies beyond max_words = {max_words}")
+        positions.append(position)
     return torch.tensor(positions, dtype=torch.long)
 
 
@@ -660,6 +689,7 @@ def evaluate(
     Returns a dict::
 
         {"run", "data", "loss", "split", "probe_split", "clips",
+         "temperatures": {"attn", "weight"} (the run's tau_a and tau_w, as used for scoring),
          "probe": {"action_top1", "chance", "confusion", "weight_decay", "train_clips",
                    "test_clips", "dropped_train_clips", "dropped_test_clips"},
          "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
@@ -712,10 +742,7 @@ def evaluate(
         raise ValueError(f"split {split!r} of {data} has no clips")
     if len(probe_set) == 0:
         raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
-    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
-    probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
-
-    # ---- linear probe on clean single-actor clips
+    # ---- the linear probe uses clean single-actor clips only (checked before any work)
     train_keep = _clean_probe_rows(probe_set.meta)
     test_keep = _clean_probe_rows(test_set.meta)
     dropped_train = int((~train_keep).sum())
@@ -733,6 +760,20 @@ def evaluate(
             f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
             f"evaluate on data generated with distractors=0 and misaligned_frames=0"
         )
+    captions = [str(c) for c in test_set.meta["caption"]]
+    known = set(vocab.words)
+    unknown = sorted({w for c in captions for w in c.lower().split()} - known)
+    if unknown:
+        warnings.warn(
+            f"the clean captions of {data} use words that the vocabulary of {run} does not know "
+            f"(encoded as unknown): {unknown}; its pretraining data did not cover them",
+            stacklevel=2,
+        )
+
+    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
+    probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
+
+    # ---- linear probe on clean single-actor clips
     train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
     test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
     probe = linear_probe(
@@ -747,7 +788,6 @@ def evaluate(
     )
 
     # ---- text to video: distinct clean captions vs the split's clips
-    captions = [str(c) for c in test_set.meta["caption"]]
     queries, first_rows = _unique_first(captions)
     rows = torch.tensor(first_rows, dtype=torch.long)
     video_scores = pair_score_matrix(
@@ -786,11 +826,11 @@ def evaluate(
     # ---- pointing: where does the digit word's phrase look
     pointing = None
     if loss_name in FINE_GRAINED_LOSSES:
-        frames, height, width = (int(v) for v in test_set[0]["video"].shape[1:])
+        frames, height, width = int(test_set.params.frames), int(test_set.params.size), int(test_set.params.size)
         grid = model.video.grid(frames, height, width)
         pointing = pointing_accuracy(
             test["video_tokens"], test["caption_phrases"], test["caption_mask"],
-            digit_phrase_indices(test["caption_tokens"], test["digit"], vocab),
+            digit_phrase_indices(captions, test["digit"], max_words),
             test["boxes"], test["visible"], grid, (frames, height, width),
             aggregation=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
         )

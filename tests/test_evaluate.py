@@ -14,6 +14,7 @@ from fgmm_lib.evaluate import (
     best_relevant_ranks,
     cell_hit_mask,
     embed_dataset,
+    evaluate,
     linear_probe,
     pair_score_matrix,
     pointing_accuracy,
@@ -246,7 +247,8 @@ def test_cell_hit_mask_matches_loop_reference(grid, frame_size) -> None:
     size = 1 + torch.rand(clips, frames, 2, generator=generator) * torch.tensor([width, height]) / 2
     boxes = torch.cat([corner, corner + size], dim=-1).floor()
     visible = torch.rand(clips, frames, generator=generator) < 0.7
-    assert torch.equal(cell_hit_mask(boxes, visible, grid, frame_size), reference_cell_hits(boxes, visible, grid, frame_size))
+    expected = reference_cell_hits(boxes, visible, grid, frame_size)
+    assert torch.equal(cell_hit_mask(boxes, visible, grid, frame_size), expected)
 
 
 def _hand_pointing_case():
@@ -378,9 +380,12 @@ def test_pair_score_matrix_is_the_runs_score() -> None:
     mask[:, 0] = True
     for loss in ("coarse", "milnce"):
         expected = torch.nn.functional.cosine_similarity(video_global[:, None], text_global[None], dim=-1)
-        assert torch.allclose(pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, loss), expected, atol=1e-6)
+        scores = pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, loss)
+        assert torch.allclose(scores, expected, atol=1e-6)
     for loss in ("mean", "max", "attention"):
-        expected = pair_scores(video_tokens, phrases, mask, aggregation=loss, attn_temperature=0.2, weight_temperature=0.3)
+        expected = pair_scores(
+            video_tokens, phrases, mask, aggregation=loss, attn_temperature=0.2, weight_temperature=0.3
+        )
         blocked = pair_score_matrix(
             video_tokens, video_global, phrases, mask, text_global, loss,
             attn_temperature=0.2, weight_temperature=0.3, block_size=3,
@@ -388,3 +393,151 @@ def test_pair_score_matrix_is_the_runs_score() -> None:
         assert torch.allclose(blocked, expected, atol=1e-5)
     with pytest.raises(ValueError, match="loss"):
         pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, "cosine")
+
+
+def test_digit_phrase_indices_and_clean_probe_rows() -> None:
+    import pandas as pd
+
+    from fgmm_lib.evaluate import _clean_probe_rows, digit_phrase_indices
+
+    captions = ["the red seven moves left", "the blue zero grows", "The Cyan Nine Blinks"]
+    assert digit_phrase_indices(captions, torch.tensor([7, 0, 9]), max_words=16).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="'one' is not in the caption"):
+        digit_phrase_indices(captions, [1, 0, 9], max_words=16)
+    meta = pd.DataFrame(
+        {"distractor_glyphs": [[], [3], [], []], "visible": [[True, True], [True, True], [True, False], [True, True]]}
+    )
+    assert _clean_probe_rows(meta).tolist() == [True, False, False, True]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole evaluation, on tiny generated data and tiny runs saved by fgmm_lib.train
+# --------------------------------------------------------------------------------------------
+
+CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
+EXPECTED_KEYS = {
+    "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "t2v", "t2i", "pointing",
+}
+RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Noisy pretraining data, a clean evaluation set with its vocabulary, one with another
+    vocabulary, and two runs ("attention" and "coarse") stopped after one step at a tiny
+    learning rate: encoders that are, for every purpose here, untrained."""
+    from fgmm_lib.data import GenerationConfig, Vocabulary, generate_dataset
+    from fgmm_lib.train import TrainConfig, pretrain
+
+    root = tmp_path_factory.mktemp("evaluate")
+    # 200 clips at seed 0: the train narrations use every word of the clean captions.
+    pretraining = generate_dataset(GenerationConfig(clips=200, seed=0), root / "pretrain", progress=False)
+    evaluation = generate_dataset(
+        GenerationConfig(clips=400, seed=1, test_fraction=0.5, **CLEAN), root / "eval",
+        vocab=pretraining / "vocab.json", progress=False,
+    )
+    other_vocab = generate_dataset(GenerationConfig(clips=40, seed=2, **CLEAN), root / "other_vocab", progress=False)
+    assert Vocabulary.load(other_vocab / "vocab.json") != Vocabulary.load(pretraining / "vocab.json")
+    runs = {}
+    for loss in ("attention", "coarse"):
+        config = TrainConfig(
+            data=str(pretraining), out=str(root / f"run_{loss}"), loss=loss, batch_size=8, epochs=1, max_steps=1,
+            lr=1e-7, dim=16, width=0.25, device="cpu", seed=0,
+        )
+        runs[loss] = pretrain(config, progress=False)
+    return {"root": root, "pretrain": pretraining, "eval": evaluation, "other_vocab": other_vocab, "runs": runs}
+
+
+def _assert_at_chance(task: dict) -> None:
+    """R@K of an untrained encoder within noise of the exact hit rate of a random ranking."""
+    queries = task["queries"]
+    for k in (1, 5, 10):
+        p = task["chance"][f"R@{k}"]
+        sigma = math.sqrt(p * (1 - p) / queries)
+        assert abs(task[f"R@{k}"] - p) <= 4 * sigma + 1e-9, (k, task[f"R@{k}"], p, sigma)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.parametrize("loss", ["attention", "coarse"])
+def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> None:
+    import json
+
+    from fgmm_lib.data import NarratedDigits
+
+    out = workspace["root"] / f"metrics_{loss}" / "metrics.json"
+    metrics = evaluate(workspace["runs"][loss], workspace["eval"], out=out, progress=False)
+    assert set(metrics) == EXPECTED_KEYS
+    assert json.loads(out.read_text()) == json.loads(json.dumps(metrics))
+    assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left
+    assert metrics["loss"] == loss and metrics["split"] == "test"
+
+    test_split = NarratedDigits(workspace["eval"], split="test")
+    captions = test_split.meta["caption"]
+    assert metrics["clips"] == len(test_split)
+    assert metrics["t2v"]["queries"] == captions.nunique() and metrics["t2v"]["corpus"] == len(test_split)
+    colour_digit = set(zip(test_split.meta["colour"], test_split.meta["digit"]))
+    assert metrics["t2i"]["queries"] == len(colour_digit) and metrics["t2i"]["corpus"] == len(test_split)
+    for task in ("t2v", "t2i"):
+        assert set(metrics[task]) == RETRIEVAL_KEYS
+        _assert_at_chance(metrics[task])
+
+    probe = metrics["probe"]
+    assert probe["chance"] == pytest.approx(1 / 8)
+    assert probe["test_clips"] == len(test_split) and probe["dropped_test_clips"] == 0
+    confusion = torch.tensor(probe["confusion"])
+    assert confusion.shape == (8, 8) and int(confusion.sum()) == len(test_split)
+    assert probe["action_top1"] == pytest.approx(float(confusion.diag().sum()) / len(test_split))
+    if loss == "coarse":
+        assert metrics["pointing"] is None
+    else:
+        pointing = metrics["pointing"]
+        assert set(pointing) == {"accuracy", "chance", "clips"}
+        assert 0.0 < pointing["chance"] < 1.0 and 0.0 <= pointing["accuracy"] <= 1.0
+
+
+def test_evaluate_rejects_data_with_another_vocabulary(workspace, tmp_path) -> None:
+    out = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match="another vocabulary") as error:
+        evaluate(workspace["runs"]["attention"], workspace["other_vocab"], out=out, progress=False)
+    assert str(workspace["other_vocab"]) in str(error.value)
+    assert str(workspace["runs"]["attention"]) in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_evaluate_rejects_a_run_without_checkpoint(workspace, tmp_path) -> None:
+    import shutil
+
+    from fgmm_lib.train import CHECKPOINT
+
+    run = tmp_path / "run"
+    shutil.copytree(workspace["runs"]["attention"], run)
+    (run / CHECKPOINT).unlink()
+    with pytest.raises(FileNotFoundError, match=CHECKPOINT):
+        evaluate(run, workspace["eval"], progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(tmp_path / "missing_run", workspace["eval"], progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(workspace["runs"]["attention"], tmp_path / "missing_data", progress=False)
+
+
+def test_evaluate_checks_the_output_path_before_any_work(workspace, tmp_path, monkeypatch) -> None:
+    import fgmm_lib.train
+
+    def no_work(run):
+        raise AssertionError("the run was loaded before the output path was checked")
+
+    monkeypatch.setattr(fgmm_lib.train, "load_run", no_work)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot write the metrics file"):
+        evaluate(workspace["runs"]["attention"], workspace["eval"], out=blocker / "metrics.json", progress=False)
+    with pytest.raises(ValueError, match="is a directory"):
+        evaluate(workspace["runs"]["attention"], workspace["eval"], out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="split"):
+        evaluate(workspace["runs"]["attention"], workspace["eval"], split="dev", progress=False)
+
+
+def test_evaluate_refuses_a_probe_without_clean_clips(workspace) -> None:
+    # The pretraining data has distractors and misaligned frames in every clip.
+    with pytest.raises(ValueError, match="no clean single-actor clips"), pytest.warns(UserWarning, match="dropped"):
+        evaluate(workspace["runs"]["attention"], workspace["pretrain"], progress=False)
