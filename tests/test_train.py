@@ -1,0 +1,328 @@
+"""Tests for fgmm_lib.train: run folder contents, reproducibility, kill and resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import fgmm_lib.train as train
+from fgmm_lib.data import GenerationConfig, NarratedDigits, generate_dataset
+from fgmm_lib.losses import LOSSES
+from fgmm_lib.models import DualEncoder
+from fgmm_lib.train import TrainConfig, build_loss, batch_loss, load_run, lr_factor, pretrain
+
+STEPS_PER_EPOCH = 4  # 36 train clips // batch 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny steps gain nothing from more, and lose a lot when the cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = generate_dataset(GenerationConfig(clips=48, frames=4, size=32), tmp_path_factory.mktemp("data") / "digits",
+                            progress=False)
+    assert len(NarratedDigits(root, split="train")) == 36
+    return Path(root)
+
+
+def make_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), loss="attention", batch_size=8, epochs=2, dim=16, width=0.25,
+                  device="cpu", backend="chunked")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def checkpoint_of(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=True)
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = checkpoint_of(first), checkpoint_of(second)
+    for part in ("model", "loss"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name} differs"
+
+
+def weights_differ(first: Path, second: Path) -> bool:
+    a, b = checkpoint_of(first)["model"], checkpoint_of(second)["model"]
+    return any(not torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.fixture(scope="module")
+def full_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted two-epoch "attention" run: the reference for resume tests."""
+    return pretrain(make_config(data, tmp_path_factory.mktemp("runs") / "full"), progress=False)
+
+
+def test_run_writes_every_file(full_run: Path, data: Path) -> None:
+    names = {path.name for path in full_run.iterdir()}
+    assert names == {"config.json", "vocab.json", "log.jsonl", "checkpoint.pt", "compute.json"}, names
+
+    info = json.loads((full_run / "config.json").read_text())
+    vocab = NarratedDigits(data, split="train").vocab
+    assert info["train"] == make_config(data, full_run).to_dict()
+    assert info["model"]["vocab_size"] == len(vocab) and info["model"]["dim"] == 16
+    assert info["vocab_fingerprint"] == vocab.fingerprint()
+    assert info["steps_per_epoch"] == STEPS_PER_EPOCH and info["total_steps"] == 2 * STEPS_PER_EPOCH
+
+    rows = read_log(full_run)
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert [row["epoch"] for row in rows] == [1] * 4 + [2] * 4
+    warmup = info["warmup_steps"]
+    for row in rows:
+        assert set(row) == {"step", "epoch", "loss", "temperature", "attn_temperature", "weight_temperature",
+                            "lr", "samples_per_s", "wall_s"}
+        assert math.isfinite(row["loss"]) and row["loss"] > 0
+        assert row["lr"] == pytest.approx(2e-3 * lr_factor(row["step"] - 1, 8, warmup))
+        assert row["samples_per_s"] > 0
+        assert row["attn_temperature"] == pytest.approx(0.1) and row["weight_temperature"] == pytest.approx(0.1)
+    assert all(a["wall_s"] < b["wall_s"] for a, b in zip(rows, rows[1:]))
+
+    compute = json.loads((full_run / "compute.json").read_text())
+    assert compute["flops_per_step"] > 1e6
+    assert compute["total_flops"] == compute["flops_per_step"] * 8
+    assert compute["steps"] == 8 and compute["samples_seen"] == 64 and compute["wall_s"] > 0
+    assert compute["samples_per_s"] == pytest.approx(64 / compute["wall_s"])
+
+    checkpoint = checkpoint_of(full_run)
+    assert (checkpoint["epoch"], checkpoint["step"], checkpoint["step_in_epoch"]) == (2, 8, 0)
+    assert set(checkpoint["rng"]) == {"torch", "cuda", "numpy", "python", "shuffle"}
+    assert set(checkpoint["optimizer"]["state"])  # Adam moments saved
+
+    model, loss_module, config, run_vocab = load_run(full_run)
+    assert isinstance(model, DualEncoder) and not model.training
+    assert config == make_config(data, full_run)
+    assert run_vocab.fingerprint() == vocab.fingerprint()
+    assert loss_module is not None and loss_module.temperature == pytest.approx(rows[-1]["temperature"])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, checkpoint["model"][name])
+
+
+def test_same_seed_same_weights(data: Path, tmp_path: Path) -> None:
+    first = pretrain(make_config(data, tmp_path / "a", loss="max", epochs=1), progress=False)
+    # Batches assembled by a worker process must not change anything either.
+    second = pretrain(make_config(data, tmp_path / "b", loss="max", epochs=1, num_workers=1), progress=False)
+    other_seed = pretrain(make_config(data, tmp_path / "c", loss="max", epochs=1, seed=1), progress=False)
+    assert_same_weights(first, second)
+    assert [row["loss"] for row in read_log(first)] == [row["loss"] for row in read_log(second)]
+    assert weights_differ(first, other_seed)
+
+
+def test_resume_after_kill_matches_uninterrupted(full_run: Path, data: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kill the run during step 6 (epoch 2), resume from the epoch-1 checkpoint: same weights bitwise."""
+    calls = {"n": 0}
+    real_batch_loss = train.batch_loss
+
+    def killed_at_step_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real_batch_loss(*args, **kwargs)
+
+    config = make_config(data, tmp_path / "run")
+    monkeypatch.setattr(train, "batch_loss", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, progress=False)
+    monkeypatch.setattr(train, "batch_loss", real_batch_loss)
+    assert checkpoint_of(tmp_path / "run")["step"] == STEPS_PER_EPOCH
+    assert [row["step"] for row in read_log(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+    pretrain(config, resume=True, progress=False)
+    assert_same_weights(full_run, tmp_path / "run")
+    resumed_rows, full_rows = read_log(tmp_path / "run"), read_log(full_run)
+    assert [row["step"] for row in resumed_rows] == list(range(1, 9))
+    assert [row["loss"] for row in resumed_rows] == [row["loss"] for row in full_rows]
+    assert json.loads((tmp_path / "run" / "compute.json").read_text())["steps"] == 8
+
+
+def test_max_steps_mid_epoch_then_resume(full_run: Path, data: Path, tmp_path: Path) -> None:
+    run = pretrain(make_config(data, tmp_path / "run", max_steps=5), progress=False)
+    checkpoint = checkpoint_of(run)
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"]) == (1, 1, 5)
+    assert len(read_log(run)) == 5
+    pretrain(make_config(data, tmp_path / "run"), resume=True, progress=False)
+    assert_same_weights(full_run, run)
+    # Resuming a finished run trains nothing and changes nothing.
+    before = (run / "checkpoint.pt").read_bytes()
+    pretrain(make_config(data, tmp_path / "run"), resume=True, progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert len(read_log(run)) == 8
+
+
+def test_nan_loss_raises_and_keeps_checkpoint(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(data, tmp_path / "run", loss="coarse", max_steps=STEPS_PER_EPOCH)
+    pretrain(config, progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    calls = {"n": 0}
+    real_batch_loss = train.batch_loss
+
+    def nan_at_second_call(*args, **kwargs):
+        calls["n"] += 1
+        value = real_batch_loss(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(train, "batch_loss", nan_at_second_call)
+    with pytest.raises(FloatingPointError, match=r"nan at step 6 .*checkpoint.*\(step 4\) is kept"):
+        pretrain(make_config(data, tmp_path / "run", loss="coarse"), resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".*tmp")), "no temporary files left behind"
+
+    # The very first step gives inf: no checkpoint at all.
+    monkeypatch.setattr(train, "batch_loss",
+                        lambda *a, **k: real_batch_loss(*a, **k) * float("inf"))
+    with pytest.raises(FloatingPointError, match=r"inf at step 1 .*no checkpoint"):
+        pretrain(make_config(data, tmp_path / "fresh", loss="coarse"), progress=False)
+    assert not (tmp_path / "fresh" / "checkpoint.pt").exists()
+
+
+def test_batch_size_larger_than_split_raises(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"batch_size 37.*36 clips"):
+        pretrain(make_config(data, tmp_path / "run", batch_size=37), progress=False)
+    assert not (tmp_path / "run").exists(), "nothing written"
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_and_overfits_a_fixed_batch(loss: str, data: Path, tmp_path: Path) -> None:
+    run = pretrain(make_config(data, tmp_path / "run", loss=loss, max_steps=1), progress=False)
+    rows = read_log(run)
+    assert len(rows) == 1 and math.isfinite(rows[0]["loss"])
+    assert checkpoint_of(run)["step"] == 1
+
+    torch.manual_seed(0)
+    config = make_config(data, tmp_path / "unused", loss=loss)
+    model = DualEncoder(config.model_config(len(NarratedDigits(data, split="train").vocab)))
+    loss_module = build_loss(config)
+    batch = NarratedDigits(data, split="train", neighbours=1).get_batch(list(range(8)))
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(loss_module.parameters()), lr=5e-3)
+    values = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        value = batch_loss(model, loss_module, batch, loss)
+        value.backward()
+        optimizer.step()
+        values.append(value.item())
+    assert values[-1] < 0.8 * values[0], values
+
+
+def test_milnce_temperature_is_learned(data: Path) -> None:
+    loss_module = build_loss(TrainConfig(data=str(data), out="unused", loss="milnce", temperature=0.2))
+    assert loss_module.temperature == pytest.approx(0.2)
+    video, text = torch.randn(4, 8), torch.randn(4, 3, 8)
+    loss_module(video, text).backward()
+    assert loss_module.log_temperature.grad is not None and loss_module.log_temperature.grad != 0
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    factors = [lr_factor(step, 10, 2) for step in range(10)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert all(a > b for a, b in zip(factors[2:], factors[3:]))
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lr_factor(0, 10, 0) == 1.0
+
+
+def test_config_from_dict(tmp_path: Path) -> None:
+    config = TrainConfig.from_dict({"data": "d", "out": "o", "lr": "2e-3", "batch_size": 16.0,
+                                    "learn_attention_temperatures": "true"})
+    assert config.lr == 0.002 and config.batch_size == 16 and config.learn_attention_temperatures is True
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="lr_rate"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "lr_rate": 0.1})
+    with pytest.raises(ValueError, match="out"):
+        TrainConfig.from_dict({"data": "d"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field_name"),
+    [
+        ({"loss": "contrastive"}, "loss"),
+        ({"backend": "cuda"}, "backend"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"width": -1.0}, "width"),
+        ({"temperature": 0}, "temperature"),
+        ({"neighbours": -1}, "neighbours"),
+        ({"device": "gpu0"}, "device"),
+        ({"learn_attention_temperatures": "maybe"}, "learn_attention_temperatures"),
+    ],
+)
+def test_bad_config_value_names_field(overrides: dict, field_name: str) -> None:
+    with pytest.raises(ValueError, match=field_name):
+        TrainConfig.from_dict({"data": "d", "out": "o", **overrides})
+
+
+def test_existing_run_needs_resume(full_run: Path, data: Path, tmp_path: Path) -> None:
+    before = (full_run / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="resume"):
+        pretrain(make_config(data, full_run), progress=False)
+    assert (full_run / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        pretrain(make_config(data, tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_resume_with_another_config_raises(full_run: Path, data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    with pytest.raises(ValueError, match=r"lr: 0.001 vs 0.002"):
+        pretrain(make_config(data, run, lr=1e-3), resume=True, progress=False)
+    # The same vocabulary but data generated with other parameters.
+    other_data = tmp_path / "other_data"
+    shutil.copytree(data, other_data)
+    params = json.loads((other_data / "params.json").read_text())
+    params["seed"] = 5
+    (other_data / "params.json").write_text(json.dumps(params))
+    with pytest.raises(ValueError, match=r"other parameters.*seed: 5 vs 0"):
+        pretrain(make_config(other_data, run), resume=True, progress=False)
+
+
+def test_unwritable_out_raises_before_training(data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot be written"):
+        pretrain(make_config(data, blocker / "run"), progress=False)
+    with pytest.raises(ValueError, match="not a folder"):
+        pretrain(make_config(data, blocker), progress=False)
+
+
+def test_load_run_errors(full_run: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="empty"):
+        (tmp_path / "empty").mkdir()
+        load_run(tmp_path / "empty")
+
+    # A checkpoint from a run with another model size.
+    other = pretrain(make_config(data, tmp_path / "other", dim=8, max_steps=1), progress=False)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(full_run, mixed)
+    shutil.copy(other / "checkpoint.pt", mixed / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"model configuration.*dim: 8 vs 16"):
+        load_run(mixed)
+
+    # A run folder whose vocabulary is not the one the checkpoint was trained with.
+    wrong_vocab = tmp_path / "wrong_vocab"
+    shutil.copytree(full_run, wrong_vocab)
+    vocab = json.loads((wrong_vocab / "vocab.json").read_text())
+    words = vocab["words"] if isinstance(vocab, dict) else vocab
+    words.append("zzzextra")
+    (wrong_vocab / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match="vocabulary"):
+        load_run(wrong_vocab)
