@@ -23,8 +23,15 @@ pooled feature every loss trains (``coarse`` and ``milnce`` only ever see it), s
 probed on the same kind of feature.
 
 Public API: :func:`embed_dataset`, :func:`pair_score_matrix`, :func:`retrieval_metrics`,
-:func:`random_ranking_hit_rate`, :func:`linear_probe`, :func:`cell_hit_mask`,
-:func:`pointing_accuracy` and :func:`evaluate` (what ``fgmm evaluate`` runs).
+:func:`best_relevant_ranks`, :func:`random_ranking_hit_rate`, :func:`linear_probe`,
+:func:`cell_hit_mask`, :func:`pointing_accuracy`, :func:`digit_phrase_indices`,
+:func:`still_frame_indices` and :func:`evaluate` (what ``fgmm evaluate`` runs).
+
+Baselines: every retrieval result carries ``"chance"``, the exact R@K of a random ranking for
+its relevance matrix; the probe and pointing carry their uniform chance levels. A randomly
+initialised encoder already beats the latter two (random convolutional features carry motion,
+and the actor's cells stand out from a plain background), so compare trained runs with an
+untrained one as well.
 """
 
 from __future__ import annotations
@@ -52,10 +59,12 @@ __all__ = [
     "embed_dataset",
     "pair_score_matrix",
     "retrieval_metrics",
+    "best_relevant_ranks",
     "random_ranking_hit_rate",
     "linear_probe",
     "cell_hit_mask",
     "pointing_accuracy",
+    "digit_phrase_indices",
     "still_frame_indices",
     "evaluate",
 ]
