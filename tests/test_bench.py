@@ -1,0 +1,108 @@
+"""The loss benchmark at tiny sizes on the CPU: table, statuses, files, memory measure, targets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from fgmm_lib import bench
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    table = bench.bench_loss(out_dir=out, device="cpu", quick=True, progress=False,
+                             backends=("naive", "chunked", "triton"))
+    return out, table
+
+
+def test_quick_run_writes_table_plot_and_summary(quick_run):
+    out, table = quick_run
+    on_disk = pd.read_csv(out / "loss.csv")
+    assert list(on_disk.columns) == bench.CSV_COLUMNS
+    sizes = len(bench.QUICK_SWEEP["batch_sizes"]) * len(bench.QUICK_SWEEP["cells"]) * len(bench.QUICK_SWEEP["phrases"])
+    assert len(on_disk) == len(table) == 3 * len(bench.AGGREGATIONS) * sizes
+    measured = on_disk[on_disk["backend"].isin(["naive", "chunked"])]
+    assert set(measured["status"]) == {"ok"}, measured[["backend", "status", "reason"]]
+    assert (measured["time_ms"] > 0).all() and (measured["peak_mib"] >= 0).all()
+    assert (measured["repeats"] == bench.QUICK_SWEEP["repeats"]).all()
+    fused = on_disk[on_disk["backend"] == "triton"]
+    assert set(fused["status"]) == {"skipped"} and fused["reason"].str.contains("CUDA").all()
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["dtype"] == "float32"
+    rows = summary["largest_batch_within_budget"]["rows"]
+    assert {(r["backend"], r["aggregation"]) for r in rows} == {
+        (b, a) for b in ("naive", "chunked", "triton") for a in bench.AGGREGATIONS}
+    assert all(r["largest_batch"] is None for r in rows if r["backend"] == "triton")
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+
+def test_cpu_memory_measure_sees_an_allocation():
+    memory = bench._CpuMemory()
+    if not memory.available:
+        pytest.skip("no /proc/self/clear_refs or glibc here: the CPU peak is reported as nan")
+
+    def allocate() -> None:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        assert block.sum() > 0
+
+    _, peak = memory.measure(allocate)
+    _, idle = memory.measure(lambda: None)
+    assert 60 * 2**20 <= peak <= 100 * 2**20, peak / 2**20
+    assert idle < 8 * 2**20, idle / 2**20
+
+
+def test_budget_skips_and_plot_survives_nothing_run(tmp_path):
+    table = bench.bench_loss(out_dir=tmp_path, device="cpu", quick=True, progress=False,
+                             backends=("naive",), aggregations=("max",), memory_budget_gib=1e-6)
+    assert set(table["status"]) == {"skipped"} and table["reason"].str.contains("budget").all()
+    assert table["time_ms"].isna().all()
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "loss.csv").exists()
+
+
+def _synthetic(rows):
+    base = {"dim": 256, "dtype": "float32", "device": "cpu", "reason": "", "time_ms_min": math.nan,
+            "estimated_mib": 0.0, "gflop": 1.0, "repeats": 1}
+    return pd.DataFrame([{**base, **row} for row in rows], columns=bench.CSV_COLUMNS)
+
+
+def test_summary_evaluates_the_cpu_target():
+    where = {"aggregation": "attention", "batch": 256, "cells": 64, "phrases": 16, "status": "ok", "tflops": 1.0}
+    table = _synthetic([{**where, "backend": "naive", "time_ms": 100.0, "peak_mib": 800.0},
+                        {**where, "backend": "chunked", "time_ms": 140.0, "peak_mib": 90.0}])
+    check = bench.summarize(table, "cpu", "x", "float32", None, 1.0, "test")["targets"]["cpu_chunked_vs_naive"]
+    assert check["per_aggregation"][0]["memory_ratio"] == pytest.approx(90 / 800)
+    assert check["passed"] is True
+    table.loc[table["backend"] == "chunked", "peak_mib"] = 120.0  # above 1/8
+    check = bench.summarize(table, "cpu", "x", "float32", None, 1.0, "test")["targets"]["cpu_chunked_vs_naive"]
+    assert check["per_aggregation"][0]["memory_ok"] is False and check["passed"] is False
+
+
+def test_summary_evaluates_the_gpu_target():
+    where = {"aggregation": "max", "batch": 1024, "cells": 196, "phrases": 32, "dtype": "bfloat16"}
+    table = _synthetic([{**where, "backend": "naive", "status": "oom", "time_ms": math.nan, "peak_mib": math.nan,
+                         "tflops": math.nan},
+                        {**where, "backend": "triton", "status": "ok", "time_ms": 50.0, "peak_mib": 900.0,
+                         "tflops": 300.0}])
+    target = bench.summarize(table, "cuda", "gpu", "bfloat16", 700.0, 16.0, "test")["targets"]["gpu_triton"]
+    check = target["per_aggregation"][0]
+    assert check["matmul_fraction"] == pytest.approx(300 / 700)
+    assert check["triton_runs_where_naive_does_not"] and target["passed"] is True
+    target = bench.summarize(table, "cuda", "gpu", "bfloat16", 1000.0, 16.0, "test")["targets"]["gpu_triton"]
+    assert target["passed"] is False  # 30 % of the matmul rate
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        bench.bench_loss(out_dir=tmp_path, backends=("fast",), progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        bench.bench_loss(out_dir=tmp_path, dtype="float64", progress=False)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        bench.bench_loss(out_dir=tmp_path, batch_sizes=(0,), progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.bench_loss(out_dir=tmp_path, repeats=0, progress=False)
