@@ -1,0 +1,835 @@
+"""Every table and plot the study notebooks show, as functions of plain data.
+
+Plots take pandas DataFrames, numpy arrays or dicts (never models or files) and return a
+:class:`matplotlib.figure.Figure`, styled with seaborn; the notebooks save and show them. The
+tables the plots draw from are built here too, from the metrics JSON files that
+:func:`fgmm_lib.evaluate.evaluate` writes, so that every notebook and the report read the same
+numbers the same way.
+
+Tables:
+    :func:`metrics_table`, :func:`recall_at_k_table`, :func:`flatten_metrics`, :func:`load_runs`, :func:`summarise_over_seeds`,
+    :func:`comparison_table`, :func:`mean_std_table`, :func:`batch_size_verdict`,
+    :func:`markdown_table`.
+Plots:
+    :func:`plot_training_curves`, :func:`plot_recall_at_k`, :func:`plot_confusion_matrix`,
+    :func:`plot_metric_sweep` (and :func:`plot_batch_ablation`), :func:`plot_comparison`,
+    :func:`plot_compute`, :func:`plot_attention_maps` (data from :func:`attention_example`).
+Output:
+    :func:`show`, :func:`save_figure`, :func:`save_table`, :func:`save_text` (atomic writes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
+
+#: Every loss of the study, in the order tables and legends list them (coarse baselines first).
+LOSS_ORDER = ("coarse", "milnce", "mean", "max", "attention")
+#: One colour per loss, the same in every plot.
+LOSS_COLOURS = dict(zip(LOSS_ORDER, sns.color_palette("colorblind", len(LOSS_ORDER))))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One downstream metric: where it sits in a metrics JSON and how to read it."""
+
+    path: tuple[str, ...]
+    label: str
+    higher_is_better: bool = True
+    unit_interval: bool = True  # a rate or an accuracy in [0, 1] (ranks are not)
+
+
+#: The downstream metrics of STUDY.md section 5, by column name, in display order.
+METRICS: dict[str, Metric] = {
+    "action_top1": Metric(("probe", "action_top1"), "action top-1 (linear probe)"),
+    "t2v_R@1": Metric(("t2v", "R@1"), "text→video R@1"),
+    "t2v_R@5": Metric(("t2v", "R@5"), "text→video R@5"),
+    "t2v_R@10": Metric(("t2v", "R@10"), "text→video R@10"),
+    "t2v_median_rank": Metric(("t2v", "median_rank"), "text→video median rank", higher_is_better=False,
+                              unit_interval=False),
+    "t2i_R@1": Metric(("t2i", "R@1"), "text→image R@1"),
+    "t2i_R@5": Metric(("t2i", "R@5"), "text→image R@5"),
+    "t2i_R@10": Metric(("t2i", "R@10"), "text→image R@10"),
+    "t2i_median_rank": Metric(("t2i", "median_rank"), "text→image median rank", higher_is_better=False,
+                              unit_interval=False),
+    "pointing": Metric(("pointing", "accuracy"), "pointing accuracy"),
+}
+#: The retrieval metrics the batch-size verdict (STUDY.md section 6, question 2) is read on.
+RETRIEVAL_METRICS = ("t2v_R@1", "t2v_R@5", "t2v_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
+RUN_NAME = re.compile(r"^(?P<loss>[a-z]+)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
+
+
+def set_style() -> None:
+    """The seaborn theme every plot of the study uses."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def _ordered_losses(losses: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(str(loss) for loss in losses))
+    return [loss for loss in LOSS_ORDER if loss in present] + sorted(set(present) - set(LOSS_ORDER))
+
+
+def _loss_colour(loss: str) -> Any:
+    return LOSS_COLOURS.get(loss, "grey")
+
+
+def metric_label(name: str) -> str:
+    """Human-readable label of a metric column (the column name itself if it is not a known metric)."""
+    return METRICS[name].label if name in METRICS else name.replace("_", " ")
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _lookup(payload: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = payload
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _chance_path(path: tuple[str, ...]) -> tuple[str, ...]:
+    """Where a metric's chance level sits: ``t2v.chance.R@1``, ``probe.chance``, ``pointing.chance``."""
+    task, key = path[0], path[-1]
+    return (task, "chance", key) if key.startswith("R@") else (task, "chance")
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Every downstream metric of one run as a table: metric (label), value, chance level.
+
+    Metrics the run does not have (pointing for ``coarse`` and ``milnce``) are left out.
+    """
+    rows = []
+    for name, metric in METRICS.items():
+        value = _number(_lookup(metrics, metric.path))
+        if math.isnan(value):
+            continue
+        rows.append({"metric": metric.label, "value": value,
+                     "chance": _number(_lookup(metrics, _chance_path(metric.path)))})
+    if not rows:
+        raise ValueError("the metrics hold none of the downstream metrics")
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics") -> dict[str, Any]:
+    """One flat row of a metrics dict: run, loss, batch_size, seed, every metric of :data:`METRICS`,
+    their chance levels (``<metric>_chance``), the temperatures and every number of its
+    ``compute`` record (as ``compute_<key>``).
+
+    ``batch_size`` and ``seed`` come from ``metrics["config"]`` (the run's TrainConfig); a
+    metric the run does not have (pointing for ``coarse``) is NaN.
+
+    Raises:
+        ValueError: ``loss`` or the config's ``batch_size`` / ``seed`` is missing (``source``
+            names the file in the message).
+    """
+    if not isinstance(metrics, Mapping) or "loss" not in metrics:
+        raise ValueError(f"{source}: not a metrics record of fgmm_lib.evaluate.evaluate (no 'loss' key)")
+    config = metrics.get("config")
+    if not isinstance(config, Mapping) or "batch_size" not in config or "seed" not in config:
+        raise ValueError(f"{source}: has no 'config' with the run's batch_size and seed")
+    run = metrics.get("run")
+    row: dict[str, Any] = {
+        "run": Path(str(run)).name if run else f"{metrics['loss']}-b{config['batch_size']}-s{config['seed']}",
+        "loss": str(metrics["loss"]),
+        "batch_size": int(config["batch_size"]),
+        "seed": int(config["seed"]),
+        "learned_attention_temperatures": bool(config.get("learn_attention_temperatures", False)),
+    }
+    for name, metric in METRICS.items():
+        row[name] = _number(_lookup(metrics, metric.path))
+    for name, metric in METRICS.items():
+        chance = _number(_lookup(metrics, _chance_path(metric.path)))
+        if not math.isnan(chance):
+            row[f"{name}_chance"] = chance
+    temperatures = metrics.get("temperatures")
+    if isinstance(temperatures, Mapping):
+        for key, value in temperatures.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"{key}_temperature"] = float(value)
+    compute = metrics.get("compute")
+    if isinstance(compute, Mapping):
+        for key, value in compute.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"compute_{key}"] = float(value)
+    return row
+
+
+def load_runs(metrics_dir: str | Path) -> pd.DataFrame:
+    """One row per ``*.json`` metrics file in ``metrics_dir`` (see :func:`flatten_metrics`),
+    sorted by loss (study order), batch size and seed.
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no ``*.json`` file.
+        ValueError: a file is not valid JSON or not a metrics record (naming the file).
+    """
+    folder = Path(metrics_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"metrics folder {folder} does not exist")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"metrics folder {folder} holds no *.json metrics file")
+    rows = []
+    for path in files:
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"metrics file {path} is not valid JSON: {error}") from error
+        rows.append(flatten_metrics(payload, source=str(path)))
+    table = pd.DataFrame(rows)
+    order = {loss: position for position, loss in enumerate(_ordered_losses(table["loss"]))}
+    table = table.sort_values(["loss", "batch_size", "seed"], key=lambda column: column.map(order)
+                              if column.name == "loss" else column)
+    return table.reset_index(drop=True)
+
+
+def summarise_over_seeds(runs: pd.DataFrame, by: Sequence[str] = ("loss", "batch_size"),
+                         metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, sample standard deviation (NaN for a single seed) and count over seeds, long format.
+
+    Returns columns ``*by, metric, mean, std, n``; metrics a run lacks (NaN) are left out of
+    its group, and a (group, metric) with no value at all is dropped.
+    """
+    by = list(by)
+    missing = [column for column in by if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table has no column(s) {missing}; it has {list(runs.columns)}")
+    names = [m for m in (metrics if metrics is not None else METRICS) if m in runs.columns]
+    long = runs.melt(id_vars=by, value_vars=names, var_name="metric", value_name="value").dropna(subset=["value"])
+    summary = (long.groupby(by + ["metric"], sort=False)["value"]
+               .agg(mean="mean", std="std", n="count").reset_index())
+    metric_order = {name: position for position, name in enumerate(names)}
+    loss_order = {loss: position for position, loss in enumerate(_ordered_losses(summary["loss"]))} \
+        if "loss" in by else {}
+
+    def sort_key(column: pd.Series) -> pd.Series:
+        if column.name == "metric":
+            return column.map(metric_order)
+        if column.name == "loss":
+            return column.map(loss_order)
+        return column
+
+    return summary.sort_values(["metric"] + by, key=sort_key).reset_index(drop=True)
+
+
+def comparison_table(summary: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """The rows of a :func:`summarise_over_seeds` table at one batch size (STUDY.md 6, question 1).
+
+    Raises:
+        ValueError: no run at that batch size (naming the ones there are).
+    """
+    rows = summary[summary["batch_size"] == batch_size]
+    if rows.empty:
+        raise ValueError(
+            f"no run at batch size {batch_size}; the runs have batch sizes {sorted(summary['batch_size'].unique())}"
+        )
+    return rows.reset_index(drop=True)
+
+
+def comparison_batch_size(batch_sizes: Sequence[int], preferred: int | None = None) -> int:
+    """The batch size of the loss comparison: ``preferred`` (the study's) if some run has it,
+    else the middle of the distinct batch sizes (the lower one of the two middles).
+
+    Raises:
+        ValueError: ``batch_sizes`` is empty.
+    """
+    distinct = sorted({int(b) for b in batch_sizes})
+    if not distinct:
+        raise ValueError("no batch sizes: there are no runs")
+    if preferred is not None and int(preferred) in distinct:
+        return int(preferred)
+    return distinct[(len(distinct) - 1) // 2]
+
+
+def _mean_std(mean: float, std: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    if not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def mean_std_table(summary: pd.DataFrame, index: str = "loss", digits: int = 3) -> pd.DataFrame:
+    """Wide table of "mean ± std" strings: one row per ``index`` value, one column per metric label."""
+    cells = summary.assign(value=[_mean_std(m, s, digits) for m, s in zip(summary["mean"], summary["std"])])
+    wide = cells.pivot(index=index, columns="metric", values="value")
+    metric_columns = [m for m in METRICS if m in wide.columns] + sorted(set(wide.columns) - set(METRICS))
+    rows = _ordered_losses(wide.index) if index == "loss" else sorted(wide.index)
+    wide = wide.loc[rows, metric_columns].fillna("–")
+    wide.columns = [metric_label(m) for m in metric_columns]
+    wide.columns.name = None
+    return wide
+
+
+def best_losses(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, the loss with the best mean (highest, or lowest for ranks) and the runner-up.
+
+    ``summary`` holds one batch size (:func:`comparison_table`); returns one row per metric
+    label with columns ``best``, ``best mean ± std``, ``runner-up``, ``runner-up mean ± std``.
+    """
+    rows = []
+    for name in dict.fromkeys(summary["metric"]):
+        rows_of_metric = summary[summary["metric"] == name]
+        higher = METRICS[name].higher_is_better if name in METRICS else True
+        ranked = rows_of_metric.sort_values("mean", ascending=not higher)
+        first = ranked.iloc[0]
+        row = {"metric": metric_label(name), "best": first["loss"],
+               "best mean ± std": _mean_std(float(first["mean"]), float(first["std"]), 3),
+               "runner-up": "–", "runner-up mean ± std": "–"}
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            row.update({"runner-up": second["loss"],
+                        "runner-up mean ± std": _mean_std(float(second["mean"]), float(second["std"]), 3)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def batch_size_verdict(summary: pd.DataFrame, small_loss: str = "attention", large_loss: str = "coarse",
+                       metrics: Sequence[str] = RETRIEVAL_METRICS) -> pd.DataFrame:
+    """Does ``small_loss`` at its smallest batch size match ``large_loss`` at its largest one?
+
+    Per metric: the two means and standard deviations over seeds, and ``matches`` = True when
+    the small-batch mean is at least the large-batch mean minus the larger of the two standard
+    deviations (0 for a single seed), i.e. not worse beyond seed noise (for a metric where lower
+    is better, the comparison is mirrored). The paper's claim holds where it matches.
+
+    Returns an empty table when either loss or a second batch size is missing.
+    """
+    columns = ["metric", f"{small_loss} batch", f"{small_loss} mean", f"{small_loss} std",
+               f"{large_loss} batch", f"{large_loss} mean", f"{large_loss} std", "matches"]
+    small = summary[summary["loss"] == small_loss]
+    large = summary[summary["loss"] == large_loss]
+    if small.empty or large.empty:
+        return pd.DataFrame(columns=columns)
+    small_batch, large_batch = int(small["batch_size"].min()), int(large["batch_size"].max())
+    if small_batch >= large_batch:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for name in metrics:
+        a = small[(small["batch_size"] == small_batch) & (small["metric"] == name)]
+        b = large[(large["batch_size"] == large_batch) & (large["metric"] == name)]
+        if a.empty or b.empty:
+            continue
+        a_mean, a_std = float(a["mean"].iloc[0]), float(a["std"].fillna(0.0).iloc[0])
+        b_mean, b_std = float(b["mean"].iloc[0]), float(b["std"].fillna(0.0).iloc[0])
+        tolerance = max(a_std, b_std)
+        higher = METRICS[name].higher_is_better if name in METRICS else True
+        matches = a_mean >= b_mean - tolerance if higher else a_mean <= b_mean + tolerance
+        rows.append([name, small_batch, a_mean, a_std, large_batch, b_mean, b_std, bool(matches)])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def markdown_table(table: pd.DataFrame, index: bool = True, float_digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table of a DataFrame (floats with ``float_digits`` decimals)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.{float_digits}f}"
+        return str(value).replace("|", "\\|")
+
+    headers = ([str(table.index.name or "")] if index else []) + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for label, row in table.iterrows():
+        cells = ([cell(label)] if index else []) + [cell(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: str | Path, write: Any) -> Path:
+    """Call ``write(temporary_path)`` beside ``path``, then rename it over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a figure (format from the suffix, tight bounding box) atomically; return the path."""
+    return _write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight"))
+
+
+def save_table(table: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
+    """Write a DataFrame as CSV atomically; return the path."""
+    return _write_atomic(path, lambda temporary: table.to_csv(temporary, index=index))
+
+
+def save_text(text: str, path: str | Path) -> Path:
+    """Write a text file (e.g. a markdown summary) atomically; return the path."""
+    return _write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
+def show(figure: Figure, dpi: int = 90) -> None:
+    """Display a figure in the notebook's output as a PNG, and close it.
+
+    The PNG is rendered here, so that figures appear in executed notebooks (and their HTML
+    export) whatever matplotlib backend the kernel runs (inline, or Agg as under
+    ``MPLBACKEND=Agg``, where displaying a Figure object shows only its text).
+    """
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    display(Image(data=buffer.getvalue(), format="png"))
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def _smooth(values: pd.Series, points: int) -> pd.Series:
+    window = max(1, points // 20)
+    return values.rolling(window, min_periods=1).mean()
+
+
+def plot_training_curves(log: pd.DataFrame, step: str = "step", loss: str = "loss",
+                         temperatures: Sequence[str] = ("temperature", "attn_temperature", "weight_temperature"),
+                         learning_rate: str = "lr", title: str | None = None) -> Figure:
+    """Loss, temperatures and learning rate over training steps (one panel each).
+
+    ``log`` holds one row per step (the run's ``log.jsonl``); temperature columns it lacks are
+    skipped. The loss panel shows the raw loss and a moving average (window = 5% of the steps).
+    """
+    for column in (step, loss, learning_rate):
+        if column not in log.columns:
+            raise ValueError(f"training log has no column {column!r}; it has {list(log.columns)}")
+    set_style()
+    figure, (loss_axes, temperature_axes, lr_axes) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
+    steps = log[step]
+    loss_axes.plot(steps, log[loss], alpha=0.35, linewidth=1, label="per step")
+    loss_axes.plot(steps, _smooth(log[loss], len(log)), linewidth=2, label="moving average")
+    loss_axes.set(xlabel="step", ylabel="loss", title="contrastive loss")
+    loss_axes.legend(loc="upper right", fontsize="small")
+    drawn = [name for name in temperatures if name in log.columns and log[name].notna().any()]
+    for name, style in zip(drawn, ("-", "--", ":", "-.")):  # distinct styles: equal temperatures overlap
+        temperature_axes.plot(steps, log[name], linewidth=2, linestyle=style, label=name.replace("_", " "))
+    temperature_axes.set(xlabel="step", ylabel="value", title="temperatures")
+    if drawn:
+        values = log[drawn].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size and values.min() > 0 and values.max() / values.min() > 5:
+            temperature_axes.set_yscale("log")
+        temperature_axes.legend(loc="best", fontsize="small")
+    else:
+        temperature_axes.text(0.5, 0.5, "no temperature logged", ha="center", va="center",
+                              transform=temperature_axes.transAxes)
+    lr_axes.plot(steps, log[learning_rate], linewidth=2, color="tab:green")
+    lr_axes.set(xlabel="step", ylabel="learning rate", title="learning rate (warmup, cosine)")
+    lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def recall_at_k_table(metrics: Mapping[str, Any], tasks: Sequence[str] = ("t2v", "t2i")) -> pd.DataFrame:
+    """Long table ``task, K, recall, chance`` of the R@K values stored in a metrics dict."""
+    rows = []
+    for task in tasks:
+        values = metrics.get(task) or {}
+        chance = values.get("chance") or {}
+        for key, value in values.items():
+            found = re.fullmatch(r"R@(\d+)", str(key))
+            if found:
+                rows.append({"task": task, "K": int(found.group(1)), "recall": float(value),
+                             "chance": float(chance[key]) if key in chance else math.nan})
+    if not rows:
+        raise ValueError(f"the metrics hold no R@K values for tasks {list(tasks)}")
+    return pd.DataFrame(rows).sort_values(["task", "K"]).reset_index(drop=True)
+
+
+TASK_LABELS = {"t2v": "text → video", "t2i": "text → image"}
+
+
+def plot_recall_at_k(recall: pd.DataFrame, title: str | None = None) -> Figure:
+    """Recall-at-K curves (hit rate against K), one line per task, chance dashed in the same colour.
+
+    ``recall`` is a :func:`recall_at_k_table` (columns task, K, recall, chance).
+    """
+    set_style()
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    palette = sns.color_palette("deep", len(recall["task"].unique()))
+    for colour, (task, rows) in zip(palette, recall.groupby("task", sort=False)):
+        label = TASK_LABELS.get(task, task)
+        axes.plot(rows["K"], rows["recall"], marker="o", linewidth=2, color=colour, label=label)
+        if rows["chance"].notna().any():
+            axes.plot(rows["K"], rows["chance"], linestyle="--", color=colour, alpha=0.7, label=f"{label}, chance")
+    axes.set(xlabel="K", ylabel="R@K (hit rate)", ylim=(0, 1.02), xticks=sorted(recall["K"].unique()))
+    axes.legend(loc="lower right", fontsize="small")
+    axes.set_title(title or "zero-shot retrieval, recall at K")
+    return figure
+
+
+def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, labels: Sequence[str],
+                          normalise: bool = True, title: str | None = None) -> Figure:
+    """Confusion matrix heat map (rows = true class, columns = predicted), counts annotated.
+
+    With ``normalise`` the colours are row-normalised (the fraction of each true class), so
+    classes of different sizes read alike; the annotations stay counts.
+    """
+    counts = np.asarray(confusion, dtype=float)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(labels):
+        raise ValueError(f"confusion must be a square [{len(labels)}, {len(labels)}] matrix, got shape {counts.shape}")
+    set_style()
+    totals = counts.sum(axis=1, keepdims=True)
+    shown = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0) if normalise else counts
+    side = 1.0 + 0.65 * len(labels)
+    figure, axes = plt.subplots(figsize=(side + 1.5, side), layout="constrained")
+    sns.heatmap(shown, annot=counts.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1 if normalise else None,
+                xticklabels=list(labels), yticklabels=list(labels), square=True, linewidths=0.5,
+                cbar_kws={"label": "fraction of the true class" if normalise else "clips"}, ax=axes)
+    axes.set(xlabel="predicted", ylabel="true")
+    axes.tick_params(axis="x", labelrotation=45)
+    axes.tick_params(axis="y", labelrotation=0)
+    for label in axes.get_xticklabels():
+        label.set_horizontalalignment("right")
+    total = int(counts.sum())
+    accuracy = float(np.trace(counts) / total) if total else math.nan
+    axes.set_title(title or f"linear probe, action recognition (top-1 {accuracy:.3f}, {total} clips)")
+    return figure
+
+
+def plot_metric_sweep(summary: pd.DataFrame, x: str = "batch_size", metrics: Sequence[str] | None = None,
+                      log2: bool = True, columns: int = 4, title: str | None = None,
+                      chance: Mapping[str, float] | None = None) -> Figure:
+    """Every metric against a swept knob: one facet per metric, one line per loss, error bars =
+    standard deviation over seeds (none for a single seed).
+
+    ``summary`` is a :func:`summarise_over_seeds` table grouped by ``loss`` and ``x``;
+    ``chance`` optionally maps metrics to a chance level drawn as a grey dashed line.
+    """
+    for column in ("loss", x, "metric", "mean", "std"):
+        if column not in summary.columns:
+            raise ValueError(f"summary has no column {column!r}; it has {list(summary.columns)}")
+    names = [m for m in (metrics or list(dict.fromkeys(summary["metric"]))) if m in set(summary["metric"])]
+    if not names:
+        raise ValueError("summary holds none of the metrics to plot")
+    set_style()
+    columns = max(1, min(columns, len(names)))
+    rows = math.ceil(len(names) / columns)
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows + 0.6),
+                                     squeeze=False, layout="constrained")
+    losses = _ordered_losses(summary["loss"])
+    values = sorted(summary[x].unique())
+    for axes, name in zip(axes_grid.flat, names):
+        for position, loss in enumerate(losses):
+            rows_of_loss = summary[(summary["metric"] == name) & (summary["loss"] == loss)].sort_values(x)
+            if rows_of_loss.empty:
+                continue
+            # dodge the losses a little along x so that equal values and their error bars stay visible
+            dodge = (position - (len(losses) - 1) / 2) * 0.015
+            if log2:
+                xs = rows_of_loss[x] * 2.0 ** (dodge * max(1.0, math.log2(values[-1] / values[0])))
+            else:
+                xs = rows_of_loss[x] + dodge * (values[-1] - values[0] or 1)
+            axes.errorbar(xs, rows_of_loss["mean"], yerr=rows_of_loss["std"].fillna(0.0),
+                          marker="o", markersize=4, linewidth=1.8, capsize=3, color=_loss_colour(loss), label=loss)
+        if chance and name in chance:
+            axes.axhline(chance[name], color="grey", linestyle="--", linewidth=1)
+        if name in METRICS and METRICS[name].unit_interval:
+            axes.set_ylim(-0.03, 1.03)
+        if log2:
+            axes.set_xscale("log", base=2)
+        axes.set_xticks(values)
+        axes.set_xticklabels([str(v) for v in values])
+        axes.minorticks_off()
+        axes.set_title(metric_label(name), fontsize="medium")
+        axes.set_xlabel(x.replace("_", " "))
+        if name in METRICS and not METRICS[name].higher_is_better:
+            axes.set_ylabel("lower is better", fontsize="small")
+    for axes in list(axes_grid.flat)[len(names):]:
+        axes.set_visible(False)
+    handles = [plt.Line2D([], [], color=_loss_colour(loss), marker="o", linewidth=1.8) for loss in losses]
+    legend_labels = losses + (["chance"] if chance else [])
+    if chance:
+        handles.append(plt.Line2D([], [], color="grey", linestyle="--", linewidth=1))
+    figure.legend(handles, legend_labels, loc="outside lower center", ncols=len(legend_labels), frameon=False)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_batch_ablation(summary: pd.DataFrame, metrics: Sequence[str] | None = None,
+                        chance: Mapping[str, float] | None = None) -> Figure:
+    """:func:`plot_metric_sweep` over batch size (log2 axis): STUDY.md section 6, question 2."""
+    return plot_metric_sweep(summary, x="batch_size", metrics=metrics, log2=True, chance=chance,
+                             title="every metric against the batch size (mean ± std over seeds)")
+
+
+def plot_comparison(summary: pd.DataFrame, metrics: Sequence[str] | None = None, columns: int = 5,
+                    title: str | None = None) -> Figure:
+    """Bar chart per metric, one bar per loss (mean over seeds, error bar = std): question 1.
+
+    ``summary`` holds one batch size (:func:`comparison_table`).
+    """
+    names = [m for m in (metrics or list(dict.fromkeys(summary["metric"]))) if m in set(summary["metric"])]
+    if not names:
+        raise ValueError("summary holds none of the metrics to plot")
+    set_style()
+    columns = max(1, min(columns, len(names)))
+    rows = math.ceil(len(names) / columns)
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.9 * rows + 0.3),
+                                     squeeze=False, layout="constrained")
+    losses = _ordered_losses(summary["loss"])
+    for axes, name in zip(axes_grid.flat, names):
+        rows_of_metric = summary[summary["metric"] == name].set_index("loss")
+        present = [loss for loss in losses if loss in rows_of_metric.index]
+        means = rows_of_metric.loc[present, "mean"].to_numpy(dtype=float)
+        stds = rows_of_metric.loc[present, "std"].fillna(0.0).to_numpy(dtype=float)
+        axes.bar(range(len(present)), means, yerr=stds, capsize=3, color=[_loss_colour(loss) for loss in present])
+        axes.set_xticks(range(len(present)))
+        axes.set_xticklabels(present, rotation=45, ha="right")
+        axes.set_title(metric_label(name), fontsize="medium")
+    for axes in list(axes_grid.flat)[len(names):]:
+        axes.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+COST_LABELS = {
+    "compute_flops_per_step": "FLOPs per training step",
+    "compute_total_flops": "FLOPs of the whole run",
+    "compute_wall_s": "wall time of the run (s)",
+    "compute_samples_seen": "samples seen",
+}
+
+
+def plot_compute(runs: pd.DataFrame, cost_columns: Sequence[str], metric: str = "t2v_R@1",
+                 title: str | None = None) -> Figure:
+    """A retrieval metric against each compute cost (one panel per cost column), one point per run,
+    coloured by loss; a cost axis spanning a decade or more is logarithmic (question 5)."""
+    missing = [c for c in [metric, "loss", *cost_columns] if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table has no column(s) {missing}")
+    if not cost_columns:
+        raise ValueError("cost_columns is empty: nothing to plot against")
+    set_style()
+    figure, axes_row = plt.subplots(1, len(cost_columns), figsize=(4.6 * len(cost_columns), 3.8),
+                                    squeeze=False, layout="constrained")
+    losses = _ordered_losses(runs["loss"])
+    for axes, cost in zip(axes_row[0], cost_columns):
+        for loss in losses:
+            rows = runs[runs["loss"] == loss]
+            axes.scatter(rows[cost], rows[metric], color=_loss_colour(loss), label=loss, s=40, alpha=0.85)
+        costs = runs[cost].to_numpy(dtype=float)
+        if (costs > 0).all() and costs.max() / costs.min() >= 10:  # log only over a decade or more
+            axes.set_xscale("log")
+            axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis overlap
+        axes.set(xlabel=COST_LABELS.get(cost, cost.replace("compute_", "").replace("_", " ")),
+                 ylabel=metric_label(metric))
+    figure.legend(*axes_row[0][0].get_legend_handles_labels(), loc="outside right center", title="loss",
+                  fontsize="small", frameon=False)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def phrase_labels(words: Sequence[str], ngram: int = 3) -> list[str]:
+    """Label of each phrase: its n-gram window of words with the centre word in brackets,
+    e.g. ``"the [red] seven"`` (the text encoder's phrase m is centred on word m)."""
+    left = (ngram - 1) // 2
+    right = ngram - 1 - left
+    labels = []
+    for centre, word in enumerate(words):
+        before = list(words[max(0, centre - left):centre])
+        after = list(words[centre + 1:centre + 1 + right])
+        labels.append(" ".join(before + [f"[{word}]"] + after))
+    return labels
+
+
+def _frame_cell(frame: int, frames: int, grid_frames: int) -> int:
+    """The token-grid time index whose span covers the middle of ``frame``."""
+    return min(grid_frames - 1, int((frame + 0.5) * grid_frames / frames))
+
+
+def attention_example(video: Any, boxes: Any, visible: Any, maps: Mapping[str, Any], grid: Sequence[int],
+                      words: Sequence[str], phrase_mask: Any = None, ngram: int = 3,
+                      title: str = "") -> dict[str, Any]:
+    """Arrange one clip's attention for :func:`plot_attention_maps`.
+
+    Args:
+        video: float ``[3, T, H, W]`` in [0, 1] (a dataset item's ``"video"``).
+        boxes: ``[T, 4]``; visible: ``[T]`` bool.
+        maps: :func:`fgmm_lib.losses.attention_maps` of the clip's tokens and its text's phrases.
+        grid: ``(T', H', W')`` of the token grid (cells in token order: t-major, row, column).
+        words: the text's words, one per valid phrase, in order (phrase m is centred on word m).
+        phrase_mask: ``[M]`` bool, True = valid phrase (None: every phrase is valid); only valid
+            phrases are drawn.
+        ngram: the text encoder's phrase window (for the labels).
+    """
+    clip = np.asarray(video, dtype=float)
+    if clip.ndim != 4 or clip.shape[0] != 3:
+        raise ValueError(f"video must be [3, T, H, W], got shape {clip.shape}")
+    frames = np.clip(np.round(clip.transpose(1, 2, 3, 0) * 255.0), 0, 255).astype(np.uint8)
+    grid_frames, grid_height, grid_width = (int(v) for v in grid)
+    phrase_weight = np.asarray(maps["phrase_weight"], dtype=float)
+    valid = np.arange(len(phrase_weight)) if phrase_mask is None else np.flatnonzero(np.asarray(phrase_mask, dtype=bool))
+    if len(valid) != len(words):
+        raise ValueError(f"{len(words)} words for {len(valid)} valid phrases: pass one word per valid phrase")
+    attention = np.asarray(maps["phrase_attention"], dtype=float)[valid]
+    if attention.shape[1] != grid_frames * grid_height * grid_width:
+        raise ValueError(f"phrase_attention has {attention.shape[1]} cells, the grid {tuple(grid)} "
+                         f"{grid_frames * grid_height * grid_width}")
+    return {
+        "frames": frames,
+        "boxes": np.asarray(boxes, dtype=float),
+        "visible": np.asarray(visible, dtype=bool),
+        "phrase_attention": attention.reshape(len(valid), grid_frames, grid_height, grid_width),
+        "phrase_weight": phrase_weight[valid],
+        "phrases": phrase_labels(list(words), ngram),
+        "cell_weight": np.asarray(maps["cell_weight"], dtype=float).reshape(grid_frames, grid_height, grid_width),
+        "text": " ".join(words),
+        "title": title,
+    }
+
+
+def plot_attention_maps(examples: Sequence[Mapping[str, Any]], title: str | None = None,
+                        cmap: str = "plasma", alpha: float = 0.85) -> Figure:
+    """Where each phrase looks, frame by frame, for one or more clips (question 6).
+
+    Each example is a dict of plain arrays:
+
+    - ``"frames"``: uint8 ``[T, H, W, 3]``; ``"boxes"``: ``[T, 4]`` actor box (x0, y0, x1, y1,
+      pixels, exclusive ends); ``"visible"``: ``[T]`` bool (no box on frames without the actor);
+    - ``"phrase_attention"``: ``[P, T', H', W']`` each phrase's attention over cells;
+    - ``"phrase_weight"``: ``[P]``; ``"phrases"``: ``P`` labels;
+    - ``"cell_weight"``: ``[T', H', W']`` the video-to-text weight of each cell;
+    - ``"text"``: the narration; optional ``"title"`` (e.g. clip index and pointing hit).
+
+    One block per clip: one row per phrase and a last row of cell weights, one column per
+    frame (the cell map upsampled to the frame, nearest cell, overlaid with an opacity that grows
+    with the value, so the frame shows through where there is no attention; each row shares one
+    colour scale), and on the right the phrase weights as a bar chart level with their rows.
+    """
+    if not examples:
+        raise ValueError("examples is empty: nothing to draw")
+    set_style()
+    blocks = []
+    for position, example in enumerate(examples):
+        missing = [key for key in ("frames", "boxes", "visible", "phrase_attention", "phrase_weight", "phrases",
+                                   "cell_weight", "text") if key not in example]
+        if missing:
+            raise ValueError(f"example {position} lacks {missing}")
+        frames = np.asarray(example["frames"])
+        attention = np.asarray(example["phrase_attention"], dtype=float)
+        weights = np.asarray(example["phrase_weight"], dtype=float)
+        cell_weight = np.asarray(example["cell_weight"], dtype=float)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"example {position}: frames must be [T, H, W, 3], got {frames.shape}")
+        if attention.ndim != 4 or attention.shape[0] != len(example["phrases"]) or weights.shape != (attention.shape[0],):
+            raise ValueError(
+                f"example {position}: phrase_attention must be [P, T', H', W'] and phrase_weight [P] with "
+                f"P = {len(example['phrases'])} phrases, got {attention.shape} and {weights.shape}"
+            )
+        if cell_weight.shape != attention.shape[1:]:
+            raise ValueError(f"example {position}: cell_weight must have the grid shape {attention.shape[1:]}, "
+                             f"got {cell_weight.shape}")
+        blocks.append((frames, attention, weights, cell_weight))
+
+    frame_count = max(block[0].shape[0] for block in blocks)
+    rows_per_block = [block[1].shape[0] + 1 for block in blocks]
+    label_width, bar_width = 2.1, 2.0
+    width = label_width + TILE_INCHES * frame_count + bar_width
+    heights = [TILE_INCHES * rows + 0.55 for rows in rows_per_block]
+    figure = plt.figure(figsize=(width, sum(heights) + 0.7), layout="constrained")
+    subfigures = figure.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for subfigure, example, (frames, attention, weights, cell_weight) in zip(subfigures, examples, blocks):
+        _draw_attention_block(subfigure, example, frames, attention, weights, cell_weight, cmap, alpha,
+                              frame_count, bar_width / TILE_INCHES)
+    heading = f"{title}\n" if title else ""
+    figure.suptitle(f"{heading}overlay: attention over the cells, each row scaled to its maximum "
+                    f"(transparent = none); green: the actor's box", fontsize="medium")
+    return figure
+
+
+TILE_INCHES = 1.0  # side of one frame tile in the attention figure
+
+
+def _overlay(values: np.ndarray, top: float, cmap: str, alpha: float) -> np.ndarray:
+    """RGBA image of a cell map: colour from ``cmap``, opacity growing with the value (0 = clear)."""
+    scaled = np.clip(values / top, 0.0, 1.0)
+    rgba = plt.get_cmap(cmap)(scaled)
+    rgba[..., 3] = alpha * scaled
+    return rgba
+
+
+def _draw_attention_block(subfigure: Any, example: Mapping[str, Any], frames: np.ndarray, attention: np.ndarray,
+                          weights: np.ndarray, cell_weight: np.ndarray, cmap: str, alpha: float,
+                          frame_columns: int, bar_ratio: float) -> None:
+    phrase_count, grid_frames = attention.shape[0], attention.shape[1]
+    frame_count, height, width = frames.shape[:3]
+    boxes = np.asarray(example["boxes"], dtype=float)
+    visible = np.asarray(example["visible"], dtype=bool)
+    grid = subfigure.add_gridspec(phrase_count + 1, frame_columns + 1,
+                                  width_ratios=[1.0] * frame_columns + [bar_ratio])
+    maps = list(attention) + [cell_weight]
+    row_labels = list(example["phrases"]) + ["cell weight\n(video→text)"]
+    extent = (0, width, height, 0)
+    for row, (grid_map, row_label) in enumerate(zip(maps, row_labels)):
+        top = float(grid_map.max()) if grid_map.size and grid_map.max() > 0 else 1.0
+        for frame in range(frame_count):
+            axes = subfigure.add_subplot(grid[row, frame])
+            axes.imshow(frames[frame], extent=extent, interpolation="nearest")
+            axes.imshow(_overlay(grid_map[_frame_cell(frame, frame_count, grid_frames)], top, cmap, alpha),
+                        extent=extent, interpolation="nearest")
+            if frame < len(visible) and visible[frame]:
+                x0, y0, x1, y1 = boxes[frame]
+                axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.2))
+            axes.set_xticks([])
+            axes.set_yticks([])
+            axes.grid(False)
+            if row == 0:
+                axes.set_title(f"frame {frame}", fontsize="small")
+            if frame == 0:
+                axes.set_ylabel(row_label, rotation=0, ha="right", va="center", fontsize="small")
+    bars = subfigure.add_subplot(grid[:phrase_count, frame_columns])
+    positions = np.arange(phrase_count)
+    bars.barh(positions, weights, height=0.5, color=sns.color_palette("colorblind")[0])
+    bars.set_ylim(phrase_count - 0.5, -0.5)  # one bar level with each phrase's row of frames
+    bars.set_yticks(positions)
+    bars.set_yticklabels([])
+    bars.set_xlim(0, 1.35)
+    bars.set_xticks([0, 0.5, 1.0])
+    for position, weight in zip(positions, weights):
+        bars.text(float(weight) + 0.03, position, f"{weight:.2f}", va="center", fontsize="small")
+    bars.set_title("phrase weight\n(text→video)", fontsize="small")
+    bars.tick_params(axis="x", labelsize="x-small")
+    heading = example.get("title") or ""
+    subfigure.suptitle(f"{heading}: “{example['text']}”" if heading else f"“{example['text']}”",
+                       fontsize="medium", x=0.01, ha="left")
