@@ -139,19 +139,25 @@ def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics") -> dict
     their chance levels (``<metric>_chance``), the temperatures and every number of its
     ``compute`` record (as ``compute_<key>``).
 
-    ``batch_size`` and ``seed`` come from ``metrics["config"]`` (the run's TrainConfig); a
+    ``batch_size`` and ``seed`` come from ``metrics["config"]`` (the run's TrainConfig), or,
+    for a record without it, from the run's folder name ``<loss>-b<batch_size>-s<seed>``; a
     metric the run does not have (pointing for ``coarse``) is NaN.
 
     Raises:
-        ValueError: ``loss`` or the config's ``batch_size`` / ``seed`` is missing (``source``
-            names the file in the message).
+        ValueError: ``loss`` is missing, or batch size and seed are found in neither place
+            (``source`` names the file in the message).
     """
     if not isinstance(metrics, Mapping) or "loss" not in metrics:
         raise ValueError(f"{source}: not a metrics record of fgmm_lib.evaluate.evaluate (no 'loss' key)")
     config = metrics.get("config")
-    if not isinstance(config, Mapping) or "batch_size" not in config or "seed" not in config:
-        raise ValueError(f"{source}: has no 'config' with the run's batch_size and seed")
     run = metrics.get("run")
+    if not isinstance(config, Mapping) or "batch_size" not in config or "seed" not in config:
+        # a record without the run's config: read batch size and seed from the run's name
+        named = RUN_NAME.match(Path(str(run)).name) if run else None
+        if named is None or named.group("loss") != str(metrics["loss"]):
+            raise ValueError(f"{source}: has no 'config' with the run's batch_size and seed, and its run "
+                             f"{run!r} is not named <loss>-b<batch_size>-s<seed>")
+        config = {"batch_size": int(named.group("batch_size")), "seed": int(named.group("seed"))}
     row: dict[str, Any] = {
         "run": Path(str(run)).name if run else f"{metrics['loss']}-b{config['batch_size']}-s{config['seed']}",
         "loss": str(metrics["loss"]),

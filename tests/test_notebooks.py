@@ -1,0 +1,239 @@
+"""Every study notebook, executed through papermill on a toy world, and the stored notebooks' hygiene.
+
+The toy world (built once for the module in a temporary folder) is a repository root in
+miniature: dvc.yaml, a params.yaml with a tiny `train` section, tiny pretraining and evaluation
+data, and runs trained and evaluated in-process for the notebooks that gather results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+import torch
+import yaml
+
+from fgmm_lib.data import GenerationConfig, generate_dataset
+from fgmm_lib.evaluate import evaluate
+from fgmm_lib.notebook import declared_parameters
+from fgmm_lib.train import TrainConfig, pretrain
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "python3"
+TRAIN = {"epochs": 1, "dim": 16, "width": 0.25}
+#: The parameters of every notebook and their defaults: the pipeline contract (dvc.yaml passes them).
+CONTRACT = {
+    "pretrain": {"params_file": "params.yaml", "data": "data/pretrain", "out": "runs/demo", "loss": "attention",
+                 "batch_size": 64, "seed": 0, "overrides": {}},
+    "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json", "split": "test"},
+    "batch_ablation": {"metrics_dir": "results/metrics", "out_dir": "results/ablation"},
+    "attention_maps": {"runs": ["runs/attention-b64-s0", "runs/max-b64-s0", "runs/mean-b64-s0"], "data": "data/eval",
+                       "clips": [0, 1, 2, 3], "out_dir": "results/attention"},
+    "report": {"results_dir": "results", "params_file": "params.yaml"},
+}
+#: Runs trained and evaluated in-process: (loss, batch size, seed).
+IN_PROCESS_RUNS = [(loss, batch_size, seed) for loss in ("coarse", "attention") for batch_size in (4, 8)
+                   for seed in (0, 1)] + [("milnce", 8, 0), ("mean", 8, 0), ("max", 8, 0)]
+#: The run evaluated through the evaluate notebook instead.
+NOTEBOOK_EVALUATED = "max-b8-s1"
+
+
+def execute(root: Path, name: str, **parameters) -> nbformat.NotebookNode:
+    """Execute notebooks/<name>.ipynb from ``root`` with papermill; return the executed notebook."""
+    output = root / "executed" / f"{name}-{len(list((root / 'executed').glob(f'{name}-*')))}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters,
+                               kernel_name=KERNEL, cwd=str(root), progress_bar=False)
+    return nbformat.read(output, as_version=4)
+
+
+def images(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+def non_empty_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The toy repository root, with data, params and in-process runs and metrics."""
+    root = tmp_path_factory.mktemp("toy-study")
+    (root / "executed").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        # the kernels inherit these: no display needed, one thread each on a small machine
+        patch.setenv("MPLBACKEND", "Agg")
+        patch.setenv("OMP_NUM_THREADS", "1")
+        (root / "dvc.yaml").write_text("stages: {}\n")
+        (root / "params.yaml").write_text(yaml.safe_dump({"train": TRAIN, "study": {"batch_size": 8}}))
+        # 128 pretraining clips: enough for the train split's vocabulary to hold every colour, digit and action word
+        generate_dataset(GenerationConfig(clips=128, frames=4, size=32), root / "data/pretrain", progress=False)
+        generate_dataset(GenerationConfig(clips=48, seed=1, frames=4, size=32, distractors=0, filler_words=0.0,
+                                          misaligned_frames=0.0, mismatched_narration=0.0),
+                         root / "data/eval", vocab=root / "data/pretrain/vocab.json", progress=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for loss, batch_size, seed in IN_PROCESS_RUNS + [("max", 8, 1)]:
+                name = f"{loss}-b{batch_size}-s{seed}"
+                config = TrainConfig(data=str(root / "data/pretrain"), out=str(root / "runs" / name), loss=loss,
+                                     batch_size=batch_size, seed=seed, max_steps=4, **TRAIN)
+                pretrain(config, progress=False)
+                if name != NOTEBOOK_EVALUATED:
+                    # relative paths, as the pipeline writes them
+                    cwd = os.getcwd()
+                    os.chdir(root)
+                    try:
+                        evaluate(f"runs/{name}", "data/eval", out=f"results/metrics/{name}.json", progress=False)
+                    finally:
+                        os.chdir(cwd)
+        finally:
+            torch.set_num_threads(threads)
+        yield root
+
+
+# ---------------------------------------------------------------------------------------------
+# the stored notebooks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_stored_notebook_is_clean_and_checks_its_parameters(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata["kernelspec"]["name"] == KERNEL
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {index} is stored with outputs"
+            assert cell.execution_count is None, f"{path.name} cell {index} is stored with an execution count"
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} must have exactly one cell tagged 'parameters', has {len(tagged)}"
+    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+    follower = notebook.cells[tagged[0] + 1]
+    assert "check_parameters(globals())" in follower.source and "use_project_root()" in follower.source
+    assert declared_parameters(notebook.cells[tagged[0]].source) == CONTRACT[path.stem]
+
+
+def test_every_notebook_of_the_contract_exists():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(CONTRACT)
+
+
+# ---------------------------------------------------------------------------------------------
+# executed on the toy world
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pretrain_notebook_trains_and_draws_its_curves(world):
+    executed = execute(world, "pretrain", data="data/pretrain", out="runs/notebook-run", loss="attention",
+                       batch_size=8, seed=3, overrides={"lr": 0.001})
+    run = world / "runs/notebook-run"
+    for name in ("config.json", "log.jsonl", "checkpoint.pt", "compute.json"):
+        assert (run / name).is_file(), name
+    assert non_empty_png(run / "curves.png")
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert (train["loss"], train["batch_size"], train["seed"], train["lr"]) == ("attention", 8, 3, 0.001)
+    assert (train["epochs"], train["dim"], train["width"]) == (1, 16, 0.25)  # from params.yaml's train section
+    log = pd.read_json(run / "log.jsonl", lines=True)
+    assert len(log) == json.loads((run / "compute.json").read_text())["steps"] > 0
+    assert images(executed) == 1
+
+
+def test_pretrain_notebook_refuses_overrides_of_its_own_parameters(world):
+    with pytest.raises(papermill.PapermillExecutionError, match="overrides may not set \\['loss'\\]"):
+        execute(world, "pretrain", out="runs/clash", batch_size=8, overrides={"loss": "max"})
+    assert not (world / "runs/clash/checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def evaluated(world):
+    name = NOTEBOOK_EVALUATED
+    executed = execute(world, "evaluate", run=f"runs/{name}", data="data/eval",
+                       metrics_out=f"results/metrics/{name}.json", split="test")
+    return executed, world / f"results/metrics/{name}.json"
+
+
+def test_evaluate_notebook_writes_every_metric(evaluated):
+    executed, path = evaluated
+    metrics = json.loads(path.read_text())
+    for key in ("loss", "split", "probe", "t2v", "t2i", "pointing", "config", "compute"):
+        assert key in metrics, f"metrics JSON lacks {key!r}"
+    assert metrics["loss"] == "max" and metrics["split"] == "test"
+    assert metrics["config"]["batch_size"] == 8 and metrics["config"]["seed"] == 1
+    assert {"R@1", "R@5", "R@10", "median_rank"} <= set(metrics["t2v"]) and 0 <= metrics["pointing"]["accuracy"] <= 1
+    assert images(executed) == 2  # recall at K, confusion matrix
+
+
+@pytest.fixture(scope="module")
+def ablation(world, evaluated):
+    executed = execute(world, "batch_ablation", metrics_dir="results/metrics", out_dir="results/ablation")
+    return executed, world / "results/ablation"
+
+
+def test_batch_ablation_notebook_writes_tables_and_plot(ablation):
+    executed, out = ablation
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == len(IN_PROCESS_RUNS) + 1
+    assert {"run", "loss", "batch_size", "seed", "t2v_R@1", "t2i_R@10", "action_top1", "pointing"} <= set(runs.columns)
+    assert NOTEBOOK_EVALUATED in set(runs["run"])
+    summary = pd.read_csv(out / "batch_size.csv")
+    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n"]
+    coarse = summary[(summary["loss"] == "coarse") & (summary["batch_size"] == 4) & (summary["metric"] == "t2v_R@1")]
+    expected = runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 4)]["t2v_R@1"]
+    assert coarse["n"].item() == 2 and coarse["mean"].item() == pytest.approx(expected.mean())
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert set(comparison["batch_size"]) == {8}  # params.yaml's study batch size
+    assert set(comparison["loss"]) == {"coarse", "milnce", "mean", "max", "attention"}
+    assert non_empty_png(out / "batch_size.png")
+    assert images(executed) == 1
+
+
+@pytest.fixture(scope="module")
+def attention(world):
+    executed = execute(world, "attention_maps", runs=["runs/attention-b8-s0", "runs/coarse-b8-s0", "runs/max-b8-s0"],
+                       data="data/eval", clips=[0, 2], out_dir="results/attention")
+    return executed, world / "results/attention"
+
+
+def test_attention_maps_notebook_draws_runs_with_local_tokens(attention):
+    executed, out = attention
+    assert non_empty_png(out / "attention-b8-s0.png") and non_empty_png(out / "max-b8-s0.png")
+    assert not (out / "coarse-b8-s0.png").exists()
+    pointing = pd.read_csv(out / "pointing.csv")
+    assert list(pointing.columns) == ["run", "loss", "pointing_accuracy", "chance", "clips"]
+    assert list(pointing["run"]) == ["attention-b8-s0", "max-b8-s0"]
+    assert pointing["pointing_accuracy"].between(0, 1).all() and pointing["chance"].between(0, 1).all()
+    assert images(executed) == 2
+
+
+def test_report_notebook_summarises_every_loss(world, ablation, attention):
+    executed = execute(world, "report", results_dir="results", params_file="params.yaml")
+    summary = (world / "results/report/summary.md").read_text()
+    for loss in ("coarse", "milnce", "mean", "max", "attention"):
+        assert f"| {loss} |" in summary, f"summary.md does not mention {loss}"
+    assert "Does `attention` at batch 4 match `coarse` at batch 8?" in summary
+    assert "](../ablation/batch_size.png)" in summary and "](../attention/attention-b8-s0.png)" in summary
+    assert "Not answered by the current pipeline" in summary and "noise ablation" in summary
+    assert "GFLOPs per step" in summary, "the compute section found no compute record in the metrics"
+    assert images(executed) >= 5  # comparison, ablation, compute, two attention maps
+
+
+# ---------------------------------------------------------------------------------------------
+# bad parameters fail at once, naming the parameter
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_parameter_fails_naming_it(world):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        execute(world, "evaluate", batchsize=3)
+    assert "unknown parameter(s) 'batchsize'" in str(error.value)
+
+
+def test_ill_typed_parameter_fails_before_any_work(world):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        execute(world, "pretrain", out="runs/ill-typed", batch_size="big")
+    assert "parameter 'batch_size' must be a int" in str(error.value) and "'big'" in str(error.value)
+    assert not (world / "runs/ill-typed").exists()

@@ -1,0 +1,407 @@
+"""Tables and plots of fgmm_lib.viz, and the notebook helpers of fgmm_lib.notebook."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from fgmm_lib import viz  # noqa: E402
+from fgmm_lib.losses import attention_maps  # noqa: E402
+from fgmm_lib.models import token_to_cell  # noqa: E402
+from fgmm_lib.notebook import (  # noqa: E402
+    check_parameters,
+    declared_parameters,
+    load_params,
+    project_root,
+    use_project_root,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def metrics_record(loss: str, batch_size: int, seed: int, rng: np.random.Generator) -> dict:
+    """A metrics dict shaped like fgmm_lib.evaluate.evaluate's, with random values."""
+    def retrieval() -> dict:
+        return {"R@1": float(rng.uniform(0, 0.5)), "R@5": float(rng.uniform(0.5, 0.8)), "R@10": float(rng.uniform(0.8, 1)),
+                "median_rank": float(rng.integers(1, 20)), "mean_rank": 5.0, "queries": 10, "corpus": 40,
+                "chance": {"R@1": 0.1, "R@5": 0.4, "R@10": 0.7}}
+
+    return {
+        "run": f"runs/{loss}-b{batch_size}-s{seed}", "loss": loss, "split": "test", "clips": 40,
+        "temperatures": {"attn": 0.1, "weight": 0.2},
+        "probe": {"action_top1": float(rng.uniform()), "chance": 0.125, "confusion": np.eye(8, dtype=int).tolist()},
+        "t2v": retrieval(), "t2i": retrieval(),
+        "pointing": None if loss in ("coarse", "milnce") else {"accuracy": float(rng.uniform()), "chance": 0.2},
+        "config": {"batch_size": batch_size, "seed": seed, "learn_attention_temperatures": False},
+        "compute": {"flops_per_step": 1e6 * batch_size, "wall_s": 2.0 * batch_size, "device": "cpu"},
+    }
+
+
+@pytest.fixture
+def runs(tmp_path) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    for loss in ("attention", "coarse", "max"):
+        for batch_size in (4, 16):
+            for seed in (0, 1, 2):
+                record = metrics_record(loss, batch_size, seed, rng)
+                (folder / f"{loss}-b{batch_size}-s{seed}.json").write_text(json.dumps(record))
+    return viz.load_runs(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_flatten_metrics_reads_every_metric_chance_and_compute():
+    record = metrics_record("attention", 8, 3, np.random.default_rng(1))
+    row = viz.flatten_metrics(record)
+    assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("attention-b8-s3", "attention", 8, 3)
+    assert row["t2v_R@5"] == record["t2v"]["R@5"]
+    assert row["t2i_median_rank"] == record["t2i"]["median_rank"]
+    assert row["action_top1"] == record["probe"]["action_top1"]
+    assert row["pointing"] == record["pointing"]["accuracy"]
+    assert row["t2i_R@10_chance"] == 0.7 and row["pointing_chance"] == 0.2 and row["action_top1_chance"] == 0.125
+    assert "t2v_median_rank_chance" not in row
+    assert row["compute_flops_per_step"] == 8e6 and "compute_device" not in row
+    assert row["attn_temperature"] == 0.1 and row["weight_temperature"] == 0.2
+
+    coarse = viz.flatten_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
+    assert math.isnan(coarse["pointing"])
+
+
+def test_flatten_metrics_without_config_uses_the_run_name_or_fails_naming_the_source():
+    record = metrics_record("max", 32, 2, np.random.default_rng(1))
+    del record["config"]
+    row = viz.flatten_metrics(record)
+    assert (row["batch_size"], row["seed"]) == (32, 2)
+    record["run"] = "runs/demo"
+    with pytest.raises(ValueError, match="bad.json.*config"):
+        viz.flatten_metrics(record, source="bad.json")
+    with pytest.raises(ValueError, match="no 'loss'"):
+        viz.flatten_metrics({"t2v": {}})
+
+
+def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
+    assert list(runs["loss"].unique()) == ["coarse", "max", "attention"]  # study order, not alphabetical
+    assert len(runs) == 18
+    first = runs[runs["loss"] == "coarse"]
+    assert list(first["batch_size"]) == [4, 4, 4, 16, 16, 16] and list(first["seed"]) == [0, 1, 2] * 2
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        viz.load_runs(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*.json"):
+        viz.load_runs(tmp_path / "empty")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match="x.json is not valid JSON"):
+        viz.load_runs(tmp_path / "broken")
+
+
+def test_summarise_over_seeds_matches_a_plain_computation(runs):
+    summary = viz.summarise_over_seeds(runs)
+    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n"]
+    for (loss, batch_size), group in runs.groupby(["loss", "batch_size"]):
+        for name in ("t2v_R@1", "action_top1", "t2i_median_rank"):
+            values = [float(v) for v in group[name]]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            row = summary[(summary["loss"] == loss) & (summary["batch_size"] == batch_size) & (summary["metric"] == name)]
+            assert len(row) == 1
+            assert row["mean"].iloc[0] == pytest.approx(mean)
+            assert row["std"].iloc[0] == pytest.approx(std)
+            assert row["n"].iloc[0] == 3
+    # coarse has no pointing: no row rather than a NaN mean
+    assert summary[(summary["loss"] == "coarse") & (summary["metric"] == "pointing")].empty
+    with pytest.raises(ValueError, match="no column"):
+        viz.summarise_over_seeds(runs, by=("loss", "width"))
+
+
+def test_comparison_tables(runs):
+    summary = viz.summarise_over_seeds(runs)
+    comparison = viz.comparison_table(summary, 16)
+    assert set(comparison["batch_size"]) == {16}
+    with pytest.raises(ValueError, match="no run at batch size 64"):
+        viz.comparison_table(summary, 64)
+    wide = viz.mean_std_table(comparison)
+    assert list(wide.index) == ["coarse", "max", "attention"]
+    assert wide.loc["coarse", "pointing accuracy"] == "–"
+    row = comparison[(comparison["loss"] == "max") & (comparison["metric"] == "t2v_R@1")].iloc[0]
+    assert wide.loc["max", "text→video R@1"] == f"{row['mean']:.3f} ± {row['std']:.3f}"
+
+    best = viz.best_losses(comparison)
+    for name in ("t2v_R@1", "t2v_median_rank"):
+        rows = comparison[comparison["metric"] == name]
+        expected = rows.loc[rows["mean"].idxmin() if name.endswith("rank") else rows["mean"].idxmax(), "loss"]
+        assert best.loc[viz.metric_label(name), "best"] == expected
+
+    assert viz.comparison_batch_size([8, 64, 256, 64], preferred=64) == 64
+    assert viz.comparison_batch_size([8, 64, 256], preferred=32) == 64
+    assert viz.comparison_batch_size([8, 256]) == 8
+    with pytest.raises(ValueError, match="no runs"):
+        viz.comparison_batch_size([])
+
+
+def test_batch_size_verdict_compares_small_attention_with_large_coarse():
+    rows = []
+    for loss, batch_size, mean, std in [("attention", 4, 0.50, 0.02), ("attention", 64, 0.9, 0.0),
+                                        ("coarse", 4, 0.1, 0.0), ("coarse", 64, 0.55, 0.04)]:
+        rows.append({"loss": loss, "batch_size": batch_size, "metric": "t2v_R@1", "mean": mean, "std": std, "n": 2})
+        rows.append({"loss": loss, "batch_size": batch_size, "metric": "t2i_R@1", "mean": mean - 0.2, "std": std, "n": 2})
+        rows.append({"loss": loss, "batch_size": batch_size, "metric": "t2v_median_rank", "mean": 10 * (1 - mean),
+                     "std": 0.0, "n": 2})
+    summary = pd.DataFrame(rows)
+    verdict = viz.batch_size_verdict(summary, metrics=("t2v_R@1", "t2i_R@1", "t2v_median_rank")).set_index("metric")
+    assert verdict.loc["t2v_R@1", "attention batch"] == 4 and verdict.loc["t2v_R@1", "coarse batch"] == 64
+    # 0.50 >= 0.55 - max(0.02, 0.04) = 0.51 is false: worse beyond the noise
+    assert not verdict.loc["t2v_R@1", "matches"]
+    summary.loc[(summary["loss"] == "coarse") & (summary["batch_size"] == 64), "std"] = 0.06
+    verdict = viz.batch_size_verdict(summary, metrics=("t2v_R@1", "t2v_median_rank")).set_index("metric")
+    assert verdict.loc["t2v_R@1", "matches"]
+    # median rank: lower is better, 5.0 vs 4.5 is worse
+    assert not verdict.loc["t2v_median_rank", "matches"]
+    assert viz.batch_size_verdict(summary[summary["loss"] == "coarse"]).empty
+
+
+def test_markdown_table():
+    table = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", "z"]}, index=pd.Index(["r1", "r2"], name="row"))
+    text = viz.markdown_table(table)
+    assert text.splitlines() == ["| row | a | b |", "| --- | --- | --- |", "| r1 | 1.235 | x\\|y |", "| r2 | – | z |"]
+    assert viz.markdown_table(table, index=False).splitlines()[0] == "| a | b |"
+
+
+def test_metrics_and_recall_tables():
+    record = metrics_record("coarse", 8, 0, np.random.default_rng(2))
+    table = viz.metrics_table(record)
+    assert "pointing accuracy" not in table.index
+    assert table.loc["text→video R@5", "value"] == record["t2v"]["R@5"]
+    assert table.loc["text→video R@5", "chance"] == 0.4
+    assert math.isnan(table.loc["text→video median rank", "chance"])
+    recall = viz.recall_at_k_table(record)
+    assert list(recall["K"]) == [1, 5, 10, 1, 5, 10]
+    assert recall.set_index(["task", "K"]).loc[("t2i", 10), "recall"] == record["t2i"]["R@10"]
+    with pytest.raises(ValueError, match="no R@K"):
+        viz.recall_at_k_table({"t2v": {"median_rank": 3}})
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    png = viz.save_figure(figure, tmp_path / "deep" / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv = viz.save_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv")
+    assert pd.read_csv(csv)["a"].tolist() == [1, 2]
+    viz.save_text("hello", tmp_path / "s.md")
+    assert (tmp_path / "s.md").read_text() == "hello"
+
+    def fail(path):
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        viz._write_atomic(tmp_path / "t.csv", fail)
+    assert pd.read_csv(csv)["a"].tolist() == [1, 2]  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "s.md", "t.csv"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+
+
+def visible_axes(figure: Figure) -> list:
+    return [axes for axes in figure.axes if axes.get_visible()]
+
+
+def test_training_curves():
+    steps = np.arange(1, 41)
+    log = pd.DataFrame({"step": steps, "loss": np.exp(-steps / 10), "temperature": 0.07, "attn_temperature": None,
+                        "weight_temperature": None, "lr": np.linspace(1e-3, 0, 40)})
+    figure = viz.plot_training_curves(log, title="run")
+    assert len(figure.axes) == 3
+    assert [line.get_label() for line in figure.axes[1].get_lines()] == ["temperature"]  # all-None columns skipped
+    with pytest.raises(ValueError, match="no column 'lr'"):
+        viz.plot_training_curves(log.drop(columns="lr"))
+
+
+def test_recall_confusion_and_sweep_plots(runs):
+    record = metrics_record("attention", 8, 0, np.random.default_rng(3))
+    figure = viz.plot_recall_at_k(viz.recall_at_k_table(record))
+    assert len(figure.axes[0].get_lines()) == 4  # two tasks, each with its chance line
+
+    confusion = np.diag([3, 2, 0, 1]) + np.eye(4, k=1, dtype=int)
+    figure = viz.plot_confusion_matrix(confusion, ["a", "b", "c", "d"])
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["a", "b", "c", "d"]
+    assert "top-1 0.667" in figure.axes[0].get_title()  # 6 of 9 on the diagonal
+    with pytest.raises(ValueError, match="square"):
+        viz.plot_confusion_matrix(confusion, ["a", "b"])
+
+    summary = viz.summarise_over_seeds(runs)
+    figure = viz.plot_batch_ablation(summary, chance={"t2v_R@1": 0.1})
+    assert len(visible_axes(figure)) == len(viz.METRICS)
+    first = visible_axes(figure)[0]
+    assert first.get_xscale() == "log" and [t.get_text() for t in first.get_xticklabels()] == ["4", "16"]
+    assert viz.plot_metric_sweep(summary, metrics=["t2v_R@1", "pointing"], log2=False).axes[0].get_xscale() == "linear"
+
+    comparison = viz.comparison_table(summary, 4)
+    figure = viz.plot_comparison(comparison, metrics=["t2v_R@1", "pointing"])
+    assert len(visible_axes(figure)) == 2
+    figure = viz.plot_compute(runs, ["compute_flops_per_step", "compute_wall_s"])
+    assert len(figure.axes) == 2
+    with pytest.raises(ValueError, match="no column"):
+        viz.plot_compute(runs, ["compute_energy"])
+
+
+def test_attention_example_puts_each_token_in_its_cell():
+    grid = (2, 3, 4)
+    cells = 2 * 3 * 4
+    generator = torch.Generator().manual_seed(0)
+    video_tokens = torch.randn(cells, 8, generator=generator, dtype=torch.float64)
+    text_tokens = torch.randn(5, 8, generator=generator, dtype=torch.float64)
+    text_mask = torch.tensor([True, True, True, False, False])
+    # make phrase 1 point sharply at token 17
+    text_tokens[1] = video_tokens[17] * 10
+    maps = attention_maps(video_tokens, text_tokens, text_mask=text_mask, attn_temperature=0.01)
+    video = torch.rand(3, 4, 12, 16)
+    example = viz.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+                                    ["the", "red", "seven"], phrase_mask=text_mask, ngram=3, title="clip")
+    assert example["phrase_attention"].shape == (3, 2, 3, 4)
+    assert example["phrases"] == ["[the] red", "the [red] seven", "red [seven]"]
+    assert example["frames"].shape == (4, 12, 16, 3) and example["frames"].dtype == np.uint8
+    t, y, x = token_to_cell(17, grid)
+    assert np.unravel_index(example["phrase_attention"][1].argmax(), (2, 3, 4)) == (t, y, x)
+    for n in range(cells):  # every token lands in the cell token_to_cell names
+        assert example["cell_weight"][token_to_cell(n, grid)] == pytest.approx(float(maps["cell_weight"][n]))
+    assert example["phrase_weight"].sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 words for 3 valid phrases"):
+        viz.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+                              ["the", "red"], phrase_mask=text_mask)
+
+    figure = viz.plot_attention_maps([example, example], title="run")
+    tiles = [axes for axes in figure.axes if axes.get_title() == "frame 0"]
+    assert len(tiles) == 2  # one block per clip
+    assert len(figure.axes) == 2 * ((3 + 1) * 4 + 1)  # (phrases + cell-weight row) x frames + bar chart
+    with pytest.raises(ValueError, match="lacks"):
+        viz.plot_attention_maps([{"frames": example["frames"]}])
+    with pytest.raises(ValueError, match="nothing to draw"):
+        viz.plot_attention_maps([])
+
+
+def test_frame_to_cell_mapping_covers_the_grid_in_order():
+    assert [viz._frame_cell(f, 8, 4) for f in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [viz._frame_cell(f, 4, 4) for f in range(4)] == [0, 1, 2, 3]
+    assert [viz._frame_cell(f, 3, 2) for f in range(3)] == [0, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook helpers
+# ---------------------------------------------------------------------------------------------
+
+PARAMETERS_CELL = '''
+"""Documented parameters."""
+data = "data/eval"  # a comment
+batch_size = 64
+lr: float = 0.5
+clips = [0, 1, 2]
+overrides = {}
+anything = None
+'''
+
+
+def namespace(injected: str | None, **values) -> dict:
+    history = ["", PARAMETERS_CELL]
+    if injected is not None:
+        history.append(injected)
+    history.append("check_parameters(globals())")
+    return {"In": history, **values}
+
+
+def test_declared_parameters_reads_literal_assignments_only():
+    assert declared_parameters(PARAMETERS_CELL) == {"data": "data/eval", "batch_size": 64, "lr": 0.5,
+                                                    "clips": [0, 1, 2], "overrides": {}, "anything": None}
+    with pytest.raises(ValueError, match="line 2 assigns 'len\\(a\\)'"):
+        declared_parameters("a = 1\nb = len(a)")
+    with pytest.raises(ValueError, match="line 1 is 'import os'"):
+        declared_parameters("import os")
+    with pytest.raises(ValueError, match="not valid Python"):
+        declared_parameters("a = ")
+
+
+def test_check_parameters_accepts_matching_types():
+    injected = '# Parameters\nbatch_size = 8\nlr = 1\nclips = [3]\noverrides = {"epochs": 2}\nanything = "x"\n'
+    values = {"batch_size": 8, "lr": 1, "clips": [3], "overrides": {"epochs": 2}, "anything": "x"}
+    assert check_parameters(namespace(injected, **values)) == values
+
+
+def test_check_parameters_without_injection_checks_nothing():
+    assert check_parameters(namespace(None, batch_size="anything")) == {}
+    assert check_parameters({}) == {}
+    assert check_parameters({"In": "not a list"}) == {}
+
+
+@pytest.mark.parametrize("line, value, message", [
+    ("batchsize = 3", 3, "unknown parameter\\(s\\) 'batchsize': this notebook declares anything, batch_size"),
+    ("batch_size = 'big'", "big", "parameter 'batch_size' must be a int like its default 64, got str 'big'"),
+    ("batch_size = True", True, "'batch_size' must be a int.*got bool"),
+    ("lr = 'fast'", "fast", "'lr' must be a float"),
+    ("clips = [0.5]", [0.5], "'clips' must be a list"),
+    ("clips = 3", 3, "'clips' must be a list"),
+    ("overrides = []", [], "'overrides' must be a dict"),
+    ("data = None", None, "'data' must be a str"),
+])
+def test_check_parameters_names_the_bad_parameter(line, value, message):
+    name = line.split(" = ")[0]
+    with pytest.raises(ValueError, match=message):
+        check_parameters(namespace(f"# Parameters\n{line}\n", **{name: value}))
+
+
+def test_check_parameters_reports_every_problem_and_uses_the_last_injection():
+    injected = "# Parameters\nbatchsize = 3\nlr = 'x'\n"
+    with pytest.raises(ValueError) as error:
+        check_parameters(namespace(injected, batchsize=3, lr="x"))
+    assert "'batchsize'" in str(error.value) and "'lr'" in str(error.value)
+    history = namespace("# Parameters\nbatchsize = 3\n")["In"] + [PARAMETERS_CELL, "# Parameters\nlr = 2.0\n"]
+    assert check_parameters({"In": history, "lr": 2.0}) == {"lr": 2.0}
+
+
+def test_project_root_and_params(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    nested = tmp_path / "notebooks" / "deeper"
+    nested.mkdir(parents=True)
+    assert project_root(nested) == tmp_path.resolve()
+    monkeypatch.chdir(nested)
+    assert use_project_root() == tmp_path.resolve()
+    assert os.getcwd() == str(tmp_path.resolve())
+    with pytest.raises(FileNotFoundError, match="no dvc.yaml"):
+        project_root("/")
+
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 2\nstudy:\n  batch_size: 64\nempty:\n")
+    assert load_params(tmp_path / "params.yaml", section="train") == {"epochs": 2}
+    assert load_params(tmp_path / "params.yaml", section="empty") == {}
+    assert load_params(tmp_path / "params.yaml")["study"] == {"batch_size": 64}
+    with pytest.raises(ValueError, match="no section 'data'"):
+        load_params(tmp_path / "params.yaml", section="data")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_params(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        load_params(tmp_path / "list.yaml")
