@@ -581,7 +581,7 @@ def plot_loss_bench(table: pd.DataFrame, path: str | Path) -> None:
     shapes = sorted({(int(n), int(m)) for n, m in zip(table["cells"], table["phrases"])})
     aggregations = [a for a in AGGREGATIONS if a in set(table["aggregation"])]
     rows = 2 * len(aggregations)
-    figure, axes = plt.subplots(rows, len(shapes), figsize=(3.2 * len(shapes) + 1, 2.4 * rows + 0.6),
+    figure, axes = plt.subplots(rows, len(shapes), figsize=(max(6.0, 3.2 * len(shapes)), 2.4 * rows + 1.0),
                                 squeeze=False, sharex=True)
     colours = {"naive": "tab:red", "chunked": "tab:blue", "triton": "tab:green"}
     ran = table[table["status"].isin(["ok", "over_budget"])]
@@ -611,11 +611,12 @@ def plot_loss_bench(table: pd.DataFrame, path: str | Path) -> None:
                 handles.append(handle)
                 labels.append(label)
     if handles:
-        figure.legend(handles, labels, loc="upper right")
+        figure.legend(handles, labels, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1 - 0.45 / (2.4 * rows + 1.0)),
+                      frameon=False)
     first = table.iloc[0] if len(table) else None
     title = "pair-score loss: forward + backward" + (
         f" ({first['device']}, {first['dtype']}, D={first['dim']})" if first is not None else "")
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0, 0.92, 0.97))
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.8 / (2.4 * rows + 1.0)))
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)

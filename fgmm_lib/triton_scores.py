@@ -569,6 +569,11 @@ def triton_pair_scores(
         raise ValueError(f"text_tokens has M={M} phrases; the triton backend handles at most {MAX_PHRASES}")
     if Bv > 65535:
         raise ValueError(f"video_tokens has Bv={Bv}; the triton backend launches at most 65535 videos per call")
+    if max(Bv * N * D, Bt * M * D, Bv * Bt * 2 * M, Bv * Bt * 4) >= 2**31:
+        raise ValueError(
+            f"inputs too large for 32-bit offsets: Bv={Bv}, Bt={Bt}, N={N}, M={M}, D={D} "
+            f"(needs Bv*N*D, Bt*M*D and Bv*Bt*2*M below 2**31); split the batch"
+        )
     device = video_tokens.device
     if device.type != "cuda" and not _interpret_mode():
         raise ValueError(
