@@ -28,7 +28,7 @@ quick: setup  ## the whole pipeline at toy size, in a temporary experiment (resu
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp $(shell $(BIN)/python -m fgmm_lib.profiles quick)
 
 bench-loss: setup  ## time and memory of the loss backends on this machine
-	$(BIN)/fgmm bench-loss --out results/bench
+	$(BIN)/fgmm bench-loss --cpu-sweep --out results/bench
 
 lab: setup  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks/

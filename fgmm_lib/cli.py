@@ -90,8 +90,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_bench_loss(args: argparse.Namespace) -> int:
     from fgmm_lib.bench import bench_loss
 
+    if args.cpu_sweep:
+        from fgmm_lib.bench import bench_loss_cpu
+
+        print(bench_loss_cpu(out_dir=args.out, progress=not args.quiet).to_string(index=False))
+        return 0
     kwargs: dict[str, Any] = {"out_dir": args.out, "quick": args.quick, "progress": not args.quiet}
-    for name in ("device", "dtype", "repeats", "memory_budget_gib", "dim"):
+    for name in ("device", "dtype", "repeats", "memory_budget_gib", "dim", "max_seconds", "seed"):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
@@ -137,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench-loss", help="time and peak memory of the pair-score backends")
     bench.add_argument("--out", default="results/bench", help="folder for loss.csv and loss.png")
     bench.add_argument("--quick", action="store_true", help="a few small sizes only")
+    bench.add_argument("--cpu-sweep", action="store_true",
+                       help="the documented CPU sweep (B up to 256, N 16 and 64, M 16, D 256); other size options are ignored")
+    bench.add_argument("--max-seconds", type=float, default=None, help="stop starting new configurations after this long")
+    bench.add_argument("--seed", type=int, default=None)
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     bench.add_argument("--repeats", type=int, default=None)

@@ -866,6 +866,13 @@ def evaluate(
         "t2i": t2i,
         "pointing": pointing,
     }
+    result["config"] = train_config.to_dict()
+    compute_path = Path(run) / "compute.json"
+    result["compute"] = json.loads(compute_path.read_text()) if compute_path.is_file() else None
+    result["finished"] = bool(result["compute"]) and result["compute"].get("epochs_done") == train_config.epochs
+    if not result["finished"]:
+        warnings.warn(f"run {run} did not finish its {train_config.epochs} epochs (no complete compute.json): "
+                      f"these metrics describe a partial run; resume it with fgmm pretrain --resume", stacklevel=2)
     if out_path is not None:
         _write_json_atomic(result, out_path)
     return result

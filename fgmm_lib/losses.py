@@ -30,7 +30,7 @@ BACKENDS = ("naive", "chunked", "triton", "auto")
 CONTRASTIVE_AGGREGATIONS = ("coarse",) + AGGREGATIONS
 
 #: Memory the chunked backend allows one block's working set (bytes).
-CHUNK_MEMORY_BUDGET_BYTES = 256 * 2**20
+CHUNK_MEMORY_BUDGET_BYTES = 64 * 2**20
 #: How many ``[Bv, block, N, M]`` tensors one block's working set is counted as. Counted generously:
 #: the recomputed backward of "attention" holds about 5 to 6 at once (similarities, masked logits,
 #: softmaxes, products and their gradients; "max" about 3, measured with torch.profiler), the rest
@@ -279,12 +279,9 @@ _TRITON_AVAILABLE: bool | None = None
 def _triton_available() -> bool:
     global _TRITON_AVAILABLE
     if _TRITON_AVAILABLE is None:
-        try:
-            import fgmm_lib.triton_scores  # noqa: F401
-        except ImportError:
-            _TRITON_AVAILABLE = False
-        else:
-            _TRITON_AVAILABLE = True
+        from fgmm_lib.triton_scores import triton_available
+
+        _TRITON_AVAILABLE = triton_available()
     return _TRITON_AVAILABLE
 
 

@@ -417,6 +417,7 @@ def test_digit_phrase_indices_and_clean_probe_rows() -> None:
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
 EXPECTED_KEYS = {
     "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "t2v", "t2i", "pointing",
+    "config", "compute", "finished",
 }
 RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance"}
 
@@ -441,7 +442,7 @@ def workspace(tmp_path_factory):
     runs = {}
     for loss in ("attention", "coarse"):
         config = TrainConfig(
-            data=str(pretraining), out=str(root / f"run_{loss}"), loss=loss, batch_size=8, epochs=1, max_steps=1,
+            data=str(pretraining), out=str(root / f"run_{loss}"), loss=loss, batch_size=8, epochs=1,
             lr=1e-7, dim=16, width=0.25, device="cpu", seed=0,
         )
         runs[loss] = pretrain(config, progress=False)
@@ -470,6 +471,7 @@ def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> Non
     assert json.loads(out.read_text()) == json.loads(json.dumps(metrics))
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left
     assert metrics["loss"] == loss and metrics["split"] == "test"
+    assert metrics["finished"] and metrics["config"]["loss"] == loss and metrics["compute"]["steps"] >= 1
 
     test_split = NarratedDigits(workspace["eval"], split="test")
     captions = test_split.meta["caption"]
@@ -541,3 +543,14 @@ def test_evaluate_refuses_a_probe_without_clean_clips(workspace) -> None:
     # The pretraining data has distractors and misaligned frames in every clip.
     with pytest.raises(ValueError, match="no clean single-actor clips"), pytest.warns(UserWarning, match="dropped"):
         evaluate(workspace["runs"]["attention"], workspace["pretrain"], progress=False)
+
+
+def test_evaluate_warns_about_an_unfinished_run(tmp_path, workspace) -> None:
+    from fgmm_lib.train import TrainConfig, pretrain
+
+    config = TrainConfig(data=str(workspace["pretrain"]), out=str(tmp_path / "partial"), loss="coarse", batch_size=8,
+                         epochs=2, max_steps=1, dim=16, width=0.25, device="cpu", seed=0)
+    run = pretrain(config, progress=False)
+    with pytest.warns(UserWarning, match="did not finish"):
+        metrics = evaluate(run, workspace["eval"], progress=False)
+    assert metrics["finished"] is False
