@@ -24,8 +24,14 @@ test: setup  ## run the test suite
 repro: setup  ## run the whole study with DVC (results land in results/)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# The quick profile: every stage at toy size (params overridden with -S), as a temporary DVC
+# experiment: results/ stays untouched; `dvc exp show` lists it, `dvc exp apply NAME` brings it in.
+QUICK := -S data_pretrain.clips=300 -S data_eval.clips=200 -S train.epochs=1 -S train.dim=32 \
+	-S train.width=0.5 -S 'study.seeds=[0]' -S 'ablation.losses=[coarse,attention]' \
+	-S 'ablation.batch_sizes=[16]' -S 'ablation.seeds=[0]' -S bench.cpu_sweep=false -S bench.quick=true
+
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp $(shell $(BIN)/python -m fgmm_lib.profiles quick)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp $(QUICK)
 
 bench-loss: setup  ## time and memory of the loss backends on this machine
 	$(BIN)/fgmm bench-loss --cpu-sweep --out results/bench

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench-loss", help="time and peak memory of the pair-score backends")
     bench.add_argument("--out", default="results/bench", help="folder for loss.csv and loss.png")
     bench.add_argument("--quick", action="store_true", help="a few small sizes only")
-    bench.add_argument("--cpu-sweep", action="store_true",
+    bench.add_argument("--cpu-sweep", "--cpu_sweep", action="store_true",
                        help="the documented CPU sweep (B up to 256, N 16 and 64, M 16, D 256); other size options are ignored")
     bench.add_argument("--max-seconds", type=float, default=None, help="stop starting new configurations after this long")
     bench.add_argument("--seed", type=int, default=None)
