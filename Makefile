@@ -27,7 +27,7 @@ repro: setup  ## run the whole study with DVC (results land in results/)
 # The quick profile: every stage at toy size (params overridden with -S), as a temporary DVC
 # experiment: results/ stays untouched; `dvc exp show` lists it, `dvc exp apply NAME` brings it in.
 QUICK := -S data_pretrain.clips=200 -S data_eval.clips=150 -S train.epochs=1 -S train.dim=32 \
-	-S train.width=0.5 -S 'study.seeds=[0]' -S 'ablation.losses=[coarse,attention]' \
+	-S train.width=0.5 -S 'study.seeds=[0]' -S 'ablation.losses=[attention]' \
 	-S 'ablation.batch_sizes=[32]' -S 'ablation.seeds=[0]' -S bench.cpu_sweep=false -S bench.quick=true
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
