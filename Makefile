@@ -26,12 +26,14 @@ repro: setup  ## run the whole study with DVC (results land in results/)
 
 # The quick profile: every stage at toy size (params overridden with -S), as a temporary DVC
 # experiment: results/ stays untouched; `dvc exp show` lists it, `dvc exp apply NAME` brings it in.
+# --force runs every stage afresh rather than restoring directories from the run cache, which a
+# temporary experiment may not hold.
 QUICK := -S data_pretrain.clips=200 -S data_eval.clips=150 -S train.epochs=1 -S train.dim=32 \
 	-S train.width=0.5 -S 'study.seeds=[0]' -S 'ablation.losses=[attention]' \
 	-S 'ablation.batch_sizes=[32]' -S 'ablation.seeds=[0]' -S bench.cpu_sweep=false -S bench.quick=true
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp $(QUICK)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)
 
 bench-loss: setup  ## time and memory of the loss backends on this machine
 	$(BIN)/fgmm bench-loss --cpu-sweep --out results/bench
