@@ -36,10 +36,7 @@ untrained one as well.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,9 +50,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.retrieval import RetrievalHitRate
 from tqdm.auto import tqdm
 
+from fgmm_lib.losses import AGGREGATIONS, PairLoss
+from fgmm_lib.runs import COMPUTE, check_writable_file, load_run, read_json, write_json
+
 __all__ = [
-    "FINE_GRAINED_LOSSES",
-    "COARSE_LOSSES",
     "embed_dataset",
     "pair_score_matrix",
     "retrieval_metrics",
@@ -69,10 +67,6 @@ __all__ = [
     "evaluate",
 ]
 
-#: Losses whose pair score is the cosine of the global embeddings.
-COARSE_LOSSES = ("coarse", "milnce")
-#: Losses whose pair score aggregates (cell, phrase) cosines; these have attention maps.
-FINE_GRAINED_LOSSES = ("mean", "max", "attention")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,52 +178,37 @@ def embed_dataset(
 
 
 def pair_score_matrix(
+    loss_module: PairLoss,
     video_tokens: Tensor,
     video_global: Tensor,
     text_phrases: Tensor,
     text_mask: Tensor,
     text_global: Tensor,
-    loss: str,
-    attn_temperature: float = 0.1,
-    weight_temperature: float = 0.1,
     block_size: int = 256,
     device: str | torch.device | None = None,
 ) -> Tensor:
-    """Pair scores ``S [Cv, Ct]`` between videos and texts, as the run named by ``loss`` scores them.
+    """Pair scores ``S [Cv, Ct]`` between videos and texts, as the run's loss scores them.
 
-    ``coarse`` / ``milnce``: cosine of the global embeddings. ``mean`` / ``max`` / ``attention``:
-    :func:`fgmm_lib.losses.pair_scores` with that aggregation and the given temperatures,
-    computed in blocks of ``block_size`` videos (bounded memory) on ``device`` (default: the
-    device of ``video_tokens``). Returned as a float32 CPU tensor.
+    ``loss_module.scores`` (:class:`fgmm_lib.losses.PairLoss`): the cosine of the global embeddings
+    for ``coarse`` / ``milnce``, the fine-grained aggregation with the run's (possibly learned)
+    temperatures for the others; computed in blocks of ``block_size`` videos (bounded memory) on
+    ``device`` (default: the device of ``video_tokens``). Returned as a float32 CPU tensor.
     """
-    device = torch.device(device) if device is not None else video_tokens.device
-    if loss in COARSE_LOSSES:
-        video = F.normalize(video_global.to(device).float(), dim=-1)
-        text = F.normalize(text_global.to(device).float(), dim=-1)
-        return (video @ text.T).cpu()
-    if loss not in FINE_GRAINED_LOSSES:
-        raise ValueError(f"loss must be one of {COARSE_LOSSES + FINE_GRAINED_LOSSES}, got {loss!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    from fgmm_lib.losses import pair_scores
-
+    device = torch.device(device) if device is not None else video_tokens.device
+    loss_module = loss_module.to(device)
     text = text_phrases.to(device).float()
     mask = text_mask.to(device).bool()
+    text_global = text_global.to(device).float()
     rows = []
     with torch.no_grad():
         for start in range(0, video_tokens.shape[0], block_size):
-            block = video_tokens[start : start + block_size].to(device).float()
-            rows.append(
-                pair_scores(
-                    block,
-                    text,
-                    text_mask=mask,
-                    aggregation=loss,
-                    attn_temperature=float(attn_temperature),
-                    weight_temperature=float(weight_temperature),
-                    backend="auto",
-                ).float().cpu()
-            )
+            rows.append(loss_module.scores(
+                video_tokens[start:start + block_size].to(device).float(),
+                video_global[start:start + block_size].to(device).float(),
+                text, text_global, text_mask=mask,
+            ).float().cpu())
     return torch.cat(rows, dim=0)
 
 
@@ -522,6 +501,7 @@ def cell_hit_mask(
 
 
 def pointing_accuracy(
+    loss_module: PairLoss,
     video_tokens: Tensor,
     caption_phrases: Tensor,
     caption_mask: Tensor,
@@ -530,20 +510,16 @@ def pointing_accuracy(
     visible: Tensor,
     grid: tuple[int, int, int],
     frame_size: tuple[int, int, int],
-    aggregation: str = "attention",
-    attn_temperature: float = 0.1,
-    weight_temperature: float = 0.1,
 ) -> dict[str, float]:
     """Attention pointing accuracy (STUDY.md section 5, last row).
 
     For clip ``c``, the phrase ``phrase_index[c]`` (the one centred on the digit word of its
     clean caption) points at its most attended cell: the argmax over cells of
-    ``attention_maps(...)["phrase_attention"][m]`` for ``attention`` (with the given
-    temperatures), of the cosine ``attention_maps(...)["similarity"][:, m]`` for ``mean`` and
-    ``max`` (the same argmax: the softmax is monotone). The clip is a hit when
-    :func:`cell_hit_mask` marks that cell.
+    ``loss_module.attention(...)["focus"][m]`` (the softmax over cells for ``attention``, the
+    cosines for ``mean`` and ``max``). The clip is a hit when :func:`cell_hit_mask` marks that cell.
 
     Args:
+        loss_module: the run's loss; it must have attention (``loss_module.has_attention``).
         video_tokens: ``[C, N, D]``; caption_phrases ``[C, M, D]``; caption_mask ``[C, M]`` bool.
         phrase_index: ``[C]`` long, the digit phrase of each clip (must be a valid phrase).
         boxes, visible, grid, frame_size: as in :func:`cell_hit_mask`.
@@ -551,10 +527,9 @@ def pointing_accuracy(
     Returns ``{"accuracy": hit rate, "chance": mean over clips of the fraction of cells that
     are hits (the accuracy of a uniformly random cell), "clips": C}``.
     """
-    from fgmm_lib.losses import attention_maps
-
-    if aggregation not in FINE_GRAINED_LOSSES:
-        raise ValueError(f"aggregation must be one of {FINE_GRAINED_LOSSES}, got {aggregation!r}")
+    if not loss_module.has_attention:
+        raise ValueError(f"loss {loss_module.name!r} has no attention to point with "
+                         f"(pointing needs one of {', '.join(AGGREGATIONS)})")
     clips = video_tokens.shape[0]
     if video_tokens.dim() != 3 or clips == 0:
         raise ValueError(f"video_tokens must be a non-empty [C, N, D] tensor, got {tuple(video_tokens.shape)}")
@@ -582,18 +557,12 @@ def pointing_accuracy(
             f"the grid {tuple(grid)} has {hits_possible.shape[1]} cells but video_tokens have "
             f"N = {video_tokens.shape[1]}"
         )
+    loss_module = loss_module.cpu()
     chosen = torch.empty(clips, dtype=torch.long)
     with torch.no_grad():
         for c in range(clips):
-            maps = attention_maps(
-                video_tokens[c], caption_phrases[c], text_mask=mask[c],
-                attn_temperature=float(attn_temperature), weight_temperature=float(weight_temperature),
-            )
-            m = int(index[c])
-            if aggregation == "attention":
-                chosen[c] = int(maps["phrase_attention"][m].argmax())
-            else:
-                chosen[c] = int(maps["similarity"][:, m].argmax())
+            focus = loss_module.attention(video_tokens[c], caption_phrases[c], text_mask=mask[c])["focus"]
+            chosen[c] = int(focus[int(index[c])].argmax())
     hits = hits_possible[torch.arange(clips), chosen]
     return {
         "accuracy": float(hits.double().mean()),
@@ -632,30 +601,6 @@ def digit_phrase_indices(captions: Sequence[str], digits: Sequence[int] | Tensor
 # --------------------------------------------------------------------------------------------
 
 
-def _check_out_writable(out: Path) -> None:
-    """Fail now, before any work, if the metrics file cannot be written at ``out``."""
-    if out.is_dir():
-        raise ValueError(f"cannot write the metrics file {out}: it is a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as error:
-        raise ValueError(f"cannot write the metrics file {out}: {error}") from error
-
-
-def _write_json_atomic(payload: dict[str, Any], out: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _clean_probe_rows(meta: Any) -> np.ndarray:
     """Bool mask of the clean single-actor clips: no distractor and the actor visible in every frame."""
     no_distractor = np.array([len(list(g)) == 0 for g in meta["distractor_glyphs"]], dtype=bool)
@@ -671,6 +616,144 @@ def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
     return list(seen), list(seen.values())
 
 
+def _open_eval_data(data: Path, run: Path, vocab: Any, run_data: dict[str, Any], split: str,
+                    probe_split: str) -> tuple[Any, Any]:
+    """The evaluation and probe splits of ``data``, checked against the run: same vocabulary, same
+    clip shape (frames and size) as the run's pretraining data, and neither split empty."""
+    from fgmm_lib.data import NarratedDigits, Vocabulary
+
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist")
+    data_vocab_path = data / "vocab.json"
+    if not data_vocab_path.is_file():
+        raise FileNotFoundError(f"data folder {data} has no vocabulary file {data_vocab_path}")
+    data_fingerprint = Vocabulary.load(data_vocab_path).fingerprint()
+    if data_fingerprint != vocab.fingerprint():
+        raise ValueError(
+            f"the data folder {data} was generated with another vocabulary than the run {run} was "
+            f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
+            f"generate the evaluation data with the run's vocabulary (fgmm generate --vocab <the "
+            f"pretraining data's vocab.json>)"
+        )
+    test_set = NarratedDigits(data, split=split, vocab=vocab)
+    for key in ("frames", "size"):
+        trained, given = run_data.get(key), test_set.params.to_dict().get(key)
+        if trained is not None and trained != given:
+            raise ValueError(f"{data / 'params.json'}: {key}={given} but the run {run} was trained on clips with "
+                             f"{key}={trained}; evaluate on data of the same clip shape")
+    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
+    if len(test_set) == 0:
+        raise ValueError(f"split {split!r} of {data} has no clips")
+    if len(probe_set) == 0:
+        raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
+    return test_set, probe_set
+
+
+def _probe_rows(probe_set: Any, test_set: Any, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the clean single-actor clips the linear probe uses (checked before any work)."""
+    train_keep = _clean_probe_rows(probe_set.meta)
+    test_keep = _clean_probe_rows(test_set.meta)
+    dropped_train, dropped_test = int((~train_keep).sum()), int((~test_keep).sum())
+    if dropped_train or dropped_test:
+        warnings.warn(
+            f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_set.split!r} clips and "
+            f"{dropped_test} of {len(test_keep)} {test_set.split!r} clips of {data} that have distractors or "
+            f"misaligned frames (the probe uses clean single-actor clips)",
+            stacklevel=3,
+        )
+    if not train_keep.any() or not test_keep.any():
+        raise ValueError(
+            f"no clean single-actor clips left for the linear probe in {data} "
+            f"({int(train_keep.sum())} {probe_set.split!r}, {int(test_keep.sum())} {test_set.split!r}); "
+            f"evaluate on data generated with distractors=0 and misaligned_frames=0"
+        )
+    return train_keep, test_keep
+
+
+def _probe_task(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_keep: np.ndarray,
+                test_keep: np.ndarray) -> dict[str, Any]:
+    from fgmm_lib.data import ACTIONS
+
+    train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
+    test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
+    probe = linear_probe(
+        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
+        test["video_global"][test_rows], test["action"][test_rows],
+        num_classes=len(ACTIONS),
+    )
+    return {
+        "action_top1": probe["top1"],
+        "chance": 1.0 / len(ACTIONS),
+        "confusion": probe["confusion"],
+        "weight_decay": probe["weight_decay"],
+        "train_clips": probe["train_size"],
+        "test_clips": probe["test_size"],
+        "dropped_train_clips": int((~train_keep).sum()),
+        "dropped_test_clips": int((~test_keep).sum()),
+    }
+
+
+def _text_to_video(loss_module: PairLoss, test: dict[str, Tensor], captions: list[str], device: str) -> dict[str, Any]:
+    """The distinct clean captions query the split's clips."""
+    queries, first_rows = _unique_first(captions)
+    rows = torch.tensor(first_rows, dtype=torch.long)
+    scores = pair_score_matrix(
+        loss_module, test["video_tokens"], test["video_global"],
+        test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows], device=device,
+    )  # [clips, queries]
+    caption_array = np.array(captions, dtype=object)
+    relevant = torch.from_numpy(np.stack([caption_array == q for q in queries]).astype(bool))
+    result = retrieval_metrics(scores.T.contiguous(), relevant)
+    result.update(queries=len(queries), corpus=len(captions), chance=random_ranking_hit_rate(relevant))
+    return result
+
+
+def _text_to_image(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str, Tensor], max_words: int,
+                   device: str) -> dict[str, Any]:
+    """"the <colour> <digit>" queries the still clips."""
+    from fgmm_lib.data import COLOURS, DIGIT_WORDS
+
+    colours, digits = test["colour"].tolist(), test["digit"].tolist()
+    pairs, _ = _unique_first(list(zip(colours, digits)))
+    pairs.sort()
+    queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
+    query_ids, query_mask = vocab.encode_batch(queries, max_words)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        phrases, phrase_mask, query_global = model.encode_text(query_ids.to(device), query_mask.to(device))
+    model.train(was_training)
+    scores = pair_score_matrix(
+        loss_module, test["still_tokens"], test["still_global"],
+        phrases.float().cpu(), phrase_mask.bool().cpu(), query_global.float().cpu(), device=device,
+    )  # [clips, queries]
+    relevant = torch.stack([(test["colour"] == c) & (test["digit"] == d) for c, d in pairs])
+    result = retrieval_metrics(scores.T.contiguous(), relevant)
+    result.update(queries=len(queries), corpus=len(colours), chance=random_ranking_hit_rate(relevant))
+    return result
+
+
+def _pointing_task(model: Any, loss_module: PairLoss, test: dict[str, Tensor], captions: list[str],
+                   params: Any) -> dict[str, Any]:
+    """Where the digit word's phrase looks, against the actor's box."""
+    frames, size = int(params.frames), int(params.size)
+    return pointing_accuracy(
+        loss_module, test["video_tokens"], test["caption_phrases"], test["caption_mask"],
+        digit_phrase_indices(captions, test["digit"], int(params.max_words)),
+        test["boxes"], test["visible"], model.video.grid(frames, size, size), (frames, size, size),
+    )
+
+
+def _run_compute(run: Path, config: Any) -> tuple[dict[str, Any] | None, bool]:
+    """The run's compute record and whether the run finished its epochs (warns when it did not)."""
+    compute = read_json(run / COMPUTE) if (run / COMPUTE).is_file() else None
+    finished = bool(compute) and compute.get("epochs_done") == config.epochs
+    if not finished:
+        warnings.warn(f"run {run} did not finish its {config.epochs} epochs (no complete {COMPUTE}): "
+                      f"these metrics describe a partial run; resume it with fgmm pretrain --resume", stacklevel=3)
+    return compute, finished
+
+
 def evaluate(
     run: str | Path,
     data: str | Path,
@@ -680,199 +763,81 @@ def evaluate(
     progress: bool = True,
     batch_size: int = 256,
     device: str | None = None,
+    compute_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every downstream task of STUDY.md section 5 for the run folder ``run`` on ``data``.
 
     Args:
-        run: a pretraining run folder (read with :func:`fgmm_lib.train.load_run`).
-        data: a Narrated Digits folder generated with the run's vocabulary (normally a clean
-            one: every noise knob at 0).
+        run: a pretraining run folder (read with :func:`fgmm_lib.runs.load_run`).
+        data: a dataset folder with the run's vocabulary and clip shape (normally a clean
+            Narrated Digits folder: every noise knob at 0).
         split: the held-out split that retrieval, pointing and the probe's test use.
         out: if given, the metrics are also written there as JSON (atomically; checked for
-            writability before any work).
-        probe_split: the split the linear probe is trained on.
+            writability before any work). It holds metrics only.
+        probe_split: the split the linear probe is trained on; it must differ from ``split``.
         progress: show progress bars.
         batch_size: clips per forward pass.
         device: where the encoders run (default: CUDA if available, else CPU).
+        compute_out: if given, the run's compute record (FLOPs, wall time, samples seen) with its
+            loss, batch size and seed is written there as JSON, beside the metrics.
 
     Returns a dict::
 
-        {"run", "data", "loss", "split", "probe_split", "clips",
+        {"run", "data", "loss", "split", "probe_split", "clips", "finished",
          "temperatures": {"attn", "weight"} (the run's tau_a and tau_w, as used for scoring),
          "probe": {"action_top1", "chance", "confusion", "weight_decay", "train_clips",
                    "test_clips", "dropped_train_clips", "dropped_test_clips"},
          "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
          "t2i": {same keys},
-         "pointing": {"accuracy", "chance", "clips"} or None for coarse / milnce}
+         "pointing": {"accuracy", "chance", "clips"} or None for losses without attention}
     """
-    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS, SPLITS, NarratedDigits, Vocabulary
-    from fgmm_lib.train import load_run
+    from fgmm_lib.data import SPLITS
 
     for name, value in (("split", split), ("probe_split", probe_split)):
         if value not in SPLITS:
             raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
-    run = Path(run)
-    data = Path(data)
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        _check_out_writable(out_path)
+    if split == probe_split:
+        raise ValueError(f"probe_split and split are both {split!r}: a linear probe trained and tested on the "
+                         f"same clips measures memorisation; train it on another split (e.g. train)")
+    run, data = Path(run), Path(data)
+    out_path = check_writable_file(out, "metrics file") if out is not None else None
+    compute_path = check_writable_file(compute_out, "compute file") if compute_out is not None else None
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist")
-    if not data.is_dir():
-        raise FileNotFoundError(f"data folder {data} does not exist")
-    data_vocab_path = data / "vocab.json"
-    if not data_vocab_path.is_file():
-        raise FileNotFoundError(f"data folder {data} has no vocabulary file {data_vocab_path}")
-
-    model, loss_module, train_config, vocab = load_run(run)
-    data_fingerprint = Vocabulary.load(data_vocab_path).fingerprint()
-    if data_fingerprint != vocab.fingerprint():
-        raise ValueError(
-            f"the data folder {data} was generated with another vocabulary than the run {run} was "
-            f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
-            f"generate the evaluation data with the run's vocabulary (generate_dataset(..., vocab=<the "
-            f"pretraining data's vocab.json>))"
-        )
-    loss_name = str(train_config.loss)
-    if loss_name not in COARSE_LOSSES + FINE_GRAINED_LOSSES:
-        raise ValueError(f"run {run} has an unknown loss {loss_name!r}")
-    if loss_module is not None:
-        attn_temperature = float(getattr(loss_module, "attn_temperature", train_config.attn_temperature))
-        weight_temperature = float(getattr(loss_module, "weight_temperature", train_config.weight_temperature))
-    else:
-        attn_temperature = float(train_config.attn_temperature)
-        weight_temperature = float(train_config.weight_temperature)
+    model, loss_module, config, vocab = load_run(run)
+    run_data = read_json(run / "config.json").get("data_params", {})
+    test_set, probe_set = _open_eval_data(data, run, vocab, run_data, split, probe_split)
+    train_keep, test_keep = _probe_rows(probe_set, test_set, data)
+    captions = [str(c) for c in test_set.meta["caption"]]
+    unknown = sorted({w for c in captions for w in c.lower().split()} - set(vocab.words))
+    if unknown:
+        warnings.warn(f"the clean captions of {data} use words that the vocabulary of {run} does not know "
+                      f"(encoded as unknown): {unknown}; its pretraining data did not cover them", stacklevel=2)
+    compute, finished = _run_compute(run, config)
 
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device_name)
-    test_set = NarratedDigits(data, split=split, vocab=vocab)
-    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
-    if len(test_set) == 0:
-        raise ValueError(f"split {split!r} of {data} has no clips")
-    if len(probe_set) == 0:
-        raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
-    # ---- the linear probe uses clean single-actor clips only (checked before any work)
-    train_keep = _clean_probe_rows(probe_set.meta)
-    test_keep = _clean_probe_rows(test_set.meta)
-    dropped_train = int((~train_keep).sum())
-    dropped_test = int((~test_keep).sum())
-    if dropped_train or dropped_test:
-        warnings.warn(
-            f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_split!r} clips and "
-            f"{dropped_test} of {len(test_keep)} {split!r} clips of {data} that have distractors or "
-            f"misaligned frames (the probe uses clean single-actor clips)",
-            stacklevel=2,
-        )
-    if not train_keep.any() or not test_keep.any():
-        raise ValueError(
-            f"no clean single-actor clips left for the linear probe in {data} "
-            f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
-            f"evaluate on data generated with distractors=0 and misaligned_frames=0"
-        )
-    captions = [str(c) for c in test_set.meta["caption"]]
-    known = set(vocab.words)
-    unknown = sorted({w for c in captions for w in c.lower().split()} - known)
-    if unknown:
-        warnings.warn(
-            f"the clean captions of {data} use words that the vocabulary of {run} does not know "
-            f"(encoded as unknown): {unknown}; its pretraining data did not cover them",
-            stacklevel=2,
-        )
-
     test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
     probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
-
-    # ---- linear probe on clean single-actor clips
-    train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
-    test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
-    probe = linear_probe(
-        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
-        test["video_global"][test_rows], test["action"][test_rows],
-        num_classes=len(ACTIONS),
-    )
-
-    score_args = dict(
-        loss=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
-        device=device_name,
-    )
-
-    # ---- text to video: distinct clean captions vs the split's clips
-    queries, first_rows = _unique_first(captions)
-    rows = torch.tensor(first_rows, dtype=torch.long)
-    video_scores = pair_score_matrix(
-        test["video_tokens"], test["video_global"],
-        test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows], **score_args,
-    )  # [clips, queries]
-    caption_array = np.array(captions, dtype=object)
-    t2v_relevant = torch.from_numpy(np.stack([caption_array == q for q in queries]).astype(bool))
-    t2v = retrieval_metrics(video_scores.T.contiguous(), t2v_relevant)
-    t2v.update(queries=len(queries), corpus=len(captions), chance=random_ranking_hit_rate(t2v_relevant))
-
-    # ---- text to image: "the <colour> <digit>" vs still clips
-    colours = test["colour"].tolist()
-    digits = test["digit"].tolist()
-    pairs, _ = _unique_first(list(zip(colours, digits)))
-    pairs.sort()
-    image_queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
-    max_words = int(test_set.params.max_words)
-    encoded = [vocab.encode(q, max_words) for q in image_queries]
-    query_ids = torch.stack([torch.as_tensor(ids) for ids, _ in encoded]).to(device_name)
-    query_mask = torch.stack([torch.as_tensor(mask) for _, mask in encoded]).bool().to(device_name)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        query_phrases, query_phrase_mask, query_global = model.encode_text(query_ids, query_mask)
-    model.train(was_training)
-    image_scores = pair_score_matrix(
-        test["still_tokens"], test["still_global"],
-        query_phrases.float().cpu(), query_phrase_mask.bool().cpu(), query_global.float().cpu(), **score_args,
-    )  # [clips, queries]
-    colour_tensor, digit_tensor = test["colour"], test["digit"]
-    t2i_relevant = torch.stack([(colour_tensor == c) & (digit_tensor == d) for c, d in pairs])
-    t2i = retrieval_metrics(image_scores.T.contiguous(), t2i_relevant)
-    t2i.update(queries=len(image_queries), corpus=len(colours), chance=random_ranking_hit_rate(t2i_relevant))
-
-    # ---- pointing: where does the digit word's phrase look
-    pointing = None
-    if loss_name in FINE_GRAINED_LOSSES:
-        frames, height, width = int(test_set.params.frames), int(test_set.params.size), int(test_set.params.size)
-        grid = model.video.grid(frames, height, width)
-        pointing = pointing_accuracy(
-            test["video_tokens"], test["caption_phrases"], test["caption_mask"],
-            digit_phrase_indices(captions, test["digit"], max_words),
-            test["boxes"], test["visible"], grid, (frames, height, width),
-            aggregation=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
-        )
-
+    temperatures = loss_module.logged_temperatures()
     result: dict[str, Any] = {
         "run": str(run),
         "data": str(data),
-        "loss": loss_name,
+        "loss": config.loss,
         "split": split,
         "probe_split": probe_split,
         "clips": len(test_set),
-        "temperatures": {"attn": attn_temperature, "weight": weight_temperature},
-        "probe": {
-            "action_top1": probe["top1"],
-            "chance": 1.0 / len(ACTIONS),
-            "confusion": probe["confusion"],
-            "weight_decay": probe["weight_decay"],
-            "train_clips": probe["train_size"],
-            "test_clips": probe["test_size"],
-            "dropped_train_clips": dropped_train,
-            "dropped_test_clips": dropped_test,
-        },
-        "t2v": t2v,
-        "t2i": t2i,
-        "pointing": pointing,
+        "finished": finished,
+        "temperatures": {"attn": temperatures["attn_temperature"], "weight": temperatures["weight_temperature"]},
+        "probe": _probe_task(probe_train, test, train_keep, test_keep),
+        "t2v": _text_to_video(loss_module, test, captions, device_name),
+        "t2i": _text_to_image(model, loss_module, vocab, test, int(test_set.params.max_words), device_name),
+        "pointing": (_pointing_task(model, loss_module, test, captions, test_set.params)
+                     if loss_module.has_attention else None),
     }
-    result["config"] = train_config.to_dict()
-    compute_path = Path(run) / "compute.json"
-    result["compute"] = json.loads(compute_path.read_text()) if compute_path.is_file() else None
-    result["finished"] = bool(result["compute"]) and result["compute"].get("epochs_done") == train_config.epochs
-    if not result["finished"]:
-        warnings.warn(f"run {run} did not finish its {train_config.epochs} epochs (no complete compute.json): "
-                      f"these metrics describe a partial run; resume it with fgmm pretrain --resume", stacklevel=2)
     if out_path is not None:
-        _write_json_atomic(result, out_path)
+        write_json(out_path, result)
+    if compute_path is not None:
+        write_json(compute_path, {**(compute or {}), "loss": config.loss, "batch_size": config.batch_size,
+                                  "seed": config.seed, "finished": finished})
     return result
