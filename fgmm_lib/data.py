@@ -193,7 +193,41 @@ _META_KEYS = (
 )
 
 
-def _read_meta(path: Path) -> list[dict[str, Any]]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _row_problem(row: dict[str, Any], frames: int) -> str | None:
+    """What is wrong with one meta.jsonl row (None when nothing is), naming the field."""
+    missing = [key for key in _META_KEYS if key not in row]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    if row["split"] not in SPLITS:
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lowercase)"
+    for key in ("narration", "caption"):
+        if not isinstance(row[key], str) or not row[key].split():
+            return f"{key} must be a text with at least one word, got {row[key]!r}"
+    for key, names in (("action", ACTIONS), ("digit", DIGIT_WORDS), ("colour", COLOURS)):
+        if not _is_int(row[key]) or not 0 <= row[key] < len(names):
+            return f"{key} must be an integer in [0, {len(names)}), got {row[key]!r}"
+    for key in ("index", "video"):
+        if not _is_int(row[key]) or row[key] < 0:
+            return f"{key} must be a non-negative integer, got {row[key]!r}"
+    boxes = row["boxes"]
+    if (not isinstance(boxes, list) or len(boxes) != frames
+            or not all(isinstance(box, list) and len(box) == 4
+                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) for box in boxes)):
+        return f"boxes must be {frames} boxes (one per frame) of 4 numbers [x0, y0, x1, y1]"
+    visible = row["visible"]
+    if not isinstance(visible, list) or len(visible) != frames or not all(isinstance(v, bool) for v in visible):
+        return f"visible must be {frames} booleans (one per frame)"
+    if not isinstance(row["distractor_glyphs"], list):
+        return "distractor_glyphs must be a list"
+    return None
+
+
+def _read_meta(path: Path, frames: int) -> list[dict[str, Any]]:
+    """Rows of meta.jsonl, each checked; a bad row raises ValueError naming the file, line and field."""
     rows = []
     with open(path) as handle:
         for number, line in enumerate(handle, start=1):
@@ -203,9 +237,9 @@ def _read_meta(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
-            missing = [key for key in _META_KEYS if key not in row]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing key(s) {', '.join(missing)}")
+            problem = _row_problem(row, frames) if isinstance(row, dict) else "a row must be a JSON object"
+            if problem:
+                raise ValueError(f"{path}, line {number}: {problem}")
             rows.append(row)
     return rows
 
@@ -253,7 +287,7 @@ class NarratedDigits(torch.utils.data.Dataset):
                 f"{frames_path}: expected uint8 [clips, {', '.join(map(str, expected))}] as params.json says, "
                 f"got {frames.dtype} {list(frames.shape)}"
             )
-        rows = _read_meta(self.root / "meta.jsonl")
+        rows = _read_meta(self.root / "meta.jsonl", self.params.frames)
         if self.params.clips is not None and self.params.clips != frames.shape[0]:
             raise ValueError(
                 f"{self.root / 'params.json'} says clips={self.params.clips} but {frames_path} holds "
@@ -325,6 +359,12 @@ class NarratedDigits(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def unknown_words(self, field: str = "narration") -> list[str]:
+        """Words of this split's ``field`` texts ("narration" or "caption") that the vocabulary lacks
+        (they are encoded as ``<unk>``), sorted."""
+        known = set(self.vocab.words)
+        return sorted({word for text in self.meta[field] for word in _words(str(text))} - known)
 
     def get_batch(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """Items at ``positions`` (in this split) stacked along a new dimension 0."""
