@@ -89,6 +89,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_bench_loss(args: argparse.Namespace) -> int:
     from fgmm_lib.bench import bench_loss
 
+    if args.compile_only:
+        from fgmm_lib.kernel_report import check_rows, compile_report
+
+        rows = compile_report(out_dir=args.out, arch=args.arch, progress=not args.quiet)
+        problems = check_rows(rows)
+        from fgmm_lib.triton_scores import MAX_PHRASES
+
+        print(f"texts of more than {MAX_PHRASES} phrases run on the chunked backend (no kernel rows)")
+        print(f"wrote {len(rows)} rows to {args.out}/kernels.json; " + (
+            f"{len(problems)} break a limit:\n" + "\n".join(problems) if problems else "all within the limits"))
+        return 1 if problems else 0
     if args.cpu_sweep:
         from fgmm_lib.bench import bench_loss_cpu
 
@@ -156,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--phrases", type=int, nargs="+", default=None)
     bench.add_argument("--backends", nargs="+", default=None)
     bench.add_argument("--aggregations", nargs="+", default=None)
+    bench.add_argument("--compile-only", "--compile_only", action="store_true",
+                       help="no timing: compile every fused kernel configuration for --arch and write kernels.json")
+    bench.add_argument("--arch", default="sm90", choices=("sm90", "sm80"), help="target of --compile-only")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_bench_loss)
     return parser

@@ -356,7 +356,11 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
     the checks on every training step.
 
     Returns:
-        ``[Bv, Bt]`` scores, in [-1, 1].
+        ``[Bv, Bt]`` scores, in [-1, 1] (float32 from the triton backend, whatever the input dtype).
+
+    Ties in "max" take different subgradients: the triton backend gives the whole gradient of a
+    tied maximum to its first index (lowest cell, lowest phrase), "naive" and "chunked" split it
+    evenly between the tied entries (``torch.amax``). Scores agree exactly.
     """
     _check_choice(aggregation, "aggregation", AGGREGATIONS)
     _check_choice(backend, "backend", BACKENDS)

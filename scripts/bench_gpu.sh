@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU loss benchmark on a one-GPU machine (H100 / H200), in bfloat16, in about 8 minutes.
+# The GPU loss benchmark on a one-GPU machine (H100 / H200), in about 8 minutes.
 #
 #   scripts/bench_gpu.sh [OUT_DIR]      (default: $OUT when set, else results/bench-gpu)
 #
 # 1. Finds a Python with PyTorch (CUDA), Triton, pandas, matplotlib and tqdm; when the default
 #    python3 lacks one, makes a virtual environment (.venv-gpu) and installs them from PyPI.
-#    fgmm_lib itself is pure Python and is used from this checkout (PYTHONPATH), so nothing else
-#    is installed.
-# 2. Checks the Triton kernels against the naive backend in float32 on this GPU (values and
-#    gradients, on float32 and on bfloat16-rounded inputs, the three aggregations):
+#    fgmm_lib itself is pure Python and is used from this checkout (PYTHONPATH).
+# 2. Correctness first: the triton backend against naive and chunked on this card (values and
+#    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures):
 #    OUT_DIR/gpu_check.json; stops if they disagree.
-# 3. Runs bench_loss in bfloat16 over B in 32..1024, N in (16, 64, 196), M in (16, 32), D = 256,
-#    the targets' configurations first, stopping new configurations after BENCH_SECONDS
-#    (default 330): OUT_DIR/loss.csv, loss.png, summary.json (with the card's name and its
-#    measured bf16 matmul rate). The whole log goes to OUT_DIR/bench_gpu.log.
+# 3. The sweep, fwd+bwd of one InfoNCE step, naive, chunked and triton on the same card, in
+#    bfloat16 and in float32 (the path training runs: float32 tokens, cast to bfloat16 inside
+#    the triton backend): B in 32..1024, N in (16, 64, 196), M in (16, 32), D = 256, the targets'
+#    configurations first, each dtype stopping new configurations after BENCH_SECONDS (default
+#    150). OUT_DIR/<dtype>/loss.csv, loss.png, summary.json (with the card's name and the bf16
+#    matmul rate measured in the same run), and both tables in OUT_DIR/gpu.csv. Copy gpu.csv to
+#    results/bench/gpu.csv to commit it. The whole log goes to OUT_DIR/bench_gpu.log.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,7 +55,7 @@ cd "$repo"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     "$python" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())'
 
-    echo "== correctness of the triton backend on this GPU"
+    echo "== correctness of the triton backend on this GPU (against naive and chunked)"
     "$python" - "$out_dir/gpu_check.json" <<'PY'
 import json, sys
 import torch
@@ -61,9 +63,10 @@ from fgmm_lib.losses import AGGREGATIONS, pair_scores
 
 torch.manual_seed(0)
 device = torch.device("cuda")
-results, worst = [], {}
-for dtype, tolerance in ((torch.float32, 2e-4), (torch.bfloat16, 3e-2)):
-    for shape in ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256)):
+results = []
+# bfloat16 inputs, and float32 inputs (cast to bfloat16 inside): both meet bf16 rounding of the tokens
+for dtype, tolerance in ((torch.bfloat16, 3e-2), (torch.float32, 3e-2)):
+    for shape in ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256), (9, 9, 30, 128, 1024)):
         Bv, Bt, N, M, D = shape
         video = torch.randn(Bv, N, D, device=device)
         text = torch.randn(Bt, M, D, device=device)
@@ -73,42 +76,61 @@ for dtype, tolerance in ((torch.float32, 2e-4), (torch.bfloat16, 3e-2)):
         text_mask[:, 0] = True
         upstream = torch.randn(Bv, Bt, device=device)
         for aggregation in AGGREGATIONS:
-            # reference: the naive backend in float32 on the same (rounded) inputs
             outputs = {}
-            for backend, run_dtype in (("naive", torch.float32), ("triton", dtype)):
+            for backend in ("naive", "chunked", "triton"):
+                # the references run in float32 on the same rounded inputs
+                run_dtype = dtype if backend == "triton" else torch.float32
                 v = video.to(dtype).to(run_dtype).clone().requires_grad_()
                 t = text.to(dtype).to(run_dtype).clone().requires_grad_()
-                scores = pair_scores(v, t, text_mask, video_mask, aggregation=aggregation, backend=backend)
-                (scores.float() * upstream).sum().backward()
+                taus = [torch.tensor(tau, device=device, requires_grad=True) for tau in (0.1, 0.2)]
+                try:
+                    scores = pair_scores(v, t, text_mask, video_mask, aggregation=aggregation, backend=backend,
+                                         attn_temperature=taus[0], weight_temperature=taus[1])
+                    (scores.float() * upstream).sum().backward()
+                except torch.cuda.OutOfMemoryError:
+                    continue
                 torch.cuda.synchronize()
-                outputs[backend] = (scores.detach().float(), v.grad.float(), t.grad.float())
-            errors = {}
-            for index, name in enumerate(("scores", "video_grad", "text_grad")):
-                want, got = outputs["naive"][index], outputs["triton"][index]
-                errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
-            ok = all(e <= tolerance for e in errors.values())
-            results.append({"dtype": str(dtype), "shape": shape, "aggregation": aggregation,
-                            "relative_max_error": errors, "tolerance": tolerance, "ok": ok})
-            print(dtype, shape, aggregation, "ok" if ok else "MISMATCH", errors)
+                grads = [tau.grad if tau.grad is not None else torch.zeros((), device=device) for tau in taus]
+                outputs[backend] = (scores.detach().float(), v.grad.float(), t.grad.float(), torch.stack(grads))
+                del v, t, scores
+            for reference in ("naive", "chunked"):
+                if reference not in outputs:
+                    continue
+                errors = {}
+                for index, name in enumerate(("scores", "video_grad", "text_grad", "temperature_grad")):
+                    want, got = outputs[reference][index], outputs["triton"][index]
+                    errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+                ok = all(e <= tolerance for e in errors.values())
+                results.append({"dtype": str(dtype), "shape": shape, "aggregation": aggregation,
+                                "reference": reference, "relative_max_error": errors, "tolerance": tolerance,
+                                "ok": ok, "scores_dtype": str(outputs["triton"][0].dtype)})
+                print(dtype, shape, aggregation, "vs", reference, "ok" if ok else "MISMATCH", errors)
 passed = all(r["ok"] for r in results)
 with open(sys.argv[1], "w") as handle:
     json.dump({"device": torch.cuda.get_device_name(), "passed": passed, "cases": results}, handle, indent=2)
 sys.exit(0 if passed else 1)
 PY
 
-    echo "== benchmark (bfloat16)"
-    "$python" - "$out_dir" "${BENCH_SECONDS:-330}" <<'PY'
-import sys, time
+    echo "== benchmark: bfloat16, then float32 (the training path), naive, chunked and triton"
+    "$python" - "$out_dir" "${BENCH_SECONDS:-150}" <<'PY'
+import json, sys, time
 import pandas as pd
 from fgmm_lib.bench import bench_loss
 
 start = time.perf_counter()
-table = bench_loss(out_dir=sys.argv[1], device="cuda", dtype="bfloat16",
-                   batch_sizes=(32, 64, 128, 256, 512, 1024), cells=(16, 64, 196), phrases=(16, 32), dim=256,
-                   repeats=3, progress=False, max_seconds=float(sys.argv[2]))
+tables = []
 pd.set_option("display.width", 250)
-print(table.drop(columns=["reason", "device", "dtype", "dim"]).to_string(index=False))
-print(open(f"{sys.argv[1]}/summary.json").read())
-print(f"benchmark took {time.perf_counter() - start:.0f} s")
+for dtype in ("bfloat16", "float32"):
+    table = bench_loss(out_dir=f"{sys.argv[1]}/{dtype}", device="cuda", dtype=dtype,
+                       batch_sizes=(32, 64, 128, 256, 512, 1024), cells=(16, 64, 196), phrases=(16, 32), dim=256,
+                       repeats=3, progress=False, max_seconds=float(sys.argv[2]))
+    summary = json.load(open(f"{sys.argv[1]}/{dtype}/summary.json"))
+    table["matmul_bf16_tflops"] = summary["matmul_bf16_tflops"]
+    table["device_name"] = summary["device_name"]
+    tables.append(table)
+    print(table.drop(columns=["reason", "device", "dim"]).to_string(index=False))
+    print(json.dumps(summary["targets"], indent=1))
+pd.concat(tables).to_csv(f"{sys.argv[1]}/gpu.csv", index=False)
+print(f"benchmark took {time.perf_counter() - start:.0f} s; wrote {sys.argv[1]}/gpu.csv")
 PY
 } 2>&1 | tee -a "$log"

@@ -19,9 +19,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is an optional extra (pip install 'fgmm_lib[triton]')")
 
-from fgmm_lib.triton_scores import MAX_PHRASES, triton_pair_scores  # noqa: E402
+from fgmm_lib import losses  # noqa: E402
+from fgmm_lib import triton_scores  # noqa: E402
+from fgmm_lib.triton_scores import AGGREGATION_CODES, MAX_PHRASES, tile_shape  # noqa: E402
 
-AGGREGATIONS = ("mean", "max", "attention")
+AGGREGATIONS = tuple(AGGREGATION_CODES)
 
 
 def reference_scores(video, text, text_mask=None, video_mask=None, aggregation="attention",
@@ -75,10 +77,17 @@ def values_and_grads(function, video, text, video_mask, text_mask, upstream, dty
     return scores.double().detach(), video.grad.double(), text.grad.double()
 
 
+def fused(video, text, text_mask, video_mask, **kwargs):
+    """The triton backend through its caller, which validates and zeroes masked tokens."""
+    return losses.pair_scores(video, text, text_mask, video_mask, backend="triton", **kwargs)
+
+
+# (Bv, Bt, N, M, D): texts per program = 128 // BLOCK_M (8 at M <= 16, 4 at M <= 32)
 SHAPES = [
     pytest.param((3, 2, 19, 5, 24), id="odd-sizes-Bv>Bt"),
     pytest.param((2, 3, 1, 1, 8), id="N=M=1"),
-    pytest.param((1, 3, 70, 17, 40), id="two-cell-blocks-M>16"),
+    pytest.param((2, 11, 70, 9, 40), id="two-text-groups-cell-tiles-across-videos"),
+    pytest.param((1, 5, 33, 17, 72), id="M>16-D-not-a-multiple-of-the-chunk"),
 ]
 
 
@@ -89,22 +98,29 @@ def test_float32_matches_reference(shape, aggregation):
     kwargs = {"aggregation": aggregation, "attn_temperature": 0.1, "weight_temperature": 0.2}
     expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
                                 **kwargs)
-    actual = values_and_grads(triton_pair_scores, video, text, video_mask, text_mask, upstream, torch.float32,
-                              **kwargs)
+    actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, torch.float32, **kwargs)
     for name, got, want in zip(("scores", "video grad", "text grad"), actual, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_shapes_cover_several_texts_per_program_and_partial_tiles():
+    block_m, texts = tile_shape(9)
+    assert texts > 1 and 11 > texts and 11 % texts  # two groups of texts, the second one partial
+    assert 70 % 64 and 2 * 70 > 64  # cell blocks run past a video's end, backward tiles straddle videos
+    assert tile_shape(17) == (32, 4) and 72 % 64
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("aggregation", ["max", "attention"])
-def test_half_precision_matches_reference(dtype, aggregation):
+def test_half_precision_matches_reference_and_returns_float32(dtype, aggregation):
     video, text, video_mask, text_mask, upstream = random_case(3, 2, 21, 6, 32, seed=7)
     # the reference sees the same rounded inputs
     video, text = video.to(dtype).double(), text.to(dtype).double()
     expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
                                 aggregation=aggregation)
-    actual = values_and_grads(triton_pair_scores, video, text, video_mask, text_mask, upstream, dtype,
-                              aggregation=aggregation)
+    scores = fused(video.to(dtype), text.to(dtype), text_mask, video_mask, aggregation=aggregation)
+    assert scores.dtype == torch.float32
+    actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, dtype, aggregation=aggregation)
     for name, got, want in zip(("scores", "video grad", "text grad"), actual, expected):
         scale = want.abs().max().item()
         torch.testing.assert_close(got, want, rtol=0.0, atol=0.03 * scale + 1e-3,
@@ -112,52 +128,79 @@ def test_half_precision_matches_reference(dtype, aggregation):
 
 
 def test_temperature_gradients_match_reference():
-    video, text, video_mask, text_mask, upstream = random_case(2, 3, 9, 4, 16, seed=3)
+    video, text, video_mask, text_mask, upstream = random_case(2, 5, 9, 4, 16, seed=3)
     grads = []
-    for function, dtype in ((reference_scores, torch.float64), (triton_pair_scores, torch.float32)):
+    for function, dtype in ((reference_scores, torch.float64), (fused, torch.float32)):
         attn_temperature = torch.tensor(0.2, dtype=dtype, requires_grad=True)
         weight_temperature = torch.tensor(0.3, dtype=dtype, requires_grad=True)
-        scores = function(video.to(dtype), text.to(dtype), text_mask, video_mask, "attention",
-                          attn_temperature, weight_temperature)
+        scores = function(video.to(dtype), text.to(dtype), text_mask, video_mask, aggregation="attention",
+                          attn_temperature=attn_temperature, weight_temperature=weight_temperature)
         (scores.double() * upstream).sum().backward()
         grads.append(torch.stack([attn_temperature.grad.double(), weight_temperature.grad.double()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
-def test_matches_library_naive_backend():
-    losses = pytest.importorskip("fgmm_lib.losses")
+def test_matches_library_naive_and_chunked_backends():
     video, text, video_mask, text_mask, upstream = random_case(4, 3, 11, 7, 16, seed=11)
     for aggregation in AGGREGATIONS:
-        def naive(v, t, tm, vm, **kwargs):
-            return losses.pair_scores(v, t, tm, vm, backend="naive", **kwargs)
-
-        def fused(v, t, tm, vm, **kwargs):
-            return losses.pair_scores(v, t, tm, vm, backend="triton", **kwargs)
-
-        expected = values_and_grads(naive, video, text, video_mask, text_mask, upstream, torch.float32,
-                                    aggregation=aggregation)
         actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, torch.float32,
                                   aggregation=aggregation)
-        for got, want in zip(actual, expected):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        for backend in ("naive", "chunked"):
+            def reference(v, t, tm, vm, backend=backend, **kwargs):
+                return losses.pair_scores(v, t, tm, vm, backend=backend, **kwargs)
+
+            expected = values_and_grads(reference, video, text, video_mask, text_mask, upstream, torch.float32,
+                                        aggregation=aggregation)
+            for got, want in zip(actual, expected):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_bad_inputs_are_named():
+def test_max_ties_give_the_whole_gradient_to_the_first_index():
+    video = torch.randn(1, 3, 8, dtype=torch.float64)
+    video[0, 2] = video[0, 0]  # cells 0 and 2 tie for every phrase
+    text = torch.randn(1, 2, 8, dtype=torch.float64)
+    grads = {}
+    for backend in ("triton", "naive"):
+        v = video.float().clone().requires_grad_()
+        losses.pair_scores(v, text.float(), aggregation="max", backend=backend).sum().backward()
+        grads[backend] = v.grad[0]
+    # the tied pair receives the same total; naive splits it evenly, the kernel gives it to cell 0
+    torch.testing.assert_close(grads["triton"][0] + grads["triton"][2], grads["naive"][0] + grads["naive"][2],
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["triton"][1], grads["naive"][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["naive"][0], grads["naive"][2])
+    assert (grads["triton"][0] - grads["triton"][2]).abs().max() > 1e-3
+
+
+def test_long_texts_fall_back_to_chunked_with_a_warning():
+    video, text, video_mask, text_mask, upstream = random_case(2, 2, 5, MAX_PHRASES + 1, 8, seed=5)
+    with pytest.warns(RuntimeWarning, match="chunked"):
+        scores = fused(video.float(), text.float(), text_mask, video_mask, aggregation="max")
+    expected = losses.pair_scores(video.float(), text.float(), text_mask, video_mask, aggregation="max",
+                                  backend="chunked")
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected)
+
+
+def test_kernel_entry_never_waits_for_the_device():
+    import inspect
+
+    for function in (triton_scores.triton_pair_scores, triton_scores._TritonPairScores.forward,
+                     triton_scores._TritonPairScores.backward, triton_scores._backward_inputs,
+                     triton_scores._inverse_temperature):
+        source = inspect.getsource(function)
+        for forbidden in (".item(", ".nonzero(", ".tolist(", "float(tensor", "float(value.", "bool(", ".cpu("):
+            assert forbidden not in source, (function.__name__, forbidden)
+
+
+def test_bad_inputs_are_named_by_the_caller():
     video, text = torch.randn(2, 4, 8), torch.randn(3, 5, 8)
     with pytest.raises(ValueError, match="aggregation"):
-        triton_pair_scores(video, text, aggregation="median")
-    with pytest.raises(ValueError, match="share D"):
-        triton_pair_scores(video, torch.randn(3, 5, 9))
+        losses.pair_scores(video, text, aggregation="median", backend="triton")
     with pytest.raises(ValueError, match="text_mask"):
-        triton_pair_scores(video, text, text_mask=torch.zeros(3, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="video_mask must have shape"):
-        triton_pair_scores(video, text, video_mask=torch.ones(2, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="at most"):
-        triton_pair_scores(video, torch.randn(1, MAX_PHRASES + 1, 8))
+        losses.pair_scores(video, text, text_mask=torch.zeros(3, 5, dtype=torch.bool), backend="triton")
     with pytest.raises(ValueError, match="attn_temperature"):
-        triton_pair_scores(video, text, attn_temperature=0.0)
-    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
-        triton_pair_scores(video.double(), text.double())
+        losses.pair_scores(video, text, attn_temperature=0.0, backend="triton")
 
 
 def test_module_imports_without_triton_and_explains_when_called():
@@ -165,8 +208,9 @@ def test_module_imports_without_triton_and_explains_when_called():
         "import sys; sys.modules['triton'] = None\n"
         "import torch, fgmm_lib.triton_scores as ts\n"
         "assert not ts.triton_available()\n"
+        "mask = torch.ones(1, 2, dtype=torch.bool)\n"
         "try:\n"
-        "    ts.triton_pair_scores(torch.randn(1, 2, 4), torch.randn(1, 2, 4))\n"
+        "    ts.triton_pair_scores(torch.randn(1, 2, 4), torch.randn(1, 2, 4), mask, mask)\n"
         "except ImportError as error:\n"
         "    assert 'triton' in str(error), error\n"
         "else:\n"
