@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -278,13 +278,27 @@ class Vocabulary:
         self._ids = {word: i for i, word in enumerate(words)}
 
     @classmethod
-    def build(cls, narrations: Iterable[str]) -> "Vocabulary":
-        """Vocabulary of every word in ``narrations`` (sorted, after the two special words)."""
-        seen: set[str] = set()
+    def build(cls, narrations: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
+        """Vocabulary of the words in ``narrations`` (sorted, after the two special words).
+
+        Only words seen at least ``min_count`` times are kept; with ``max_size``, the vocabulary
+        holds at most that many entries (special words included): the most frequent words win,
+        ties going to the alphabetically first. Words left out are encoded as unknown.
+        """
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if max_size is not None and max_size < 2:
+            raise ValueError(f"max_size must be >= 2 (the two special words), got {max_size}")
+        counts: dict[str, int] = {}
         for text in narrations:
-            seen.update(_words(text))
-        seen -= {cls.PAD_WORD, cls.UNK_WORD}
-        return cls([cls.PAD_WORD, cls.UNK_WORD, *sorted(seen)])
+            for word in _words(text):
+                counts[word] = counts.get(word, 0) + 1
+        for special in (cls.PAD_WORD, cls.UNK_WORD):
+            counts.pop(special, None)
+        kept = sorted((word for word, count in counts.items() if count >= min_count), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            kept = kept[: max_size - 2]
+        return cls([cls.PAD_WORD, cls.UNK_WORD, *sorted(kept)])
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
@@ -776,15 +790,64 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 # Dataset
 # --------------------------------------------------------------------------------------------
 
-_META_KEYS = (
-    "index", "video", "split", "narration", "caption", "action", "action_name", "digit", "colour",
-    "colour_name", "glyph", "boxes", "visible", "mismatched", "distractor_glyphs",
+#: Keys every row of meta.jsonl has.
+REQUIRED_META_KEYS = ("index", "split", "narration")
+#: Keys a folder may have, in every row or in none; each evaluation task needs some of them.
+OPTIONAL_META_KEYS = (
+    "video", "caption", "captions", "action", "action_name", "boxes", "visible", "digit", "colour", "glyph",
 )
 
 
-def _read_meta(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path) as handle:
+@dataclass(frozen=True)
+class FolderParams:
+    """params.json of a dataset folder imported from real data (``fgmm import-*``).
+
+    A Narrated Digits folder holds a :class:`GenerationConfig` instead; a ``source`` key tells
+    the two apart. ``frames`` and ``size`` give the clip shape ``[frames, size, size, 3]``,
+    ``max_words`` the text length L, ``classes`` the action names (index = action label), and
+    ``details`` the other keys (how the folder was imported).
+    """
+
+    source: str
+    frames: int
+    size: int
+    max_words: int
+    classes: list[str] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "FolderParams":
+        missing = [name for name in ("source", "frames", "size", "max_words") if name not in values]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(missing)}")
+        for name in ("frames", "size", "max_words"):
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name!r} must be a positive integer, got {value!r}")
+        classes = values.get("classes")
+        if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"'classes' must be a list of names, got {classes!r}")
+        known = ("source", "frames", "size", "max_words", "classes")
+        details = {key: value for key, value in values.items() if key not in known}
+        return cls(str(values["source"]), values["frames"], values["size"], values["max_words"], classes, details)
+
+
+def read_params(path: str | Path) -> GenerationConfig | FolderParams:
+    """The params.json of a dataset folder: a GenerationConfig (Narrated Digits) or FolderParams."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+        return FolderParams.from_dict(values) if "source" in values else GenerationConfig.from_dict(values)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; a bad line raises
+    ValueError naming the file and the line."""
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -792,15 +855,38 @@ def _read_meta(path: Path) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
-            missing = [key for key in _META_KEYS if key not in row]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing key(s) {', '.join(missing)}")
-            rows.append(row)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _read_meta(path: Path) -> list[dict[str, Any]]:
+    rows, lines = [], []
+    for number, row in jsonl_rows(path):
+        missing = [key for key in REQUIRED_META_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing key(s) {', '.join(missing)}")
+        if not isinstance(row["narration"], str) or not row["narration"].split():
+            raise ValueError(f"{path}, line {number}: 'narration' must be a text with words")
+        if row["split"] not in SPLITS:
+            raise ValueError(f"{path}, line {number}: 'split' must be one of {', '.join(SPLITS)}, got {row['split']!r}")
+        rows.append(row)
+        lines.append(number)
+    for key in OPTIONAL_META_KEYS:
+        has = [key in row for row in rows]
+        if any(has) and not all(has):
+            first = lines[has.index(not has[0])]
+            raise ValueError(f"{path}, line {first}: key {key!r} is in some rows and not in others (all or none)")
     return rows
 
 
 class NarratedDigits(torch.utils.data.Dataset):
-    """A Narrated Digits folder (or one of its splits) as a torch Dataset.
+    """A dataset folder (or one of its splits) as a torch Dataset: Narrated Digits or imported data.
+
+    Every clip has a narration and a split; :attr:`fields` names the optional keys of
+    :data:`OPTIONAL_META_KEYS` that the folder has. Where a clip has no caption, its caption
+    tokens are its narration's; no action, digit or colour gives the label -1; no boxes give
+    zero boxes, every frame visible; no ``video`` makes every clip its own source video.
 
     ``split`` is one of :data:`SPLITS`, or None for every clip. ``vocab`` defaults to the folder's
     vocab.json. ``neighbours`` sets the candidate narrations of MIL-NCE: K = 1 + 2 * neighbours
@@ -825,15 +911,11 @@ class NarratedDigits(torch.utils.data.Dataset):
         required = DATASET_FILES if vocab is None else tuple(f for f in DATASET_FILES if f != "vocab.json")
         for name in required:
             if not (self.root / name).is_file():
-                raise FileNotFoundError(f"{self.root / name} is missing: not a complete Narrated Digits dataset")
+                raise FileNotFoundError(f"{self.root / name} is missing: not a complete dataset folder")
         self.split = split
         self.neighbours = neighbours
 
-        params_path = self.root / "params.json"
-        try:
-            self.params = GenerationConfig.from_dict(json.loads(params_path.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
-            raise ValueError(f"{params_path}: {error}") from error
+        self.params = read_params(self.root / "params.json")
 
         frames_path = self.root / "frames.npy"
         try:
@@ -856,8 +938,12 @@ class NarratedDigits(torch.utils.data.Dataset):
         self._frames: np.ndarray | None = frames
         self.vocab = vocab if vocab is not None else Vocabulary.load(self.root / "vocab.json")
 
+        self.fields = frozenset(key for key in OPTIONAL_META_KEYS if rows and key in rows[0])
         selected = [row for row in rows if split is None or row["split"] == split]
-        self.meta = pd.DataFrame(selected, columns=list(_META_KEYS))
+        self.meta = pd.DataFrame(selected, columns=list(dict.fromkeys([*REQUIRED_META_KEYS, *(rows[0] if rows else ())])))
+        if "video" not in self.fields:
+            self.meta["video"] = self.meta["index"]
+        caption_column = "caption" if "caption" in self.fields else "narration"
         self.indices = self.meta["index"].to_numpy(dtype=np.int64)
         length = self.params.max_words
         if selected:
@@ -865,20 +951,25 @@ class NarratedDigits(torch.utils.data.Dataset):
                 t.numpy() for t in self.vocab.encode_batch(self.meta["narration"].tolist(), length)
             )
             self._caption_tokens, self._caption_mask = (
-                t.numpy() for t in self.vocab.encode_batch(self.meta["caption"].tolist(), length)
+                t.numpy() for t in self.vocab.encode_batch(self.meta[caption_column].tolist(), length)
             )
         else:
             self._tokens = self._caption_tokens = np.zeros((0, length), dtype=np.int64)
             self._token_mask = self._caption_mask = np.zeros((0, length), dtype=bool)
         frames_count = self.params.frames
-        self._boxes = np.asarray(
-            [row["boxes"] for row in selected], dtype=np.float32
-        ).reshape(len(selected), frames_count, 4)
-        self._visible = np.asarray([row["visible"] for row in selected], dtype=bool).reshape(
-            len(selected), frames_count
-        )
+        shape = (len(selected), frames_count)
+        try:
+            self._boxes = (np.asarray([row["boxes"] for row in selected], dtype=np.float32).reshape(*shape, 4)
+                           if "boxes" in self.fields else np.zeros((*shape, 4), dtype=np.float32))
+            self._visible = (np.asarray([row["visible"] for row in selected], dtype=bool).reshape(shape)
+                             if "visible" in self.fields else np.ones(shape, dtype=bool))
+        except ValueError as error:
+            raise ValueError(f"{self.root / 'meta.jsonl'}: 'boxes' must be [{frames_count}, 4] and 'visible' "
+                             f"[{frames_count}] per clip ({error})") from error
         self._labels = {
-            key: self.meta[key].to_numpy(dtype=np.int64) for key in ("action", "digit", "colour", "index")
+            key: (self.meta[key].to_numpy(dtype=np.int64) if key in self.fields or key == "index"
+                  else np.full(len(selected), -1, dtype=np.int64))
+            for key in ("action", "digit", "colour", "index")
         }
         self._candidates = self._candidate_positions()
 
