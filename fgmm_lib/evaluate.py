@@ -671,6 +671,24 @@ def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
     return list(seen), list(seen.values())
 
 
+def _encode_texts(model: torch.nn.Module, vocab: Any, texts: Sequence[str], max_words: int, device: str,
+                  batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Phrases ``[Q, M, D]``, phrase mask ``[Q, M]`` and global embeddings ``[Q, D]`` of ``texts`` (CPU)."""
+    ids, mask = vocab.encode_batch(list(texts), max_words)
+    was_training = model.training
+    model.eval()
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                phrases, phrase_mask, embedding = model.encode_text(
+                    ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device))
+                parts.append((phrases.float().cpu(), phrase_mask.bool().cpu(), embedding.float().cpu()))
+    finally:
+        model.train(was_training)
+    return tuple(torch.cat(values, dim=0) for values in zip(*parts))  # type: ignore[return-value]
+
+
 def evaluate(
     run: str | Path,
     data: str | Path,
@@ -685,8 +703,9 @@ def evaluate(
 
     Args:
         run: a pretraining run folder (read with :func:`fgmm_lib.train.load_run`).
-        data: a Narrated Digits folder generated with the run's vocabulary (normally a clean
-            one: every noise knob at 0).
+        data: a dataset folder with the run's vocabulary: a clean Narrated Digits folder (every
+            noise knob at 0) or an imported one (``fgmm import-*`` with ``--vocab``). Each task
+            runs when the folder has the fields it needs and is otherwise listed in ``"skipped"``.
         split: the held-out split that retrieval, pointing and the probe's test use.
         out: if given, the metrics are also written there as JSON (atomically; checked for
             writability before any work).
@@ -703,9 +722,14 @@ def evaluate(
                    "test_clips", "dropped_train_clips", "dropped_test_clips"},
          "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
          "t2i": {same keys},
-         "pointing": {"accuracy", "chance", "clips"} or None for coarse / milnce}
+         "pointing": {"accuracy", "chance", "clips"},
+         "skipped": {task: why it did not run}}
+
+    A skipped task is None. Caption retrieval is ``t2v`` on a folder of clips and ``t2i`` on a
+    folder of images (one frame per clip); every caption of a clip (``captions``) is a query
+    that the clip answers. On Narrated Digits, ``t2i`` queries "the <colour> <digit>" stills.
     """
-    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS, SPLITS, NarratedDigits, Vocabulary
+    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS, SPLITS, FolderParams, NarratedDigits, Vocabulary
     from fgmm_lib.train import load_run
 
     for name, value in (("split", split), ("probe_split", probe_split)):
@@ -731,7 +755,7 @@ def evaluate(
             f"the data folder {data} was generated with another vocabulary than the run {run} was "
             f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
             f"generate the evaluation data with the run's vocabulary (generate_dataset(..., vocab=<the "
-            f"pretraining data's vocab.json>))"
+            f"pretraining data's vocab.json>), or import it with --vocab)"
         )
     loss_name = str(train_config.loss)
     if loss_name not in COARSE_LOSSES + FINE_GRAINED_LOSSES:
@@ -746,95 +770,128 @@ def evaluate(
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device_name)
     test_set = NarratedDigits(data, split=split, vocab=vocab)
-    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
     if len(test_set) == 0:
         raise ValueError(f"split {split!r} of {data} has no clips")
-    if len(probe_set) == 0:
-        raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
+    fields = test_set.fields
+    narrated_digits = not isinstance(test_set.params, FolderParams)
+    images = int(test_set.params.frames) == 1
+    skipped: dict[str, str] = {}
+    caption_task = "t2i" if images else "t2v"
+    if "action" not in fields:
+        skipped["probe"] = "needs action labels ('action' in meta.jsonl: fgmm import-ucf101 / import-hmdb51)"
+    if "caption" not in fields:
+        skipped[caption_task] = "needs clean captions ('caption' in meta.jsonl)"
+    if images:
+        skipped["t2v"] = "needs clips of several frames: this folder holds images (its caption retrieval is t2i)"
+    elif not {"digit", "colour"} <= fields:
+        skipped["t2i"] = "needs images (a one-frame folder: fgmm import-karpathy) or digit and colour labels"
+    if loss_name not in FINE_GRAINED_LOSSES:
+        skipped["pointing"] = f"needs attention maps: the run's loss {loss_name!r} has none"
+    elif not {"boxes", "digit"} <= fields:
+        skipped["pointing"] = "needs boxes and the word that names the boxed object ('boxes' and 'digit' in meta.jsonl)"
+
     # ---- the linear probe uses clean single-actor clips only (checked before any work)
-    train_keep = _clean_probe_rows(probe_set.meta)
-    test_keep = _clean_probe_rows(test_set.meta)
-    dropped_train = int((~train_keep).sum())
-    dropped_test = int((~test_keep).sum())
-    if dropped_train or dropped_test:
-        warnings.warn(
-            f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_split!r} clips and "
-            f"{dropped_test} of {len(test_keep)} {split!r} clips of {data} that have distractors or "
-            f"misaligned frames (the probe uses clean single-actor clips)",
-            stacklevel=2,
-        )
-    if not train_keep.any() or not test_keep.any():
-        raise ValueError(
-            f"no clean single-actor clips left for the linear probe in {data} "
-            f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
-            f"evaluate on data generated with distractors=0 and misaligned_frames=0"
-        )
-    captions = [str(c) for c in test_set.meta["caption"]]
+    probe = None
+    if "probe" not in skipped:
+        probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
+        if len(probe_set) == 0:
+            raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
+        clean = narrated_digits and "distractor_glyphs" in test_set.meta
+        train_keep = _clean_probe_rows(probe_set.meta) if clean else np.ones(len(probe_set), dtype=bool)
+        test_keep = _clean_probe_rows(test_set.meta) if clean else np.ones(len(test_set), dtype=bool)
+        dropped_train = int((~train_keep).sum())
+        dropped_test = int((~test_keep).sum())
+        if dropped_train or dropped_test:
+            warnings.warn(
+                f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_split!r} clips and "
+                f"{dropped_test} of {len(test_keep)} {split!r} clips of {data} that have distractors or "
+                f"misaligned frames (the probe uses clean single-actor clips)",
+                stacklevel=2,
+            )
+        if not train_keep.any() or not test_keep.any():
+            raise ValueError(
+                f"no clean single-actor clips left for the linear probe in {data} "
+                f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
+                f"evaluate on data generated with distractors=0 and misaligned_frames=0"
+            )
+    captions = [str(c) for c in test_set.meta["caption"]] if "caption" in fields else []
+    caption_lists = [list(c) for c in test_set.meta["captions"]] if "captions" in fields else [[c] for c in captions]
     known = set(vocab.words)
-    unknown = sorted({w for c in captions for w in c.lower().split()} - known)
+    unknown = sorted({w for texts in caption_lists for c in texts for w in c.lower().split()} - known)
     if unknown:
         warnings.warn(
             f"the clean captions of {data} use words that the vocabulary of {run} does not know "
-            f"(encoded as unknown): {unknown}; its pretraining data did not cover them",
+            f"(encoded as unknown): {unknown[:50]}; its pretraining data did not cover them",
             stacklevel=2,
         )
 
-    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
-    probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
-
-    # ---- linear probe on clean single-actor clips
-    train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
-    test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
-    probe = linear_probe(
-        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
-        test["video_global"][test_rows], test["action"][test_rows],
-        num_classes=len(ACTIONS),
-    )
-
+    stills = "t2i" not in skipped and not images
+    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=stills)
+    max_words = int(test_set.params.max_words)
     score_args = dict(
         loss=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
         device=device_name,
     )
 
-    # ---- text to video: distinct clean captions vs the split's clips
-    queries, first_rows = _unique_first(captions)
-    rows = torch.tensor(first_rows, dtype=torch.long)
-    video_scores = pair_score_matrix(
-        test["video_tokens"], test["video_global"],
-        test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows], **score_args,
-    )  # [clips, queries]
-    caption_array = np.array(captions, dtype=object)
-    t2v_relevant = torch.from_numpy(np.stack([caption_array == q for q in queries]).astype(bool))
-    t2v = retrieval_metrics(video_scores.T.contiguous(), t2v_relevant)
-    t2v.update(queries=len(queries), corpus=len(captions), chance=random_ranking_hit_rate(t2v_relevant))
+    # ---- linear probe on clean single-actor clips
+    if "probe" not in skipped:
+        probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
+        train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
+        test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
+        classes = len(ACTIONS) if narrated_digits else len(test_set.params.classes or ()) or int(
+            max(probe_train["action"].max(), test["action"].max())) + 1
+        fit = linear_probe(
+            probe_train["video_global"][train_rows], probe_train["action"][train_rows],
+            test["video_global"][test_rows], test["action"][test_rows],
+            num_classes=classes,
+        )
+        probe = {
+            "action_top1": fit["top1"],
+            "chance": 1.0 / classes,
+            "confusion": fit["confusion"],
+            "weight_decay": fit["weight_decay"],
+            "train_clips": fit["train_size"],
+            "test_clips": fit["test_size"],
+            "dropped_train_clips": dropped_train,
+            "dropped_test_clips": dropped_test,
+        }
+
+    # ---- text to video (to image, for a folder of images): clean captions vs the split's clips
+    retrieval: dict[str, Any] = {"t2v": None, "t2i": None}
+    if caption_task not in skipped:
+        if "captions" in fields:  # several captions per clip: every one of them is a query
+            queries, _ = _unique_first([c for texts in caption_lists for c in texts])
+            query_embedding = _encode_texts(model, vocab, queries, max_words, device_name, batch_size)
+        else:
+            queries, first_rows = _unique_first(captions)
+            rows = torch.tensor(first_rows, dtype=torch.long)
+            query_embedding = (test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows])
+        video_scores = pair_score_matrix(test["video_tokens"], test["video_global"], *query_embedding, **score_args)
+        relevant = torch.tensor([[q in texts for texts in caption_lists] for q in queries], dtype=torch.bool)
+        task = retrieval_metrics(video_scores.T.contiguous(), relevant)
+        task.update(queries=len(queries), corpus=len(caption_lists), chance=random_ranking_hit_rate(relevant))
+        retrieval[caption_task] = task
 
     # ---- text to image: "the <colour> <digit>" vs still clips
-    colours = test["colour"].tolist()
-    digits = test["digit"].tolist()
-    pairs, _ = _unique_first(list(zip(colours, digits)))
-    pairs.sort()
-    image_queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
-    max_words = int(test_set.params.max_words)
-    encoded = [vocab.encode(q, max_words) for q in image_queries]
-    query_ids = torch.stack([torch.as_tensor(ids) for ids, _ in encoded]).to(device_name)
-    query_mask = torch.stack([torch.as_tensor(mask) for _, mask in encoded]).bool().to(device_name)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        query_phrases, query_phrase_mask, query_global = model.encode_text(query_ids, query_mask)
-    model.train(was_training)
-    image_scores = pair_score_matrix(
-        test["still_tokens"], test["still_global"],
-        query_phrases.float().cpu(), query_phrase_mask.bool().cpu(), query_global.float().cpu(), **score_args,
-    )  # [clips, queries]
-    colour_tensor, digit_tensor = test["colour"], test["digit"]
-    t2i_relevant = torch.stack([(colour_tensor == c) & (digit_tensor == d) for c, d in pairs])
-    t2i = retrieval_metrics(image_scores.T.contiguous(), t2i_relevant)
-    t2i.update(queries=len(image_queries), corpus=len(colours), chance=random_ranking_hit_rate(t2i_relevant))
+    if stills:
+        colours = test["colour"].tolist()
+        digits = test["digit"].tolist()
+        pairs, _ = _unique_first(list(zip(colours, digits)))
+        pairs.sort()
+        image_queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
+        image_scores = pair_score_matrix(
+            test["still_tokens"], test["still_global"],
+            *_encode_texts(model, vocab, image_queries, max_words, device_name, batch_size), **score_args,
+        )  # [clips, queries]
+        colour_tensor, digit_tensor = test["colour"], test["digit"]
+        t2i_relevant = torch.stack([(colour_tensor == c) & (digit_tensor == d) for c, d in pairs])
+        t2i = retrieval_metrics(image_scores.T.contiguous(), t2i_relevant)
+        t2i.update(queries=len(image_queries), corpus=len(colours), chance=random_ranking_hit_rate(t2i_relevant))
+        retrieval["t2i"] = t2i
 
     # ---- pointing: where does the digit word's phrase look
     pointing = None
-    if loss_name in FINE_GRAINED_LOSSES:
+    if "pointing" not in skipped:
         frames, height, width = int(test_set.params.frames), int(test_set.params.size), int(test_set.params.size)
         grid = model.video.grid(frames, height, width)
         pointing = pointing_accuracy(
@@ -852,19 +909,11 @@ def evaluate(
         "probe_split": probe_split,
         "clips": len(test_set),
         "temperatures": {"attn": attn_temperature, "weight": weight_temperature},
-        "probe": {
-            "action_top1": probe["top1"],
-            "chance": 1.0 / len(ACTIONS),
-            "confusion": probe["confusion"],
-            "weight_decay": probe["weight_decay"],
-            "train_clips": probe["train_size"],
-            "test_clips": probe["test_size"],
-            "dropped_train_clips": dropped_train,
-            "dropped_test_clips": dropped_test,
-        },
-        "t2v": t2v,
-        "t2i": t2i,
+        "probe": probe,
+        "t2v": retrieval["t2v"],
+        "t2i": retrieval["t2i"],
         "pointing": pointing,
+        "skipped": skipped,
     }
     result["config"] = train_config.to_dict()
     compute_path = Path(run) / "compute.json"
