@@ -1,7 +1,7 @@
 """The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss, import-*.
 
 Options of ``generate`` and ``pretrain`` are derived from the fields of
-:class:`fgmm_lib.data.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
+:class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
 line, ``params.yaml`` and the Python API always name the same knobs.
 """
 
@@ -12,6 +12,9 @@ import dataclasses
 import json
 import sys
 from typing import Any, Sequence
+
+from fgmm_lib import __version__
+from fgmm_lib.config import field_types
 
 
 def parse_bool(text: str) -> bool:
@@ -25,18 +28,14 @@ def parse_bool(text: str) -> bool:
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """Add one ``--field-name`` option per dataclass field, typed like the field."""
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    for name, field in hints.items():
+    """Add one ``--field-name`` option per dataclass field, typed like the field (:func:`field_types`)."""
+    types = field_types(cls)
+    for field in dataclasses.fields(cls):
+        name = field.name
         if name in skip:
             continue
-        kind = field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[cls.__module__]))  # noqa: S307
-        if kind is bool:
-            convert: Any = parse_bool
-        elif kind in (int, float, str):
-            convert = kind
-        else:
-            raise TypeError(f"{cls.__name__}.{name}: unsupported option type {kind!r}")
+        kind = types[name]
+        convert: Any = parse_bool if kind is bool else kind
         has_default = field.default is not dataclasses.MISSING
         help_text = field.metadata.get("help", "")
         if has_default:
@@ -59,7 +58,7 @@ def _options(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from fgmm_lib.data import GenerationConfig, generate_dataset
+    from fgmm_lib.generate import GenerationConfig, generate_dataset
 
     config = GenerationConfig.from_dict(_options(args, GenerationConfig))
     out = generate_dataset(config, args.out, vocab=args.vocab, progress=not args.quiet)
@@ -184,10 +183,11 @@ def _cmd_bench_loss(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fgmm`` command."""
-    from fgmm_lib.data import GenerationConfig
+    from fgmm_lib.generate import GenerationConfig
     from fgmm_lib.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="fgmm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fgmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="write a Narrated Digits dataset folder")
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         print(f"fgmm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

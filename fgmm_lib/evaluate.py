@@ -36,10 +36,7 @@ untrained one as well.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,9 +50,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.retrieval import RetrievalHitRate
 from tqdm.auto import tqdm
 
+from fgmm_lib.losses import AGGREGATIONS, PairLoss
+from fgmm_lib.runs import COMPUTE, check_writable_file, load_run, read_json, write_json
+
 __all__ = [
-    "FINE_GRAINED_LOSSES",
-    "COARSE_LOSSES",
     "embed_dataset",
     "pair_score_matrix",
     "retrieval_metrics",
@@ -69,10 +67,6 @@ __all__ = [
     "evaluate",
 ]
 
-#: Losses whose pair score is the cosine of the global embeddings.
-COARSE_LOSSES = ("coarse", "milnce")
-#: Losses whose pair score aggregates (cell, phrase) cosines; these have attention maps.
-FINE_GRAINED_LOSSES = ("mean", "max", "attention")
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,52 +178,37 @@ def embed_dataset(
 
 
 def pair_score_matrix(
+    loss_module: PairLoss,
     video_tokens: Tensor,
     video_global: Tensor,
     text_phrases: Tensor,
     text_mask: Tensor,
     text_global: Tensor,
-    loss: str,
-    attn_temperature: float = 0.1,
-    weight_temperature: float = 0.1,
     block_size: int = 256,
     device: str | torch.device | None = None,
 ) -> Tensor:
-    """Pair scores ``S [Cv, Ct]`` between videos and texts, as the run named by ``loss`` scores them.
+    """Pair scores ``S [Cv, Ct]`` between videos and texts, as the run's loss scores them.
 
-    ``coarse`` / ``milnce``: cosine of the global embeddings. ``mean`` / ``max`` / ``attention``:
-    :func:`fgmm_lib.losses.pair_scores` with that aggregation and the given temperatures,
-    computed in blocks of ``block_size`` videos (bounded memory) on ``device`` (default: the
-    device of ``video_tokens``). Returned as a float32 CPU tensor.
+    ``loss_module.scores`` (:class:`fgmm_lib.losses.PairLoss`): the cosine of the global embeddings
+    for ``coarse`` / ``milnce``, the fine-grained aggregation with the run's (possibly learned)
+    temperatures for the others; computed in blocks of ``block_size`` videos (bounded memory) on
+    ``device`` (default: the device of ``video_tokens``). Returned as a float32 CPU tensor.
     """
-    device = torch.device(device) if device is not None else video_tokens.device
-    if loss in COARSE_LOSSES:
-        video = F.normalize(video_global.to(device).float(), dim=-1)
-        text = F.normalize(text_global.to(device).float(), dim=-1)
-        return (video @ text.T).cpu()
-    if loss not in FINE_GRAINED_LOSSES:
-        raise ValueError(f"loss must be one of {COARSE_LOSSES + FINE_GRAINED_LOSSES}, got {loss!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    from fgmm_lib.losses import pair_scores
-
+    device = torch.device(device) if device is not None else video_tokens.device
+    loss_module = loss_module.to(device)
     text = text_phrases.to(device).float()
     mask = text_mask.to(device).bool()
+    text_global = text_global.to(device).float()
     rows = []
     with torch.no_grad():
         for start in range(0, video_tokens.shape[0], block_size):
-            block = video_tokens[start : start + block_size].to(device).float()
-            rows.append(
-                pair_scores(
-                    block,
-                    text,
-                    text_mask=mask,
-                    aggregation=loss,
-                    attn_temperature=float(attn_temperature),
-                    weight_temperature=float(weight_temperature),
-                    backend="auto",
-                ).float().cpu()
-            )
+            rows.append(loss_module.scores(
+                video_tokens[start:start + block_size].to(device).float(),
+                video_global[start:start + block_size].to(device).float(),
+                text, text_global, text_mask=mask,
+            ).float().cpu())
     return torch.cat(rows, dim=0)
 
 
@@ -522,6 +501,7 @@ def cell_hit_mask(
 
 
 def pointing_accuracy(
+    loss_module: PairLoss,
     video_tokens: Tensor,
     caption_phrases: Tensor,
     caption_mask: Tensor,
@@ -530,20 +510,16 @@ def pointing_accuracy(
     visible: Tensor,
     grid: tuple[int, int, int],
     frame_size: tuple[int, int, int],
-    aggregation: str = "attention",
-    attn_temperature: float = 0.1,
-    weight_temperature: float = 0.1,
 ) -> dict[str, float]:
     """Attention pointing accuracy (STUDY.md section 5, last row).
 
     For clip ``c``, the phrase ``phrase_index[c]`` (the one centred on the digit word of its
     clean caption) points at its most attended cell: the argmax over cells of
-    ``attention_maps(...)["phrase_attention"][m]`` for ``attention`` (with the given
-    temperatures), of the cosine ``attention_maps(...)["similarity"][:, m]`` for ``mean`` and
-    ``max`` (the same argmax: the softmax is monotone). The clip is a hit when
-    :func:`cell_hit_mask` marks that cell.
+    ``loss_module.attention(...)["focus"][m]`` (the softmax over cells for ``attention``, the
+    cosines for ``mean`` and ``max``). The clip is a hit when :func:`cell_hit_mask` marks that cell.
 
     Args:
+        loss_module: the run's loss; it must have attention (``loss_module.has_attention``).
         video_tokens: ``[C, N, D]``; caption_phrases ``[C, M, D]``; caption_mask ``[C, M]`` bool.
         phrase_index: ``[C]`` long, the digit phrase of each clip (must be a valid phrase).
         boxes, visible, grid, frame_size: as in :func:`cell_hit_mask`.
@@ -551,10 +527,9 @@ def pointing_accuracy(
     Returns ``{"accuracy": hit rate, "chance": mean over clips of the fraction of cells that
     are hits (the accuracy of a uniformly random cell), "clips": C}``.
     """
-    from fgmm_lib.losses import attention_maps
-
-    if aggregation not in FINE_GRAINED_LOSSES:
-        raise ValueError(f"aggregation must be one of {FINE_GRAINED_LOSSES}, got {aggregation!r}")
+    if not loss_module.has_attention:
+        raise ValueError(f"loss {loss_module.name!r} has no attention to point with "
+                         f"(pointing needs one of {', '.join(AGGREGATIONS)})")
     clips = video_tokens.shape[0]
     if video_tokens.dim() != 3 or clips == 0:
         raise ValueError(f"video_tokens must be a non-empty [C, N, D] tensor, got {tuple(video_tokens.shape)}")
@@ -582,18 +557,12 @@ def pointing_accuracy(
             f"the grid {tuple(grid)} has {hits_possible.shape[1]} cells but video_tokens have "
             f"N = {video_tokens.shape[1]}"
         )
+    loss_module = loss_module.cpu()
     chosen = torch.empty(clips, dtype=torch.long)
     with torch.no_grad():
         for c in range(clips):
-            maps = attention_maps(
-                video_tokens[c], caption_phrases[c], text_mask=mask[c],
-                attn_temperature=float(attn_temperature), weight_temperature=float(weight_temperature),
-            )
-            m = int(index[c])
-            if aggregation == "attention":
-                chosen[c] = int(maps["phrase_attention"][m].argmax())
-            else:
-                chosen[c] = int(maps["similarity"][:, m].argmax())
+            focus = loss_module.attention(video_tokens[c], caption_phrases[c], text_mask=mask[c])["focus"]
+            chosen[c] = int(focus[int(index[c])].argmax())
     hits = hits_possible[torch.arange(clips), chosen]
     return {
         "accuracy": float(hits.double().mean()),
@@ -632,30 +601,6 @@ def digit_phrase_indices(captions: Sequence[str], digits: Sequence[int] | Tensor
 # --------------------------------------------------------------------------------------------
 
 
-def _check_out_writable(out: Path) -> None:
-    """Fail now, before any work, if the metrics file cannot be written at ``out``."""
-    if out.is_dir():
-        raise ValueError(f"cannot write the metrics file {out}: it is a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as error:
-        raise ValueError(f"cannot write the metrics file {out}: {error}") from error
-
-
-def _write_json_atomic(payload: dict[str, Any], out: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _clean_probe_rows(meta: Any) -> np.ndarray:
     """Bool mask of the clean single-actor clips: no distractor and the actor visible in every frame."""
     no_distractor = np.array([len(list(g)) == 0 for g in meta["distractor_glyphs"]], dtype=bool)
@@ -671,22 +616,207 @@ def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
     return list(seen), list(seen.values())
 
 
-def _encode_texts(model: torch.nn.Module, vocab: Any, texts: Sequence[str], max_words: int, device: str,
-                  batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def _open_eval_data(data: Path, run: Path, vocab: Any, run_data: dict[str, Any], split: str,
+                    probe_split: str) -> tuple[Any, Any]:
+    """The evaluation and probe splits of ``data``, checked against the run: same vocabulary, same
+    clip shape (frames and size) as the run's pretraining data, and neither split empty. The probe
+    split is None when the folder has no action labels; a folder of images (one frame per clip)
+    passes the frames check, its frame being repeated to the run's clip length."""
+    from fgmm_lib.data import NarratedDigits, Vocabulary
+
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist")
+    data_vocab_path = data / "vocab.json"
+    if not data_vocab_path.is_file():
+        raise FileNotFoundError(f"data folder {data} has no vocabulary file {data_vocab_path}")
+    data_fingerprint = Vocabulary.load(data_vocab_path).fingerprint()
+    if data_fingerprint != vocab.fingerprint():
+        raise ValueError(
+            f"the data folder {data} was generated with another vocabulary than the run {run} was "
+            f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
+            f"generate the evaluation data with the run's vocabulary (fgmm generate --vocab <the "
+            f"pretraining data's vocab.json>, or fgmm import-* --vocab)"
+        )
+    test_set = NarratedDigits(data, split=split, vocab=vocab)
+    for key in ("frames", "size"):
+        trained, given = run_data.get(key), test_set.params.to_dict().get(key)
+        if trained is not None and trained != given and not (key == "frames" and given == 1):
+            raise ValueError(f"{data / 'params.json'}: {key}={given} but the run {run} was trained on clips with "
+                             f"{key}={trained}; evaluate on data of the same clip shape")
+    if len(test_set) == 0:
+        raise ValueError(f"split {split!r} of {data} has no clips")
+    if "action" not in test_set.fields:
+        return test_set, None
+    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
+    if len(probe_set) == 0:
+        raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
+    return test_set, probe_set
+
+
+def _probe_rows(probe_set: Any, test_set: Any, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the clips the linear probe uses (checked before any work): on Narrated Digits the
+    clean single-actor clips, elsewhere every clip."""
+    if "distractor_glyphs" not in test_set.meta:
+        return np.ones(len(probe_set), dtype=bool), np.ones(len(test_set), dtype=bool)
+    train_keep = _clean_probe_rows(probe_set.meta)
+    test_keep = _clean_probe_rows(test_set.meta)
+    dropped_train, dropped_test = int((~train_keep).sum()), int((~test_keep).sum())
+    if dropped_train or dropped_test:
+        warnings.warn(
+            f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_set.split!r} clips and "
+            f"{dropped_test} of {len(test_keep)} {test_set.split!r} clips of {data} that have distractors or "
+            f"misaligned frames (the probe uses clean single-actor clips)",
+            stacklevel=3,
+        )
+    if not train_keep.any() or not test_keep.any():
+        raise ValueError(
+            f"no clean single-actor clips left for the linear probe in {data} "
+            f"({int(train_keep.sum())} {probe_set.split!r}, {int(test_keep.sum())} {test_set.split!r}); "
+            f"evaluate on data generated with distractors=0 and misaligned_frames=0"
+        )
+    return train_keep, test_keep
+
+
+def _probe_task(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_keep: np.ndarray,
+                test_keep: np.ndarray, classes: int) -> dict[str, Any]:
+    train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
+    test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
+    probe = linear_probe(
+        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
+        test["video_global"][test_rows], test["action"][test_rows],
+        num_classes=classes,
+    )
+    return {
+        "action_top1": probe["top1"],
+        "chance": 1.0 / classes,
+        "confusion": probe["confusion"],
+        "weight_decay": probe["weight_decay"],
+        "train_clips": probe["train_size"],
+        "test_clips": probe["test_size"],
+        "dropped_train_clips": int((~train_keep).sum()),
+        "dropped_test_clips": int((~test_keep).sum()),
+    }
+
+
+def _encode_texts(model: Any, vocab: Any, texts: Sequence[str], max_words: int, device: str,
+                  batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """Phrases ``[Q, M, D]``, phrase mask ``[Q, M]`` and global embeddings ``[Q, D]`` of ``texts`` (CPU)."""
     ids, mask = vocab.encode_batch(list(texts), max_words)
     was_training = model.training
     model.eval()
-    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    parts = []
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 phrases, phrase_mask, embedding = model.encode_text(
-                    ids[start : start + batch_size].to(device), mask[start : start + batch_size].to(device))
+                    ids[start:start + batch_size].to(device), mask[start:start + batch_size].to(device))
                 parts.append((phrases.float().cpu(), phrase_mask.bool().cpu(), embedding.float().cpu()))
     finally:
         model.train(was_training)
-    return tuple(torch.cat(values, dim=0) for values in zip(*parts))  # type: ignore[return-value]
+    phrases, phrase_mask, embedding = (torch.cat(values, dim=0) for values in zip(*parts))
+    return phrases, phrase_mask, embedding
+
+
+def _caption_retrieval(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str, Tensor],
+                       caption_lists: list[list[str]], several: bool, max_words: int,
+                       device: str) -> dict[str, Any]:
+    """The distinct clean captions query the split's clips; a clip answers every caption it has.
+
+    With one caption per clip (``several`` False) the queries are the embeddings of the clips'
+    own captions; with several, the distinct captions are encoded as queries.
+    """
+    if several:
+        queries, _ = _unique_first([c for texts in caption_lists for c in texts])
+        embedded = _encode_texts(model, vocab, queries, max_words, device)
+    else:
+        queries, first_rows = _unique_first([texts[0] for texts in caption_lists])
+        rows = torch.tensor(first_rows, dtype=torch.long)
+        embedded = (test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows])
+    scores = pair_score_matrix(
+        loss_module, test["video_tokens"], test["video_global"], *embedded, device=device,
+    )  # [clips, queries]
+    relevant = torch.tensor([[q in texts for texts in caption_lists] for q in queries], dtype=torch.bool)
+    result = retrieval_metrics(scores.T.contiguous(), relevant)
+    result.update(queries=len(queries), corpus=len(caption_lists), chance=random_ranking_hit_rate(relevant))
+    return result
+
+
+def _text_to_image(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str, Tensor], max_words: int,
+                   device: str) -> dict[str, Any]:
+    """"the <colour> <digit>" queries the still clips."""
+    from fgmm_lib.data import COLOURS, DIGIT_WORDS
+
+    colours, digits = test["colour"].tolist(), test["digit"].tolist()
+    pairs, _ = _unique_first(list(zip(colours, digits)))
+    pairs.sort()
+    queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
+    scores = pair_score_matrix(
+        loss_module, test["still_tokens"], test["still_global"],
+        *_encode_texts(model, vocab, queries, max_words, device), device=device,
+    )  # [clips, queries]
+    relevant = torch.stack([(test["colour"] == c) & (test["digit"] == d) for c, d in pairs])
+    result = retrieval_metrics(scores.T.contiguous(), relevant)
+    result.update(queries=len(queries), corpus=len(colours), chance=random_ranking_hit_rate(relevant))
+    return result
+
+
+def _pointing_task(model: Any, loss_module: PairLoss, test: dict[str, Tensor], captions: list[str],
+                   params: Any) -> dict[str, Any]:
+    """Where the digit word's phrase looks, against the actor's box."""
+    frames, size = int(params.frames), int(params.size)
+    return pointing_accuracy(
+        loss_module, test["video_tokens"], test["caption_phrases"], test["caption_mask"],
+        digit_phrase_indices(captions, test["digit"], int(params.max_words)),
+        test["boxes"], test["visible"], model.video.grid(frames, size, size), (frames, size, size),
+    )
+
+
+def _skipped_tasks(test_set: Any, loss_module: PairLoss) -> dict[str, str]:
+    """The tasks that ``test_set`` lacks the fields for, each with the reason."""
+    fields = test_set.fields
+    images = int(test_set.params.frames) == 1
+    skipped = {}
+    if "action" not in fields:
+        skipped["probe"] = "needs action labels ('action' in meta.jsonl: fgmm import-ucf101 / import-hmdb51)"
+    if "caption" not in fields:
+        skipped["t2i" if images else "t2v"] = "needs clean captions ('caption' in meta.jsonl)"
+    if images:
+        skipped["t2v"] = "needs clips of several frames: this folder holds images (its caption retrieval is t2i)"
+    elif not {"digit", "colour"} <= fields:
+        skipped["t2i"] = "needs images (a one-frame folder: fgmm import-karpathy) or digit and colour labels"
+    if not loss_module.has_attention:
+        skipped["pointing"] = "needs attention maps, which the run's loss does not have"
+    elif not {"boxes", "digit"} <= fields:
+        skipped["pointing"] = "needs boxes and the word that names the boxed object ('boxes' and 'digit' in meta.jsonl)"
+    return skipped
+
+
+class _RepeatFrames:
+    """A dataset whose one-frame clips (images) are repeated to ``frames`` frames, as stills are."""
+
+    def __init__(self, dataset: Any, frames: int) -> None:
+        self.dataset, self.frames, self.split = dataset, frames, dataset.split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get_batch(self, positions: Any) -> dict[str, Tensor]:
+        batch = self.dataset.get_batch(positions)
+        if self.frames > 1 and batch["video"].shape[2] == 1:
+            batch["video"] = batch["video"].expand(-1, -1, self.frames, -1, -1).contiguous()
+            batch["boxes"] = batch["boxes"].expand(-1, self.frames, -1)
+            batch["visible"] = batch["visible"].expand(-1, self.frames)
+        return batch
+
+
+def _run_compute(run: Path, config: Any) -> tuple[dict[str, Any] | None, bool]:
+    """The run's compute record and whether the run finished its epochs (warns when it did not)."""
+    compute = read_json(run / COMPUTE) if (run / COMPUTE).is_file() else None
+    finished = bool(compute) and compute.get("epochs_done") == config.epochs
+    if not finished:
+        warnings.warn(f"run {run} did not finish its {config.epochs} epochs (no complete {COMPUTE}): "
+                      f"these metrics describe a partial run; resume it with fgmm pretrain --resume", stacklevel=3)
+    return compute, finished
 
 
 def evaluate(
@@ -698,25 +828,27 @@ def evaluate(
     progress: bool = True,
     batch_size: int = 256,
     device: str | None = None,
+    compute_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every downstream task of STUDY.md section 5 for the run folder ``run`` on ``data``.
 
     Args:
-        run: a pretraining run folder (read with :func:`fgmm_lib.train.load_run`).
-        data: a dataset folder with the run's vocabulary: a clean Narrated Digits folder (every
-            noise knob at 0) or an imported one (``fgmm import-*`` with ``--vocab``). Each task
-            runs when the folder has the fields it needs and is otherwise listed in ``"skipped"``.
+        run: a pretraining run folder (read with :func:`fgmm_lib.runs.load_run`).
+        data: a dataset folder with the run's vocabulary and clip shape: a clean Narrated Digits
+            folder (every noise knob at 0) or an imported one (``fgmm import-* --vocab``).
         split: the held-out split that retrieval, pointing and the probe's test use.
         out: if given, the metrics are also written there as JSON (atomically; checked for
-            writability before any work).
-        probe_split: the split the linear probe is trained on.
+            writability before any work). It holds metrics only.
+        probe_split: the split the linear probe is trained on; it must differ from ``split``.
         progress: show progress bars.
         batch_size: clips per forward pass.
         device: where the encoders run (default: CUDA if available, else CPU).
+        compute_out: if given, the run's compute record (FLOPs, wall time, samples seen) with its
+            loss, batch size and seed is written there as JSON, beside the metrics.
 
     Returns a dict::
 
-        {"run", "data", "loss", "split", "probe_split", "clips",
+        {"run", "data", "loss", "split", "probe_split", "clips", "finished",
          "temperatures": {"attn", "weight"} (the run's tau_a and tau_w, as used for scoring),
          "probe": {"action_top1", "chance", "confusion", "weight_decay", "train_clips",
                    "test_clips", "dropped_train_clips", "dropped_test_clips"},
@@ -725,203 +857,80 @@ def evaluate(
          "pointing": {"accuracy", "chance", "clips"},
          "skipped": {task: why it did not run}}
 
-    A skipped task is None. Caption retrieval is ``t2v`` on a folder of clips and ``t2i`` on a
-    folder of images (one frame per clip); every caption of a clip (``captions``) is a query
-    that the clip answers. On Narrated Digits, ``t2i`` queries "the <colour> <digit>" stills.
+    A task whose fields the folder lacks is None and listed in ``"skipped"`` (pointing needs
+    boxes, the probe action labels, ...). Caption retrieval is ``t2v`` on a folder of clips and
+    ``t2i`` on a folder of images (one frame per clip, repeated to the run's clip length); every
+    caption of a clip (``captions``) is a query it answers. On Narrated Digits, ``t2i`` queries
+    "the <colour> <digit>" stills.
     """
-    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS, SPLITS, FolderParams, NarratedDigits, Vocabulary
-    from fgmm_lib.train import load_run
+    from fgmm_lib.data import ACTIONS, SPLITS
 
     for name, value in (("split", split), ("probe_split", probe_split)):
         if value not in SPLITS:
             raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
-    run = Path(run)
-    data = Path(data)
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        _check_out_writable(out_path)
+    if split == probe_split:
+        raise ValueError(f"probe_split and split are both {split!r}: a linear probe trained and tested on the "
+                         f"same clips measures memorisation; train it on another split (e.g. train)")
+    run, data = Path(run), Path(data)
+    out_path = check_writable_file(out, "metrics file") if out is not None else None
+    compute_path = check_writable_file(compute_out, "compute file") if compute_out is not None else None
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist")
-    if not data.is_dir():
-        raise FileNotFoundError(f"data folder {data} does not exist")
-    data_vocab_path = data / "vocab.json"
-    if not data_vocab_path.is_file():
-        raise FileNotFoundError(f"data folder {data} has no vocabulary file {data_vocab_path}")
-
-    model, loss_module, train_config, vocab = load_run(run)
-    data_fingerprint = Vocabulary.load(data_vocab_path).fingerprint()
-    if data_fingerprint != vocab.fingerprint():
-        raise ValueError(
-            f"the data folder {data} was generated with another vocabulary than the run {run} was "
-            f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
-            f"generate the evaluation data with the run's vocabulary (generate_dataset(..., vocab=<the "
-            f"pretraining data's vocab.json>), or import it with --vocab)"
-        )
-    loss_name = str(train_config.loss)
-    if loss_name not in COARSE_LOSSES + FINE_GRAINED_LOSSES:
-        raise ValueError(f"run {run} has an unknown loss {loss_name!r}")
-    if loss_module is not None:
-        attn_temperature = float(getattr(loss_module, "attn_temperature", train_config.attn_temperature))
-        weight_temperature = float(getattr(loss_module, "weight_temperature", train_config.weight_temperature))
-    else:
-        attn_temperature = float(train_config.attn_temperature)
-        weight_temperature = float(train_config.weight_temperature)
+    model, loss_module, config, vocab = load_run(run)
+    run_data = read_json(run / "config.json").get("data_params", {})
+    test_set, probe_set = _open_eval_data(data, run, vocab, run_data, split, probe_split)
+    skipped = _skipped_tasks(test_set, loss_module)
+    if probe_set is not None:
+        train_keep, test_keep = _probe_rows(probe_set, test_set, data)
+    fields = test_set.fields
+    captions = [str(c) for c in test_set.meta["caption"]] if "caption" in fields else []
+    caption_lists = [list(c) for c in test_set.meta["captions"]] if "captions" in fields else [[c] for c in captions]
+    unknown = sorted({w for texts in caption_lists for c in texts for w in c.lower().split()} - set(vocab.words))
+    if unknown:
+        warnings.warn(f"the clean captions of {data} use words that the vocabulary of {run} does not know "
+                      f"(encoded as unknown): {unknown[:50]}; its pretraining data did not cover them", stacklevel=2)
+    compute, finished = _run_compute(run, config)
 
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device_name)
-    test_set = NarratedDigits(data, split=split, vocab=vocab)
-    if len(test_set) == 0:
-        raise ValueError(f"split {split!r} of {data} has no clips")
-    fields = test_set.fields
-    narrated_digits = not isinstance(test_set.params, FolderParams)
     images = int(test_set.params.frames) == 1
-    skipped: dict[str, str] = {}
-    caption_task = "t2i" if images else "t2v"
-    if "action" not in fields:
-        skipped["probe"] = "needs action labels ('action' in meta.jsonl: fgmm import-ucf101 / import-hmdb51)"
-    if "caption" not in fields:
-        skipped[caption_task] = "needs clean captions ('caption' in meta.jsonl)"
-    if images:
-        skipped["t2v"] = "needs clips of several frames: this folder holds images (its caption retrieval is t2i)"
-    elif not {"digit", "colour"} <= fields:
-        skipped["t2i"] = "needs images (a one-frame folder: fgmm import-karpathy) or digit and colour labels"
-    if loss_name not in FINE_GRAINED_LOSSES:
-        skipped["pointing"] = f"needs attention maps: the run's loss {loss_name!r} has none"
-    elif not {"boxes", "digit"} <= fields:
-        skipped["pointing"] = "needs boxes and the word that names the boxed object ('boxes' and 'digit' in meta.jsonl)"
-
-    # ---- the linear probe uses clean single-actor clips only (checked before any work)
-    probe = None
-    if "probe" not in skipped:
-        probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
-        if len(probe_set) == 0:
-            raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
-        clean = narrated_digits and "distractor_glyphs" in test_set.meta
-        train_keep = _clean_probe_rows(probe_set.meta) if clean else np.ones(len(probe_set), dtype=bool)
-        test_keep = _clean_probe_rows(test_set.meta) if clean else np.ones(len(test_set), dtype=bool)
-        dropped_train = int((~train_keep).sum())
-        dropped_test = int((~test_keep).sum())
-        if dropped_train or dropped_test:
-            warnings.warn(
-                f"linear probe: dropped {dropped_train} of {len(train_keep)} {probe_split!r} clips and "
-                f"{dropped_test} of {len(test_keep)} {split!r} clips of {data} that have distractors or "
-                f"misaligned frames (the probe uses clean single-actor clips)",
-                stacklevel=2,
-            )
-        if not train_keep.any() or not test_keep.any():
-            raise ValueError(
-                f"no clean single-actor clips left for the linear probe in {data} "
-                f"({int(train_keep.sum())} {probe_split!r}, {int(test_keep.sum())} {split!r}); "
-                f"evaluate on data generated with distractors=0 and misaligned_frames=0"
-            )
-    captions = [str(c) for c in test_set.meta["caption"]] if "caption" in fields else []
-    caption_lists = [list(c) for c in test_set.meta["captions"]] if "captions" in fields else [[c] for c in captions]
-    known = set(vocab.words)
-    unknown = sorted({w for texts in caption_lists for c in texts for w in c.lower().split()} - known)
-    if unknown:
-        warnings.warn(
-            f"the clean captions of {data} use words that the vocabulary of {run} does not know "
-            f"(encoded as unknown): {unknown[:50]}; its pretraining data did not cover them",
-            stacklevel=2,
-        )
-
+    clip_frames = int(run_data.get("frames") or 1) if images else 0
     stills = "t2i" not in skipped and not images
-    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=stills)
+    test = embed_dataset(model, _RepeatFrames(test_set, clip_frames), batch_size=batch_size, progress=progress,
+                         stills=stills)
     max_words = int(test_set.params.max_words)
-    score_args = dict(
-        loss=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
-        device=device_name,
-    )
-
-    # ---- linear probe on clean single-actor clips
-    if "probe" not in skipped:
-        probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
-        train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
-        test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
-        classes = len(ACTIONS) if narrated_digits else len(test_set.params.classes or ()) or int(
-            max(probe_train["action"].max(), test["action"].max())) + 1
-        fit = linear_probe(
-            probe_train["video_global"][train_rows], probe_train["action"][train_rows],
-            test["video_global"][test_rows], test["action"][test_rows],
-            num_classes=classes,
-        )
-        probe = {
-            "action_top1": fit["top1"],
-            "chance": 1.0 / classes,
-            "confusion": fit["confusion"],
-            "weight_decay": fit["weight_decay"],
-            "train_clips": fit["train_size"],
-            "test_clips": fit["test_size"],
-            "dropped_train_clips": dropped_train,
-            "dropped_test_clips": dropped_test,
-        }
-
-    # ---- text to video (to image, for a folder of images): clean captions vs the split's clips
-    retrieval: dict[str, Any] = {"t2v": None, "t2i": None}
+    temperatures = loss_module.logged_temperatures()
+    tasks: dict[str, Any] = {"probe": None, "t2v": None, "t2i": None, "pointing": None}
+    if probe_set is not None:
+        probe_train = embed_dataset(model, _RepeatFrames(probe_set, clip_frames), batch_size=batch_size,
+                                    progress=progress, stills=False)
+        classes = (len(ACTIONS) if "digit" in fields
+                   else len(test_set.params.extra.get("classes") or ())
+                   or int(max(probe_train["action"].max(), test["action"].max())) + 1)
+        tasks["probe"] = _probe_task(probe_train, test, train_keep, test_keep, classes)
+    caption_task = "t2i" if images else "t2v"
     if caption_task not in skipped:
-        if "captions" in fields:  # several captions per clip: every one of them is a query
-            queries, _ = _unique_first([c for texts in caption_lists for c in texts])
-            query_embedding = _encode_texts(model, vocab, queries, max_words, device_name, batch_size)
-        else:
-            queries, first_rows = _unique_first(captions)
-            rows = torch.tensor(first_rows, dtype=torch.long)
-            query_embedding = (test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows])
-        video_scores = pair_score_matrix(test["video_tokens"], test["video_global"], *query_embedding, **score_args)
-        relevant = torch.tensor([[q in texts for texts in caption_lists] for q in queries], dtype=torch.bool)
-        task = retrieval_metrics(video_scores.T.contiguous(), relevant)
-        task.update(queries=len(queries), corpus=len(caption_lists), chance=random_ranking_hit_rate(relevant))
-        retrieval[caption_task] = task
-
-    # ---- text to image: "the <colour> <digit>" vs still clips
+        tasks[caption_task] = _caption_retrieval(model, loss_module, vocab, test, caption_lists,
+                                                 "captions" in fields, max_words, device_name)
     if stills:
-        colours = test["colour"].tolist()
-        digits = test["digit"].tolist()
-        pairs, _ = _unique_first(list(zip(colours, digits)))
-        pairs.sort()
-        image_queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
-        image_scores = pair_score_matrix(
-            test["still_tokens"], test["still_global"],
-            *_encode_texts(model, vocab, image_queries, max_words, device_name, batch_size), **score_args,
-        )  # [clips, queries]
-        colour_tensor, digit_tensor = test["colour"], test["digit"]
-        t2i_relevant = torch.stack([(colour_tensor == c) & (digit_tensor == d) for c, d in pairs])
-        t2i = retrieval_metrics(image_scores.T.contiguous(), t2i_relevant)
-        t2i.update(queries=len(image_queries), corpus=len(colours), chance=random_ranking_hit_rate(t2i_relevant))
-        retrieval["t2i"] = t2i
-
-    # ---- pointing: where does the digit word's phrase look
-    pointing = None
+        tasks["t2i"] = _text_to_image(model, loss_module, vocab, test, max_words, device_name)
     if "pointing" not in skipped:
-        frames, height, width = int(test_set.params.frames), int(test_set.params.size), int(test_set.params.size)
-        grid = model.video.grid(frames, height, width)
-        pointing = pointing_accuracy(
-            test["video_tokens"], test["caption_phrases"], test["caption_mask"],
-            digit_phrase_indices(captions, test["digit"], max_words),
-            test["boxes"], test["visible"], grid, (frames, height, width),
-            aggregation=loss_name, attn_temperature=attn_temperature, weight_temperature=weight_temperature,
-        )
-
+        tasks["pointing"] = _pointing_task(model, loss_module, test, captions, test_set.params)
     result: dict[str, Any] = {
         "run": str(run),
         "data": str(data),
-        "loss": loss_name,
+        "loss": config.loss,
         "split": split,
         "probe_split": probe_split,
         "clips": len(test_set),
-        "temperatures": {"attn": attn_temperature, "weight": weight_temperature},
-        "probe": probe,
-        "t2v": retrieval["t2v"],
-        "t2i": retrieval["t2i"],
-        "pointing": pointing,
+        "finished": finished,
+        "temperatures": {"attn": temperatures["attn_temperature"], "weight": temperatures["weight_temperature"]},
+        **tasks,
         "skipped": skipped,
     }
-    result["config"] = train_config.to_dict()
-    compute_path = Path(run) / "compute.json"
-    result["compute"] = json.loads(compute_path.read_text()) if compute_path.is_file() else None
-    result["finished"] = bool(result["compute"]) and result["compute"].get("epochs_done") == train_config.epochs
-    if not result["finished"]:
-        warnings.warn(f"run {run} did not finish its {train_config.epochs} epochs (no complete compute.json): "
-                      f"these metrics describe a partial run; resume it with fgmm pretrain --resume", stacklevel=2)
     if out_path is not None:
-        _write_json_atomic(result, out_path)
+        write_json(out_path, result)
+    if compute_path is not None:
+        write_json(compute_path, {**(compute or {}), "loss": config.loss, "batch_size": config.batch_size,
+                                  "seed": config.seed, "finished": finished})
     return result

@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -514,7 +513,9 @@ def import_clips(
     """
     from tqdm.auto import tqdm
 
-    from fgmm_lib.data import Vocabulary, _check_target, _move_into_place, _vocab_file
+    from fgmm_lib.data import DATASET_FILES, Vocabulary
+    from fgmm_lib.generate import _check_target, _vocab_file
+    from fgmm_lib.runs import partial_folder, replace_folder
 
     started = time.monotonic()
     out = Path(out)
@@ -533,7 +534,7 @@ def import_clips(
         raise ValueError("a dataset folder holds either videos or images, not both")
     frames = 1 if images == {True} else frames
     reused = Vocabulary.load(_vocab_file(vocab)) if vocab is not None else None
-    _check_target(out)
+    _check_target(out, (*DATASET_FILES, SKIPPED_FILE))
     out.parent.mkdir(parents=True, exist_ok=True)
 
     clips = _ordered(clips)
@@ -570,7 +571,7 @@ def import_clips(
             raise ValueError("no train clip to build a vocabulary from: pass the pretraining vocabulary (--vocab)")
         reused = Vocabulary.build(train, min_count=min_count, max_size=max_vocab or None)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = partial_folder(out)
     try:
         if skipped:
             stored = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.uint8,
@@ -606,8 +607,7 @@ def import_clips(
         params.pop("vocab")
         (tmp / "params.json").write_text(json.dumps(params, sort_keys=True, indent=2) + "\n")
         reused.save(tmp / "vocab.json")
-        tmp.chmod(0o755)
-        _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,10 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-AGGREGATIONS = ("mean", "max", "attention")
+#: Every pretraining loss of the study, in the order tables list them (coarse baselines first).
 LOSSES = ("coarse", "milnce", "mean", "max", "attention")
-BACKENDS = ("naive", "chunked", "triton", "auto")
+#: The fine-grained aggregations of (cell, phrase) cosines (STUDY.md section 2).
+AGGREGATIONS = ("mean", "max", "attention")
+#: Losses whose pair score is the cosine of the global embeddings.
+GLOBAL_LOSSES = tuple(loss for loss in LOSSES if loss not in AGGREGATIONS)
+#: Pair scores that InfoNCE (:class:`ContrastiveLoss`) takes.
 CONTRASTIVE_AGGREGATIONS = ("coarse",) + AGGREGATIONS
+BACKENDS = ("naive", "chunked", "triton", "auto")
 
 #: Memory the chunked backend allows one block's working set (bytes).
 CHUNK_MEMORY_BUDGET_BYTES = 64 * 2**20
@@ -36,7 +41,8 @@ CHUNK_MEMORY_BUDGET_BYTES = 64 * 2**20
 #: softmaxes, products and their gradients; "max" about 3, measured with torch.profiler), the rest
 #: is headroom so that the budget is an upper bound.
 CHUNK_WORKING_COPIES = 12
-#: Smallest InfoNCE temperature used (open_clip clamps the logit scale at 100 the same way).
+#: Smallest InfoNCE temperature: the learnable temperature is clamped to it after every optimiser
+#: step (open_clip clamps its logit scale at 100 the same way), never inside the forward pass.
 MIN_TEMPERATURE = 0.01
 
 Temperature = float | Tensor
@@ -127,6 +133,36 @@ def _masked_mean(values: Tensor, valid: Tensor, dim: int) -> Tensor:
     return values.masked_fill(~valid, 0).sum(dim) / valid.sum(dim).to(values.dtype)
 
 
+def _attention_terms(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor,
+                     attn_temperature: Temperature, weight_temperature: Temperature) -> dict[str, Tensor]:
+    """Every term of the "attention" pair score (STUDY.md section 2), for ``similarity [..., N, M]``.
+
+    ``cell_valid`` broadcasts as ``[..., N, 1]`` and ``phrase_valid`` as ``[..., 1, M]``. Returns
+    ``phrase_attention`` [..., N, M] (softmax over cells per phrase), ``phrase_match`` c [..., M],
+    ``phrase_weight`` w [..., M], ``cell_attention`` [..., N, M] (softmax over phrases per cell),
+    ``cell_match`` e [..., N], ``cell_weight`` u [..., N], ``text_to_video`` and ``video_to_text``.
+    """
+    phrase_is_valid = phrase_valid.squeeze(-2)   # [..., M]
+    cell_is_valid = cell_valid.squeeze(-1)       # [..., N]
+    # Temperatures divide before masking: -inf / tau would give a nan gradient for tau.
+    scaled = similarity / attn_temperature
+    # text to video: each phrase attends over cells, phrases weighted by how well they match
+    phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=-2)
+    phrase_match = (phrase_attention * similarity).sum(-2)
+    phrase_weight = torch.softmax((phrase_match / weight_temperature)
+                                  .masked_fill(~phrase_is_valid, float("-inf")), dim=-1)
+    text_to_video = (phrase_weight * phrase_match.masked_fill(~phrase_is_valid, 0)).sum(-1)
+    # video to text: each cell attends over phrases, cells weighted by how well they match
+    cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=-1)
+    cell_match = (cell_attention * similarity).sum(-1)
+    cell_weight = torch.softmax((cell_match / weight_temperature)
+                                .masked_fill(~cell_is_valid, float("-inf")), dim=-1)
+    video_to_text = (cell_weight * cell_match.masked_fill(~cell_is_valid, 0)).sum(-1)
+    return {"phrase_attention": phrase_attention, "phrase_match": phrase_match, "phrase_weight": phrase_weight,
+            "cell_attention": cell_attention, "cell_match": cell_match, "cell_weight": cell_weight,
+            "text_to_video": text_to_video, "video_to_text": video_to_text}
+
+
 def _aggregate(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor, aggregation: str,
                attn_temperature: Temperature, weight_temperature: Temperature) -> Tensor:
     """Pair scores from cosine similarities.
@@ -146,21 +182,8 @@ def _aggregate(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor, agg
         best_phrase = similarity.masked_fill(~phrase_valid, float("-inf")).amax(dim=-1)  # [..., N]
         return 0.5 * (_masked_mean(best_cell, phrase_is_valid, -1) + _masked_mean(best_phrase, cell_is_valid, -1))
     if aggregation == "attention":
-        # Temperatures divide before masking: -inf / tau would give a nan gradient for tau.
-        scaled = similarity / attn_temperature
-        # text to video: each phrase attends over cells, phrases weighted by how well they match
-        phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=-2)
-        phrase_match = (phrase_attention * similarity).sum(-2)                      # c [..., M]
-        phrase_weight = torch.softmax((phrase_match / weight_temperature)
-                                      .masked_fill(~phrase_is_valid, float("-inf")), dim=-1)
-        text_to_video = (phrase_weight * phrase_match.masked_fill(~phrase_is_valid, 0)).sum(-1)
-        # video to text: each cell attends over phrases, cells weighted by how well they match
-        cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=-1)
-        cell_match = (cell_attention * similarity).sum(-1)                          # e [..., N]
-        cell_weight = torch.softmax((cell_match / weight_temperature)
-                                    .masked_fill(~cell_is_valid, float("-inf")), dim=-1)
-        video_to_text = (cell_weight * cell_match.masked_fill(~cell_is_valid, 0)).sum(-1)
-        return 0.5 * (text_to_video + video_to_text)
+        terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature)
+        return 0.5 * (terms["text_to_video"] + terms["video_to_text"])
     raise ValueError(f"unknown aggregation {aggregation!r}; valid choices: {', '.join(AGGREGATIONS)}")
 
 
@@ -289,6 +312,29 @@ def _triton_available() -> bool:
 # public API
 # --------------------------------------------------------------------------------------
 
+def _scores_unchecked(video_tokens: Tensor, text_tokens: Tensor, video_valid: Tensor, text_valid: Tensor,
+                      aggregation: str, attn_temperature: Temperature, weight_temperature: Temperature,
+                      backend: str, block_size: int | None = None) -> Tensor:
+    """:func:`pair_scores` for inputs its caller has validated: no check, nothing that waits on the device."""
+    if backend == "auto":
+        backend = "triton" if video_tokens.is_cuda and _triton_available() else "chunked"
+    if backend == "triton":
+        from fgmm_lib.triton_scores import triton_pair_scores
+
+        zero = torch.zeros((), dtype=video_tokens.dtype, device=video_tokens.device)
+        return triton_pair_scores(
+            torch.where(video_valid.unsqueeze(-1), video_tokens, zero),
+            torch.where(text_valid.unsqueeze(-1), text_tokens, zero),
+            text_valid, video_valid, aggregation, attn_temperature, weight_temperature)
+    video_unit = _unit_tokens(video_tokens, video_valid)
+    text_unit = _unit_tokens(text_tokens, text_valid)
+    if backend == "naive":
+        return _block_scores(video_unit, text_unit, video_valid, text_valid,
+                             aggregation, attn_temperature, weight_temperature)
+    return _chunked_scores(video_unit, text_unit, video_valid, text_valid,
+                           aggregation, attn_temperature, weight_temperature, block_size)
+
+
 def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
                 video_mask: Tensor | None = None, aggregation: str = "attention",
                 attn_temperature: Temperature = 0.1, weight_temperature: Temperature = 0.1,
@@ -306,6 +352,9 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
         backend: one of ``BACKENDS``; see the module docstring.
         block_size: texts per block for the "chunked" backend; None = from ``CHUNK_MEMORY_BUDGET_BYTES``.
 
+    Every argument is validated here, once; the loss modules call the same computation without
+    the checks on every training step.
+
     Returns:
         ``[Bv, Bt]`` scores, in [-1, 1].
     """
@@ -321,25 +370,8 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
                                    or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-
-    if backend == "auto":
-        backend = "triton" if video_tokens.is_cuda and _triton_available() else "chunked"
-    if backend == "triton":
-        from fgmm_lib.triton_scores import triton_pair_scores
-
-        zero = torch.zeros((), dtype=video_tokens.dtype, device=video_tokens.device)
-        return triton_pair_scores(
-            torch.where(video_valid.unsqueeze(-1), video_tokens, zero),
-            torch.where(text_valid.unsqueeze(-1), text_tokens, zero),
-            text_valid, video_valid, aggregation, attn_temperature, weight_temperature)
-
-    video_unit = _unit_tokens(video_tokens, video_valid)
-    text_unit = _unit_tokens(text_tokens, text_valid)
-    if backend == "naive":
-        return _block_scores(video_unit, text_unit, video_valid, text_valid,
-                             aggregation, attn_temperature, weight_temperature)
-    return _chunked_scores(video_unit, text_unit, video_valid, text_valid,
-                           aggregation, attn_temperature, weight_temperature, block_size)
+    return _scores_unchecked(video_tokens, text_tokens, video_valid, text_valid, aggregation,
+                             attn_temperature, weight_temperature, backend, block_size)
 
 
 def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
@@ -365,27 +397,24 @@ def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor 
     text_valid = _check_mask(text_mask, text_tokens, "text_mask", "text_tokens", "text")
     _check_temperature(attn_temperature, "attn_temperature")
     _check_temperature(weight_temperature, "weight_temperature")
+    return _attention_maps_unchecked(video_tokens, text_tokens, video_valid, text_valid,
+                                     attn_temperature, weight_temperature)
 
+
+def _attention_maps_unchecked(video_tokens: Tensor, text_tokens: Tensor, video_valid: Tensor, text_valid: Tensor,
+                              attn_temperature: Temperature, weight_temperature: Temperature) -> dict[str, Tensor]:
     similarity = _unit_tokens(video_tokens, video_valid) @ _unit_tokens(text_tokens, text_valid).T
     cell_valid = video_valid[:, None]
     phrase_valid = text_valid[None, :]
     pair_valid = cell_valid & phrase_valid
-    scaled = similarity / attn_temperature
-    phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=0)
-    phrase_match = (phrase_attention * similarity).sum(0)
-    phrase_weight = torch.softmax((phrase_match / weight_temperature).masked_fill(~text_valid, float("-inf")), dim=0)
-    cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=1)
-    cell_match = (cell_attention * similarity).sum(1)
-    cell_weight = torch.softmax((cell_match / weight_temperature).masked_fill(~video_valid, float("-inf")), dim=0)
-    score = 0.5 * ((phrase_weight * phrase_match.masked_fill(~text_valid, 0)).sum()
-                   + (cell_weight * cell_match.masked_fill(~video_valid, 0)).sum())
+    terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature)
     return {
         "similarity": similarity,
-        "phrase_attention": phrase_attention.masked_fill(~pair_valid, 0).T,
-        "phrase_weight": phrase_weight,
-        "cell_attention": cell_attention.masked_fill(~pair_valid, 0),
-        "cell_weight": cell_weight,
-        "score": score,
+        "phrase_attention": terms["phrase_attention"].masked_fill(~pair_valid, 0).T,
+        "phrase_weight": terms["phrase_weight"],
+        "cell_attention": terms["cell_attention"].masked_fill(~pair_valid, 0),
+        "cell_weight": terms["cell_weight"],
+        "score": 0.5 * (terms["text_to_video"] + terms["video_to_text"]),
     }
 
 
@@ -393,29 +422,84 @@ def _cosine_matrix(video_global: Tensor, text_global: Tensor) -> Tensor:
     return F.normalize(video_global, dim=-1) @ F.normalize(text_global, dim=-1).T
 
 
-class ContrastiveLoss(nn.Module):
+# --------------------------------------------------------------------------------------
+# loss modules: one interface for every loss
+# --------------------------------------------------------------------------------------
+
+class PairLoss(nn.Module):
+    """What every loss of :data:`LOSSES` offers.
+
+    - ``name``: the loss's name in :data:`LOSSES`;
+    - ``uses_tokens``: True when pair scores come from cell and phrase tokens, False when they come
+      from the global embeddings ("coarse", "milnce");
+    - ``needs_candidates``: True when ``forward`` takes K candidate narrations per clip ("milnce");
+    - ``has_attention``: True when one (video, text) pair has a cell-phrase map (:meth:`attention`);
+    - :meth:`scores`: the pair scores ``[Bv, Bt]`` that retrieval ranks by, from the encoders' outputs;
+    - :meth:`attention`: the maps of one pair (:func:`attention_maps` with this loss's temperatures);
+    - ``log_temperature``: the learnable InfoNCE temperature, stored as a log; the forward pass
+      uses it as it is, and :meth:`clamp_temperatures_` (called after every optimiser step) keeps it
+      at or above ``MIN_TEMPERATURE``, so that it keeps its gradient and can come back up.
+    """
+
+    name: str = ""
+    uses_tokens: bool = False
+    needs_candidates: bool = False
+    has_attention: bool = False
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        _check_temperature(temperature, "temperature")
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    @property
+    def temperature(self) -> float:
+        """The InfoNCE temperature (a float: waits for the device; for logs and reports)."""
+        return float(self.log_temperature.detach().exp())
+
+    @torch.no_grad()
+    def clamp_temperatures_(self) -> None:
+        """Clamp the learnable temperature to >= ``MIN_TEMPERATURE`` in place (after an optimiser step)."""
+        self.log_temperature.clamp_(min=math.log(MIN_TEMPERATURE))
+
+    def logged_temperatures(self) -> dict[str, float | None]:
+        """The temperatures in use, for the training log."""
+        return {"temperature": self.temperature, "attn_temperature": None, "weight_temperature": None}
+
+    def scores(self, video_tokens: Tensor | None, video_global: Tensor, text_tokens: Tensor | None,
+               text_global: Tensor, text_mask: Tensor | None = None, video_mask: Tensor | None = None) -> Tensor:
+        """Pair scores ``S [Bv, Bt]``: here the cosine of the global embeddings."""
+        return _cosine_matrix(video_global, text_global)
+
+    def attention(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
+                  video_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The maps of one pair (``[N, D]`` cells, ``[M, D]`` phrases) as :func:`attention_maps` returns
+        them, plus ``"focus"`` [M, N]: what each phrase looks at under this loss (its argmax over
+        cells is the cell the phrase points at)."""
+        raise ValueError(f"loss {self.name!r} has no attention: it scores the global embeddings")
+
+
+class ContrastiveLoss(PairLoss):
     """Symmetric InfoNCE over pair scores (STUDY.md section 3): L = (CE(S/tau) + CE(S^T/tau)) / 2.
 
-    tau is learnable, stored as a log (``log_temperature``) and clamped to >= ``MIN_TEMPERATURE``
-    when used. For "attention", tau_a and tau_w are stored as logs too: parameters when
+    ``aggregation`` is "coarse" (cosine of the global embeddings) or one of :data:`AGGREGATIONS`.
+    For "attention", tau_a and tau_w are stored as logs too: parameters when
     ``learn_attention_temperatures`` is True, fixed buffers otherwise.
     """
 
     def __init__(self, aggregation: str = "attention", temperature: float = 0.07, attn_temperature: float = 0.1,
                  weight_temperature: float = 0.1, learn_attention_temperatures: bool = False,
                  backend: str = "auto") -> None:
-        super().__init__()
         if aggregation == "milnce":
-            raise ValueError("aggregation 'milnce' is not a pair score; use mil_nce_loss for MIL-NCE "
+            raise ValueError("aggregation 'milnce' is not a pair score; use MilNceLoss for MIL-NCE "
                              f"(valid choices here: {', '.join(CONTRASTIVE_AGGREGATIONS)})")
         _check_choice(aggregation, "aggregation", CONTRASTIVE_AGGREGATIONS)
         _check_choice(backend, "backend", BACKENDS)
-        _check_temperature(temperature, "temperature")
         _check_temperature(attn_temperature, "attn_temperature")
         _check_temperature(weight_temperature, "weight_temperature")
-        self.aggregation = aggregation
+        super().__init__(temperature)
+        self.name = self.aggregation = aggregation
+        self.uses_tokens = self.has_attention = aggregation in AGGREGATIONS
         self.backend = backend
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         log_attn = torch.tensor(math.log(attn_temperature))
         log_weight = torch.tensor(math.log(weight_temperature))
         self.learn_attention_temperatures = bool(learn_attention_temperatures) and aggregation == "attention"
@@ -427,11 +511,6 @@ class ContrastiveLoss(nn.Module):
             self.register_buffer("log_weight_temperature", log_weight)
 
     @property
-    def temperature(self) -> float:
-        """The InfoNCE temperature in use (clamped)."""
-        return float(self._temperature().detach())
-
-    @property
     def attn_temperature(self) -> float:
         """tau_a of the "attention" aggregation."""
         return float(self.log_attn_temperature.detach().exp())
@@ -441,45 +520,72 @@ class ContrastiveLoss(nn.Module):
         """tau_w of the "attention" aggregation."""
         return float(self.log_weight_temperature.detach().exp())
 
-    def _temperature(self) -> Tensor:
-        return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
+    def logged_temperatures(self) -> dict[str, float | None]:
+        return {"temperature": self.temperature, "attn_temperature": self.attn_temperature,
+                "weight_temperature": self.weight_temperature}
 
-    def scores(self, video_tokens: Tensor | None, video_global: Tensor | None, text_tokens: Tensor | None,
-               text_global: Tensor | None, text_mask: Tensor | None = None,
-               video_mask: Tensor | None = None) -> Tensor:
-        """Pair scores S [Bv, Bt]: cosine of the globals for "coarse", else ``pair_scores`` of the tokens."""
-        if self.aggregation == "coarse":
-            for value, name in ((video_global, "video_global"), (text_global, "text_global")):
-                if not isinstance(value, Tensor) or value.ndim != 2:
-                    shape = tuple(value.shape) if isinstance(value, Tensor) else value
-                    raise ValueError(f"{name} must be a [B, D] tensor for aggregation 'coarse', got {shape}")
-            _check_pair(video_global, text_global, "video_global", "text_global")
+    def scores(self, video_tokens: Tensor | None, video_global: Tensor, text_tokens: Tensor | None,
+               text_global: Tensor, text_mask: Tensor | None = None, video_mask: Tensor | None = None) -> Tensor:
+        """Pair scores S [Bv, Bt]: cosine of the globals for "coarse", else the aggregation of the tokens.
+
+        The inputs are trusted (shapes and masks as the encoders produce them): nothing here waits
+        on the device. :func:`pair_scores` is the checked entry point for other inputs.
+        """
+        if not self.uses_tokens:
             return _cosine_matrix(video_global, text_global)
-        for value, name in ((video_tokens, "video_tokens"), (text_tokens, "text_tokens")):
-            if value is None:
-                raise ValueError(f"{name} is required for aggregation {self.aggregation!r}")
-        if self.learn_attention_temperatures:
-            attn_temperature: Temperature = self.log_attn_temperature.exp()
-            weight_temperature: Temperature = self.log_weight_temperature.exp()
-        else:
-            attn_temperature, weight_temperature = self.attn_temperature, self.weight_temperature
-        return pair_scores(video_tokens, text_tokens, text_mask, video_mask, aggregation=self.aggregation,
-                           attn_temperature=attn_temperature, weight_temperature=weight_temperature,
-                           backend=self.backend)
+        if text_mask is None:
+            text_mask = torch.ones(text_tokens.shape[:-1], dtype=torch.bool, device=text_tokens.device)
+        if video_mask is None:
+            video_mask = torch.ones(video_tokens.shape[:-1], dtype=torch.bool, device=video_tokens.device)
+        return _scores_unchecked(video_tokens, text_tokens, video_mask, text_mask, self.aggregation,
+                                 self.log_attn_temperature.exp(), self.log_weight_temperature.exp(), self.backend)
 
-    def forward(self, video_tokens: Tensor | None, video_global: Tensor | None, text_tokens: Tensor | None,
-                text_global: Tensor | None, text_mask: Tensor | None = None,
-                video_mask: Tensor | None = None) -> Tensor:
+    def attention(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
+                  video_mask: Tensor | None = None) -> dict[str, Tensor]:
+        if not self.has_attention:
+            return super().attention(video_tokens, text_tokens, text_mask, video_mask)
+        maps = attention_maps(video_tokens, text_tokens, text_mask, video_mask,
+                              self.log_attn_temperature.detach().exp(), self.log_weight_temperature.detach().exp())
+        # "attention" pools each phrase over its softmax over cells; "mean" and "max" over the cosines
+        # (whose argmax is the cell that "max" takes)
+        maps["focus"] = maps["phrase_attention"] if self.aggregation == "attention" else maps["similarity"].T
+        return maps
+
+    def forward(self, video_tokens: Tensor | None, video_global: Tensor, text_tokens: Tensor | None,
+                text_global: Tensor, text_mask: Tensor | None = None, video_mask: Tensor | None = None) -> Tensor:
         """The symmetric InfoNCE loss of a batch whose i-th video and i-th text are the positive pair."""
         scores = self.scores(video_tokens, video_global, text_tokens, text_global, text_mask, video_mask)
         if scores.shape[0] != scores.shape[1]:
             raise ValueError(f"InfoNCE needs as many videos as texts (paired batch), got scores {tuple(scores.shape)}")
-        logits = scores / self._temperature()
+        logits = scores / self.log_temperature.exp()
         targets = torch.arange(scores.shape[0], device=scores.device)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
-def mil_nce_loss(video_global: Tensor, text_global: Tensor, temperature: float = 0.07,
+class MilNceLoss(PairLoss):
+    """MIL-NCE (:func:`mil_nce_loss`) with a learnable temperature; pair scores are global cosines."""
+
+    name = "milnce"
+    needs_candidates = True
+
+    def forward(self, video_global: Tensor, text_global: Tensor, candidate_mask: Tensor | None = None) -> Tensor:
+        """Loss of clips ``[B, D]`` against their K candidate narrations ``[B, K, D]``."""
+        return _mil_nce(video_global, text_global, self.log_temperature.exp(), candidate_mask)
+
+
+def build_loss(name: str, temperature: float = 0.07, attn_temperature: float = 0.1, weight_temperature: float = 0.1,
+               learn_attention_temperatures: bool = False, backend: str = "auto") -> PairLoss:
+    """The loss module called ``name`` (one of :data:`LOSSES`), from plain values; bad values raise
+    ValueError naming the argument."""
+    _check_choice(name, "loss", LOSSES)
+    if name == "milnce":
+        return MilNceLoss(temperature)
+    return ContrastiveLoss(aggregation=name, temperature=temperature, attn_temperature=attn_temperature,
+                           weight_temperature=weight_temperature,
+                           learn_attention_temperatures=learn_attention_temperatures, backend=backend)
+
+
+def mil_nce_loss(video_global: Tensor, text_global: Tensor, temperature: Temperature = 0.07,
                  candidate_mask: Tensor | None = None) -> Tensor:
     """MIL-NCE (Miech et al. 2020) with K candidate narrations per clip, on cosine similarities.
 
@@ -500,10 +606,16 @@ def mil_nce_loss(video_global: Tensor, text_global: Tensor, temperature: float =
     if text_global.shape[0] != video_global.shape[0]:
         raise ValueError(f"video_global has {video_global.shape[0]} clips but text_global has "
                          f"{text_global.shape[0]} candidate sets")
-    valid = _check_mask(candidate_mask, text_global, "candidate_mask", "text_global", "clip", item="candidate")
+    _check_mask(candidate_mask, text_global, "candidate_mask", "text_global", "clip", item="candidate")
     _check_temperature(temperature, "temperature")
+    return _mil_nce(video_global, text_global, temperature, candidate_mask)
 
+
+def _mil_nce(video_global: Tensor, text_global: Tensor, temperature: Temperature,
+             candidate_mask: Tensor | None) -> Tensor:
     batch, candidates, dim = text_global.shape
+    valid = (candidate_mask if candidate_mask is not None
+             else torch.ones((batch, candidates), dtype=torch.bool, device=text_global.device))
     videos = F.normalize(video_global, dim=-1)
     texts = _unit_tokens(text_global, valid).reshape(batch * candidates, dim)
     logits = (videos @ texts.T).reshape(batch, batch, candidates) / temperature

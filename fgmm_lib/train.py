@@ -22,9 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +32,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fgmm_lib.losses import BACKENDS, LOSSES, MIN_TEMPERATURE, ContrastiveLoss, mil_nce_loss
+from fgmm_lib.config import config_from_dict, field_types
+from fgmm_lib.losses import BACKENDS, LOSSES, PairLoss, build_loss
 from fgmm_lib.models import DualEncoder, ModelConfig
+from fgmm_lib.runs import (CHECKPOINT, CHECKPOINT_FORMAT, COMPUTE, CONFIG, LOG, RUN_FILES, VOCAB, check_writable_folder,
+                           clean_leftovers, is_run_folder, load_checkpoint, mismatches, write_atomic, write_json)
 
 __all__ = [
     "TrainConfig",
-    "MilNceLoss",
     "pretrain",
-    "load_run",
-    "build_loss",
+    "loss_from_config",
     "batch_loss",
     "lr_factor",
     "CHECKPOINT",
@@ -52,12 +51,6 @@ __all__ = [
     "VOCAB",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-LOG = "log.jsonl"
-COMPUTE = "compute.json"
-VOCAB = "vocab.json"
-CHECKPOINT_FORMAT = 1
 
 #: Fields that may differ between a run and its resumption: they change where the data is read
 #: from, how it is loaded and when the run stops, not what it computes.
@@ -103,22 +96,9 @@ class TrainConfig:
 
         Unknown keys and missing required keys raise ValueError naming them; numbers given as
         strings (as some YAML writers produce for ``2e-3``) are converted; bad values raise
-        ValueError naming the field.
+        ValueError naming the field (see :mod:`fgmm_lib.config`).
         """
-        if not isinstance(values, dict):
-            raise ValueError(f"TrainConfig.from_dict expects a mapping, got {type(values).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s): {', '.join(map(repr, unknown))} "
-                             f"(known keys: {', '.join(known)})")
-        missing = [name for name, f in known.items()
-                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                   and name not in values]
-        if missing:
-            raise ValueError(f"TrainConfig is missing required key(s): {', '.join(missing)}")
-        converted = {name: _convert(name, value, _field_type(known[name])) for name, value in values.items()}
-        return cls(**converted)
+        return config_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (JSON-ready)."""
@@ -129,61 +109,21 @@ class TrainConfig:
         return ModelConfig(vocab_size=vocab_size, dim=self.dim, width=self.width, depth=self.depth, ngram=self.ngram)
 
 
-def _field_type(f: dataclasses.Field) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, f.type)  # type: ignore[arg-type]
-
-
-def _convert(name: str, value: Any, kind: type) -> Any:
-    """Convert ``value`` to ``kind`` where the conversion is unambiguous; else raise naming the field."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise ValueError(f"TrainConfig.{name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return int(value.strip())
-        raise ValueError(f"TrainConfig.{name} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return float(value.strip())
-        raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}")
-    if kind is str:
-        if isinstance(value, (str, os.PathLike)):
-            return str(value)
-        raise ValueError(f"TrainConfig.{name} must be a string, got {value!r}")
-    return value
-
-
 def _validate(config: TrainConfig) -> None:
     def fail(name: str, requirement: str) -> None:
         raise ValueError(f"TrainConfig.{name} must be {requirement}, got {getattr(config, name)!r}")
 
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        kind = _field_type(f)
+    for name, kind in field_types(TrainConfig).items():
+        value = getattr(config, name)
         if kind is bool and not isinstance(value, bool):
-            fail(f.name, "a bool")
+            fail(name, "a bool")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            fail(f.name, "an int")
+            fail(name, "an int")
         if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value)):
-            fail(f.name, "a finite number")
+            fail(name, "a finite number")
         if kind is str and not isinstance(value, str):
-            fail(f.name, "a string")
+            fail(name, "a string")
     if not config.data:
         fail("data", "a dataset folder")
     if not config.out:
@@ -214,59 +154,34 @@ def _validate(config: TrainConfig) -> None:
             fail("device", "auto, cpu, cuda or cuda:N")
 
 
-class MilNceLoss(nn.Module):
-    """MIL-NCE (:func:`fgmm_lib.losses.mil_nce_loss`) with a learnable temperature stored as a log."""
-
-    def __init__(self, temperature: float = 0.07) -> None:
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
-
-    def _temperature(self) -> Tensor:
-        return self.log_temperature.exp().clamp(min=MIN_TEMPERATURE)
-
-    @property
-    def temperature(self) -> float:
-        """The temperature in use (clamped like ContrastiveLoss's)."""
-        return float(self._temperature().detach())
-
-    def forward(self, video_global: Tensor, text_global: Tensor, candidate_mask: Tensor | None = None) -> Tensor:
-        """Loss of clips ``[B, D]`` against their K candidate narrations ``[B, K, D]``."""
-        return mil_nce_loss(video_global, text_global, temperature=self._temperature(), candidate_mask=candidate_mask)
+def loss_from_config(config: TrainConfig) -> PairLoss:
+    """The loss module of a run (:func:`fgmm_lib.losses.build_loss` with the config's values)."""
+    return build_loss(config.loss, temperature=config.temperature, attn_temperature=config.attn_temperature,
+                      weight_temperature=config.weight_temperature,
+                      learn_attention_temperatures=config.learn_attention_temperatures, backend=config.backend)
 
 
-def build_loss(config: TrainConfig) -> ContrastiveLoss | MilNceLoss:
-    """The loss module of a run: MilNceLoss for "milnce", else ContrastiveLoss(aggregation=config.loss)."""
-    if config.loss == "milnce":
-        return MilNceLoss(config.temperature)
-    return ContrastiveLoss(
-        aggregation=config.loss, temperature=config.temperature, attn_temperature=config.attn_temperature,
-        weight_temperature=config.weight_temperature,
-        learn_attention_temperatures=config.learn_attention_temperatures, backend=config.backend,
-    )
-
-
-def batch_loss(model: DualEncoder, loss_module: nn.Module, batch: dict[str, Tensor], loss: str,
+def batch_loss(model: DualEncoder, loss_module: PairLoss, batch: dict[str, Tensor],
                mixed_precision: bool = False) -> Tensor:
     """The training loss of one batch (keys of NarratedDigits.get_batch, already on the device).
 
     The encoders run under bf16 autocast when ``mixed_precision`` is set (CUDA); the loss is
-    always computed in float32. "milnce" encodes the K candidate narrations of every clip.
+    always computed in float32. A loss that ``needs_candidates`` (MIL-NCE) gets the K candidate
+    narrations of every clip.
     """
     device_type = batch["video"].device.type
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if mixed_precision
                 else contextlib.nullcontext())
     with autocast:
         video_tokens, video_global = model.encode_video(batch["video"])
-        if loss == "milnce":
+        if loss_module.needs_candidates:
             tokens, mask = batch["candidate_tokens"], batch["candidate_mask"]
             size, candidates, words = tokens.shape
             _, _, text_global = model.encode_text(tokens.reshape(size * candidates, words),
                                                   mask.reshape(size * candidates, words))
         else:
             phrases, phrase_mask, text_global = model.encode_text(batch["tokens"], batch["token_mask"])
-    if loss == "milnce":
+    if loss_module.needs_candidates:
         return loss_module(video_global.float(), text_global.float().reshape(size, candidates, -1))
     return loss_module(video_tokens.float(), video_global.float(), phrases.float(), text_global.float(),
                        text_mask=phrase_mask)
@@ -314,25 +229,9 @@ def _resolve_device(name: str) -> torch.device:
 # ---------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n"))
-
-
 def _prepare_run_folder(run: Path, resume: bool) -> None:
-    """Check the run folder before any training: writable, and not a finished run unless resuming."""
+    """Check the run folder before any training: a new or empty folder, or (with ``resume``) a run
+    folder with a checkpoint; writable. Leftovers of a killed earlier write are removed."""
     if run.exists() and not run.is_dir():
         raise ValueError(f"TrainConfig.out {run} exists and is not a folder")
     checkpoint = run / CHECKPOINT
@@ -346,12 +245,16 @@ def _prepare_run_folder(run: Path, resume: bool) -> None:
             f"run folder {run} already holds a run ({checkpoint}); resume it with resume=True "
             f"(fgmm pretrain --resume) or choose another folder for TrainConfig.out"
         )
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"TrainConfig.out {run} cannot be written: {error}") from error
+    if run.is_dir():
+        clean_leftovers(run)
+        foreign = sorted(entry.name for entry in run.iterdir() if entry.name not in RUN_FILES)
+        if foreign and not resume:
+            raise ValueError(
+                f"TrainConfig.out {run} is not empty and is not a run folder (it holds {', '.join(foreign[:5])}); "
+                f"a run is written only into a new or empty folder, or resumed in its own folder")
+        if resume and not is_run_folder(run):
+            raise ValueError(f"cannot resume: {run} has a {CHECKPOINT} but no run {CONFIG}")
+    check_writable_folder(run, "TrainConfig.out")
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -372,7 +275,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 def _truncate_log(path: Path, last_step: int) -> None:
     """Keep the rows of steps <= ``last_step`` (those the checkpoint covers)."""
     rows = [row for row in _read_log(path) if int(row.get("step", 0)) <= last_step]
-    _write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
+    write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
 
 
 def _rng_states(shuffle_state: Tensor) -> dict[str, Any]:
@@ -397,21 +300,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
                          numpy_state["has_gauss"], numpy_state["cached"]))
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
-
-
-def _load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by fgmm_lib.train (format {CHECKPOINT_FORMAT})")
-    return checkpoint
-
-
-def _mismatches(expected: dict[str, Any], found: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    keys = sorted((set(expected) | set(found)) - set(ignore))
-    return [f"{key}: {found.get(key)!r} vs {expected.get(key)!r}" for key in keys if expected.get(key) != found.get(key)]
 
 
 # ---------------------------------------------------------------- training
@@ -468,11 +356,6 @@ def _iterate_batches(dataset: Any, batches: list[np.ndarray], num_workers: int, 
     yield from loader
 
 
-def _loss_temperatures(loss_module: nn.Module) -> dict[str, float | None]:
-    return {name: (float(getattr(loss_module, name)) if hasattr(loss_module, name) else None)
-            for name in ("temperature", "attn_temperature", "weight_temperature")}
-
-
 def _count_flops(step: Any) -> tuple[Any, int]:
     """Run ``step()`` under FlopCounterMode; return its result and the FLOPs counted."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -480,6 +363,219 @@ def _count_flops(step: Any) -> tuple[Any, int]:
     with FlopCounterMode(display=False) as counter:
         result = step()
     return result, int(counter.get_total_flops())
+
+
+@dataclass
+class _Plan:
+    clips: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    stop_step: int
+
+
+@dataclass
+class _State:
+    """Everything a run carries from step to step (what a checkpoint saves)."""
+
+    model: DualEncoder
+    loss_module: PairLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    shuffle: torch.Generator
+    epoch_shuffle_state: Tensor
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    wall_before: float = 0.0
+    last_checkpoint_step: int | None = None
+
+
+def _open_data(config: TrainConfig) -> Any:
+    """The train split of ``config.data``; a batch larger than the split raises ValueError."""
+    from fgmm_lib.data import NarratedDigits
+
+    dataset = NarratedDigits(config.data, split="train", neighbours=config.neighbours)
+    if config.batch_size > len(dataset):
+        raise ValueError(f"TrainConfig.batch_size {config.batch_size} is larger than the train split of "
+                         f"{config.data} ({len(dataset)} clips); choose batch_size <= {len(dataset)}")
+    return dataset
+
+
+def _plan_schedule(config: TrainConfig, clips: int) -> _Plan:
+    steps_per_epoch = clips // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    stop_step = total_steps if config.max_steps == 0 else min(total_steps, config.max_steps)
+    return _Plan(clips, steps_per_epoch, total_steps, int(round(config.warmup_fraction * total_steps)),
+                          stop_step)
+
+
+def _checkpoint_to_resume(run: Path, config: TrainConfig, fingerprint: str, data_params: dict[str, Any]) -> dict[str, Any]:
+    """The run's checkpoint, after checking that the config, vocabulary and data are the run's."""
+    checkpoint = load_checkpoint(run / CHECKPOINT)
+    differences = mismatches(checkpoint["train_config"], config.to_dict(), ignore=RESUMABLE_CHANGES)
+    if differences:
+        raise ValueError(f"cannot resume {run}: the config differs from the run's in "
+                         f"{'; '.join(differences)} (given vs saved)")
+    if checkpoint["vocab_fingerprint"] != fingerprint:
+        raise ValueError(f"cannot resume {run}: {config.data} has another vocabulary than the run "
+                         f"(fingerprint {fingerprint[:12]}... vs {checkpoint['vocab_fingerprint'][:12]}...)")
+    differences = mismatches(checkpoint["data_params"], data_params)
+    if differences:
+        raise ValueError(f"cannot resume {run}: {config.data} was generated with other parameters than the "
+                         f"run's data: {'; '.join(differences)} (given vs saved)")
+    return checkpoint
+
+
+def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, device: torch.device,
+                 checkpoint: dict[str, Any] | None) -> _State:
+    """Model, loss, optimiser and schedule from the seed, or restored from ``checkpoint``."""
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = DualEncoder(model_config).to(device)
+    loss_module = loss_from_config(config).to(device)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(plan.total_steps, plan.warmup_steps))
+    shuffle = torch.Generator().manual_seed(config.seed)
+    state = _State(model, loss_module, optimizer, scheduler, shuffle, shuffle.get_state())
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        loss_module.load_state_dict(checkpoint["loss"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _set_rng_states(checkpoint["rng"])
+        state.epoch_shuffle_state = checkpoint["rng"]["shuffle"]
+        state.epoch, state.step_in_epoch, state.step = (checkpoint["epoch"], checkpoint["step_in_epoch"],
+                                                        checkpoint["step"])
+        state.wall_before = float(checkpoint["wall_s"])
+        state.last_checkpoint_step = state.step
+    return state
+
+
+def _save_checkpoint(run: Path, state: _State, run_info: dict[str, Any], shuffle_state: Tensor, wall_s: float) -> None:
+    """Write the checkpoint atomically: a kill at any moment leaves the previous one whole."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": state.model.state_dict(),
+        "loss": state.loss_module.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "rng": _rng_states(shuffle_state),
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "step": state.step,
+        "wall_s": wall_s,
+        "vocab_fingerprint": run_info["vocab_fingerprint"],
+        "data_params": run_info["data_params"],
+        "model_config": run_info["model"],
+        "train_config": run_info["train"],
+    }
+    write_atomic(run / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
+    state.last_checkpoint_step = state.step
+
+
+def _train_step(state: _State, batch: dict[str, Tensor], mixed_precision: bool, count_flops: bool) -> tuple[float, int | None]:
+    """One optimisation step: (loss value, FLOPs counted or None)."""
+    def forward_backward() -> Tensor:
+        state.optimizer.zero_grad(set_to_none=True)
+        value = batch_loss(state.model, state.loss_module, batch, mixed_precision)
+        value.backward()
+        return value
+
+    flops = None
+    if count_flops:
+        value, flops = _count_flops(forward_backward)
+    else:
+        value = forward_backward()
+    loss_float = float(value.detach())
+    if not math.isfinite(loss_float):
+        return loss_float, flops
+    state.optimizer.step()
+    state.loss_module.clamp_temperatures_()
+    state.scheduler.step()
+    return loss_float, flops
+
+
+def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state: _State,
+                run_info: dict[str, Any], device: torch.device, progress: bool) -> tuple[int | None, float]:
+    """Train from ``state`` until ``plan.stop_step``, logging every step and checkpointing every
+    epoch; return (FLOPs of one step or None, wall seconds of this session)."""
+    from tqdm.auto import tqdm
+
+    mixed_precision = device.type == "cuda"
+    state.model.train()
+    flops_per_step: int | None = None
+    session_start = time.perf_counter()
+    bar = tqdm(total=plan.stop_step, initial=min(state.step, plan.stop_step), disable=not progress, unit="step",
+               desc=f"pretrain {config.loss}", dynamic_ncols=True)
+    try:
+        with open(run / LOG, "a") as log:
+            while state.epoch < config.epochs and state.step < plan.stop_step:
+                state.shuffle.set_state(state.epoch_shuffle_state)
+                order = torch.randperm(plan.clips, generator=state.shuffle).numpy()
+                next_epoch_shuffle_state = state.shuffle.get_state()
+                batches = [order[k * config.batch_size:(k + 1) * config.batch_size]
+                           for k in range(state.step_in_epoch, plan.steps_per_epoch)]
+                stopped_in_epoch = False
+                step_start = time.perf_counter()
+                for raw in _iterate_batches(dataset, batches, config.num_workers, device.type == "cuda",
+                                            seed=config.seed * 100003 + state.epoch):
+                    lr = state.optimizer.param_groups[0]["lr"]
+                    loss_float, flops = _train_step(state, _to_device(raw, device), mixed_precision,
+                                                     count_flops=flops_per_step is None)
+                    flops_per_step = flops if flops_per_step is None else flops_per_step
+                    if not math.isfinite(loss_float):
+                        kept = (f"the last good checkpoint {run / CHECKPOINT} (step {state.last_checkpoint_step}) is kept"
+                                if state.last_checkpoint_step is not None else "no checkpoint had been written yet")
+                        raise FloatingPointError(
+                            f"non-finite loss {loss_float} at step {state.step + 1} (epoch {state.epoch + 1}); {kept}")
+                    state.step += 1
+                    state.step_in_epoch += 1
+                    now = time.perf_counter()
+                    samples_per_s = config.batch_size / max(now - step_start, 1e-9)
+                    step_start = now
+                    row = {"step": state.step, "epoch": state.epoch + 1, "loss": loss_float,
+                           **state.loss_module.logged_temperatures(), "lr": lr, "samples_per_s": samples_per_s,
+                           "wall_s": state.wall_before + (now - session_start)}
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_float:.4f}", samples_per_s=f"{samples_per_s:.0f}")
+                    if state.step >= plan.stop_step and state.step_in_epoch < plan.steps_per_epoch:
+                        stopped_in_epoch = True
+                        break
+                wall_s = state.wall_before + (time.perf_counter() - session_start)
+                if stopped_in_epoch:
+                    _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s)
+                else:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                    state.epoch_shuffle_state = next_epoch_shuffle_state
+                    _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s)
+    finally:
+        bar.close()
+    return flops_per_step, time.perf_counter() - session_start
+
+
+def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step: int | None, wall_s: float,
+                   device: torch.device) -> None:
+    if flops_per_step is None:  # nothing left to train (a finished run resumed): keep the old record
+        previous = json.loads((run / COMPUTE).read_text()) if (run / COMPUTE).is_file() else {}
+        flops_per_step = previous.get("flops_per_step")
+    samples_seen = state.step * config.batch_size
+    write_json(run / COMPUTE, {
+        "flops_per_step": flops_per_step,
+        "total_flops": None if flops_per_step is None else flops_per_step * state.step,
+        "steps": state.step,
+        "epochs_done": state.epoch,
+        "samples_seen": samples_seen,
+        "wall_s": wall_s,
+        "samples_per_s": samples_seen / wall_s if wall_s > 0 else None,
+        "device": str(device),
+        "batch_size": config.batch_size,
+        "loss": config.loss,
+    })
 
 
 def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -491,251 +587,44 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
     ``config.max_steps`` stops early without changing the schedule, so a stopped run is a prefix
     of the full one and can be resumed to it.
 
-    Raises ValueError for a batch size larger than the split, a folder that cannot be written,
-    or one that holds a run already (without ``resume``); FloatingPointError for a non-finite
-    loss (the last good checkpoint is kept).
+    Writes only into a new or empty folder, or (resuming) into the run's own folder. Raises
+    ValueError for a batch size larger than the split, a folder that cannot be written, that
+    holds other files, or that holds a run already (without ``resume``); FloatingPointError for
+    a non-finite loss (the last good checkpoint is kept).
     """
-    from tqdm.auto import tqdm
-
-    from fgmm_lib.data import NarratedDigits
-
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     run = Path(config.out)
     device = _resolve_device(config.device)
-    dataset = NarratedDigits(config.data, split="train", neighbours=config.neighbours)
-    clips = len(dataset)
-    if config.batch_size > clips:
-        raise ValueError(f"TrainConfig.batch_size {config.batch_size} is larger than the train split of "
-                         f"{config.data} ({clips} clips); choose batch_size <= {clips}")
-    vocab = dataset.vocab
-    fingerprint = vocab.fingerprint()
-    model_config = config.model_config(len(vocab))
-    data_params = dataclasses.asdict(dataset.params)
-    steps_per_epoch = clips // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_fraction * total_steps))
+    dataset = _open_data(config)
+    plan = _plan_schedule(config, len(dataset))
+    fingerprint = dataset.vocab.fingerprint()
+    data_params = dataset.params.to_dict()
+    model_config = config.model_config(len(dataset.vocab))
 
     _prepare_run_folder(run, resume)
-    checkpoint = _load_checkpoint(run / CHECKPOINT) if resume else None
-    if checkpoint is not None:
-        saved_config = checkpoint["train_config"]
-        differences = _mismatches(saved_config, config.to_dict(), ignore=RESUMABLE_CHANGES)
-        if differences:
-            raise ValueError(f"cannot resume {run}: the config differs from the run's in "
-                             f"{'; '.join(differences)} (given vs saved)")
-        if checkpoint["vocab_fingerprint"] != fingerprint:
-            raise ValueError(f"cannot resume {run}: {config.data} has another vocabulary than the run "
-                             f"(fingerprint {fingerprint[:12]}... vs {checkpoint['vocab_fingerprint'][:12]}...)")
-        differences = _mismatches(checkpoint["data_params"], data_params)
-        if differences:
-            raise ValueError(f"cannot resume {run}: {config.data} was generated with other parameters than the "
-                             f"run's data: {'; '.join(differences)} (given vs saved)")
-
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    checkpoint = _checkpoint_to_resume(run, config, fingerprint, data_params) if resume else None
+    run_info = {
+        "train": config.to_dict(),
+        "model": dataclasses.asdict(model_config),
+        "vocab_fingerprint": fingerprint,
+        "data_params": data_params,
+        "device": str(device),
+        "train_clips": plan.clips,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "warmup_steps": plan.warmup_steps,
+        "torch": torch.__version__,
+    }
     with _deterministic(device):
-        model = DualEncoder(model_config).to(device)
-        loss_module = build_loss(config).to(device)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(total_steps, warmup_steps))
-        shuffle = torch.Generator().manual_seed(config.seed)
-        epoch, step_in_epoch, step, wall_before = 0, 0, 0, 0.0
-        epoch_shuffle_state = shuffle.get_state()
+        state = _build_state(config, model_config, plan, device, checkpoint)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            loss_module.load_state_dict(checkpoint["loss"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            _set_rng_states(checkpoint["rng"])
-            epoch_shuffle_state = checkpoint["rng"]["shuffle"]
-            epoch, step_in_epoch, step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"]
-            wall_before = float(checkpoint["wall_s"])
-            _truncate_log(run / LOG, step)
+            _truncate_log(run / LOG, state.step)
         else:
             (run / LOG).unlink(missing_ok=True)
             (run / COMPUTE).unlink(missing_ok=True)
-
-        last_checkpoint_step = step if checkpoint is not None else None
-        run_info = {
-            "train": config.to_dict(),
-            "model": dataclasses.asdict(model_config),
-            "vocab_fingerprint": fingerprint,
-            "data_params": data_params,
-            "device": str(device),
-            "train_clips": clips,
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "warmup_steps": warmup_steps,
-            "torch": torch.__version__,
-        }
-        _write_json(run / CONFIG, run_info)
-        _write_atomic(run / VOCAB, lambda tmp: vocab.save(tmp))
-
-        def save_checkpoint(epoch_done: int, step_in_epoch_done: int, shuffle_state: Tensor, wall_s: float) -> None:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "loss": loss_module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_states(shuffle_state),
-                "epoch": epoch_done,
-                "step_in_epoch": step_in_epoch_done,
-                "step": step,
-                "wall_s": wall_s,
-                "vocab_fingerprint": fingerprint,
-                "data_params": data_params,
-                "model_config": dataclasses.asdict(model_config),
-                "train_config": config.to_dict(),
-            }
-            _write_atomic(run / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-            nonlocal last_checkpoint_step
-            last_checkpoint_step = step
-
-        stop_step = total_steps if config.max_steps == 0 else min(total_steps, config.max_steps)
-        mixed_precision = device.type == "cuda"
-        model.train()
-        flops_per_step: int | None = None
-        session_start = time.perf_counter()
-        bar = tqdm(total=stop_step, initial=min(step, stop_step), disable=not progress, unit="step",
-                   desc=f"pretrain {config.loss}", dynamic_ncols=True)
-        try:
-            with open(run / LOG, "a") as log:
-                while epoch < config.epochs and step < stop_step:
-                    shuffle.set_state(epoch_shuffle_state)
-                    order = torch.randperm(clips, generator=shuffle).numpy()
-                    next_epoch_shuffle_state = shuffle.get_state()
-                    batches = [order[k * config.batch_size:(k + 1) * config.batch_size]
-                               for k in range(step_in_epoch, steps_per_epoch)]
-                    stopped_in_epoch = False
-                    step_start = time.perf_counter()
-                    for raw in _iterate_batches(dataset, batches, config.num_workers, device.type == "cuda",
-                                                seed=config.seed * 100003 + epoch):
-                        batch = _to_device(raw, device)
-                        lr = optimizer.param_groups[0]["lr"]
-
-                        def train_step() -> Tensor:
-                            optimizer.zero_grad(set_to_none=True)
-                            value = batch_loss(model, loss_module, batch, config.loss, mixed_precision)
-                            value.backward()
-                            return value
-
-                        if flops_per_step is None:
-                            loss_value, flops_per_step = _count_flops(train_step)
-                        else:
-                            loss_value = train_step()
-                        loss_float = float(loss_value.detach())
-                        if not math.isfinite(loss_float):
-                            kept = (f"the last good checkpoint {run / CHECKPOINT} (step {last_checkpoint_step}) is kept"
-                                    if last_checkpoint_step is not None else "no checkpoint had been written yet")
-                            raise FloatingPointError(
-                                f"non-finite loss {loss_float} at step {step + 1} (epoch {epoch + 1}); {kept}"
-                            )
-                        optimizer.step()
-                        scheduler.step()
-                        step += 1
-                        step_in_epoch += 1
-                        now = time.perf_counter()
-                        samples_per_s = config.batch_size / max(now - step_start, 1e-9)
-                        step_start = now
-                        row = {"step": step, "epoch": epoch + 1, "loss": loss_float, **_loss_temperatures(loss_module),
-                               "lr": lr, "samples_per_s": samples_per_s,
-                               "wall_s": wall_before + (now - session_start)}
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_float:.4f}", samples_per_s=f"{samples_per_s:.0f}")
-                        if step >= stop_step and step_in_epoch < steps_per_epoch:
-                            stopped_in_epoch = True
-                            break
-                    wall_s = wall_before + (time.perf_counter() - session_start)
-                    if stopped_in_epoch:
-                        save_checkpoint(epoch, step_in_epoch, epoch_shuffle_state, wall_s)
-                    else:
-                        epoch += 1
-                        step_in_epoch = 0
-                        epoch_shuffle_state = next_epoch_shuffle_state
-                        save_checkpoint(epoch, 0, epoch_shuffle_state, wall_s)
-        finally:
-            bar.close()
-
-    wall_s = wall_before + (time.perf_counter() - session_start)
-    if flops_per_step is None:  # nothing left to train (a finished run resumed): keep the old record
-        previous = json.loads((run / COMPUTE).read_text()) if (run / COMPUTE).is_file() else {}
-        flops_per_step = previous.get("flops_per_step")
-    samples_seen = step * config.batch_size
-    _write_json(run / COMPUTE, {
-        "flops_per_step": flops_per_step,
-        "total_flops": None if flops_per_step is None else flops_per_step * step,
-        "steps": step,
-        "epochs_done": epoch,
-        "samples_seen": samples_seen,
-        "wall_s": wall_s,
-        "samples_per_s": samples_seen / wall_s if wall_s > 0 else None,
-        "device": str(device),
-        "batch_size": config.batch_size,
-        "loss": config.loss,
-    })
+        write_json(run / CONFIG, run_info)
+        write_atomic(run / VOCAB, lambda tmp: dataset.vocab.save(tmp))
+        flops_per_step, session_s = _run_epochs(run, config, dataset, plan, state, run_info, device, progress)
+    _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device)
     return run
-
-
-def load_run(run: str | Path, map_location: Any = "cpu") -> tuple[DualEncoder, ContrastiveLoss | None, TrainConfig, Any]:
-    """Load a run folder written by :func:`pretrain`: (model in eval mode, loss module, config, vocabulary).
-
-    The loss module is the trained ContrastiveLoss (its temperatures), or None for "milnce".
-    Raises FileNotFoundError naming the folder when it holds no checkpoint, and ValueError when
-    the checkpoint belongs to another configuration or vocabulary than the run's config.json.
-    """
-    from fgmm_lib.data import Vocabulary
-
-    run = Path(run)
-    checkpoint_path = run / CHECKPOINT
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"run folder {run} has no {CHECKPOINT} (is it a pretraining run that finished an epoch?)")
-    for name in (CONFIG, VOCAB):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"run folder {run} has no {name}")
-    try:
-        info = json.loads((run / CONFIG).read_text())
-        config = TrainConfig.from_dict(info["train"])
-        model_config = ModelConfig(**info["model"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"cannot read {run / CONFIG}: {error}") from error
-    vocab = Vocabulary.load(run / VOCAB)
-    checkpoint = _load_checkpoint(checkpoint_path, map_location)
-
-    fingerprints = {"vocab.json": vocab.fingerprint(), "config.json": info.get("vocab_fingerprint"),
-                    "checkpoint.pt": checkpoint.get("vocab_fingerprint")}
-    if len(set(fingerprints.values())) != 1:
-        raise ValueError(f"vocabulary mismatch in {run}: fingerprints "
-                         + ", ".join(f"{k} {str(v)[:12]}..." for k, v in fingerprints.items())
-                         + "; the checkpoint was trained with another vocabulary")
-    differences = _mismatches(dataclasses.asdict(model_config), checkpoint.get("model_config", {}))
-    if differences:
-        raise ValueError(f"{checkpoint_path} was written for another model configuration than {run / CONFIG}: "
-                         + "; ".join(differences) + " (checkpoint vs config)")
-    differences = _mismatches(config.to_dict(), checkpoint.get("train_config", {}), ignore=RESUMABLE_CHANGES)
-    if differences:
-        raise ValueError(f"{checkpoint_path} was written for another training configuration than {run / CONFIG}: "
-                         + "; ".join(differences) + " (checkpoint vs config)")
-
-    model = DualEncoder(model_config)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{checkpoint_path} does not fit the model of {run / CONFIG}: {error}") from error
-    target = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
-    model.to(target).eval()
-    loss_module: ContrastiveLoss | None = None
-    if config.loss != "milnce":
-        loss_module = build_loss(config)
-        try:
-            loss_module.load_state_dict(checkpoint["loss"])
-        except RuntimeError as error:
-            raise ValueError(f"{checkpoint_path} does not fit the loss of {run / CONFIG}: {error}") from error
-        loss_module.to(target).eval()
-    return model, loss_module, config, vocab

@@ -1,4 +1,4 @@
-"""Tests of fgmm_lib.data: the Narrated Digits generator, its vocabulary and its Dataset."""
+"""Tests of fgmm_lib.generate and fgmm_lib.data: the Narrated Digits generator, the vocabulary and the Dataset."""
 
 from __future__ import annotations
 
@@ -11,22 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fgmm_lib import data
-from fgmm_lib.data import (
-    ACTIONS,
-    COLOURS,
-    DATASET_FILES,
-    DIGIT_WORDS,
-    FILLER_WORDS,
-    KNOBS,
-    SPLITS,
-    GenerationConfig,
-    NarratedDigits,
-    Vocabulary,
-    generate_dataset,
-    glyph_split,
-    load_glyphs,
-)
+from fgmm_lib import generate
+from fgmm_lib.data import ACTIONS, COLOURS, DATASET_FILES, DIGIT_WORDS, SPLITS, NarratedDigits, Vocabulary
+from fgmm_lib.generate import FILLER_WORDS, KNOBS, GenerationConfig, generate_dataset, glyph_split, load_glyphs
 
 SMALL = dict(clips=40, frames=8, size=32, clips_per_video=4)
 
@@ -171,7 +158,7 @@ def test_distractors_light_pixels_outside_the_actor_box_and_differ_from_the_acto
             outside += int(lit.any())
     assert outside > 0.5 * 40 * 8
     # a distractor never shares the actor's (colour, digit)
-    plan = data._plan(GenerationConfig(**SMALL, seed=5, distractors=2, misaligned_frames=0.0))
+    plan = generate._plan(GenerationConfig(**SMALL, seed=5, distractors=2, misaligned_frames=0.0))
     actor = plan.colour[:, -1:, :] * 10 + labels[plan.glyph[:, -1:, :]]
     others = plan.colour[:, :-1, :] * 10 + labels[plan.glyph[:, :-1, :]]
     assert (others != actor).all()
@@ -184,7 +171,7 @@ def test_distractors_light_pixels_outside_the_actor_box_and_differ_from_the_acto
 def test_other_digits_are_uniform_over_the_pairs_that_differ_from_the_actor():
     rng = np.random.default_rng(0)
     avoid = np.arange(80)  # every (colour, digit) pair as colour * 10 + digit
-    colour, digit = data._other_combos(rng, avoid, (80, 4000))
+    colour, digit = generate._other_combos(rng, avoid, (80, 4000))
     combo = colour * 10 + digit
     assert (combo != avoid[:, None]).all()
     counts = np.stack([np.bincount(row, minlength=80) for row in combo])
@@ -358,7 +345,7 @@ def test_dataset_items_have_the_documented_shapes_and_values(default_set):
     frames = np.load(default_set / "frames.npy")
     rows = read_meta(default_set)
     assert len(dataset) == sum(row["split"] == "train" for row in rows) == len(dataset.meta)
-    assert dataset.params == GenerationConfig(**SMALL, seed=3)
+    assert dataset.params.to_dict() == GenerationConfig(**SMALL, seed=3).to_dict()
     item = dataset[0]
     expected = {
         "video": ((3, 8, 32, 32), torch.float32), "tokens": ((16,), torch.int64), "token_mask": ((16,), torch.bool),
@@ -514,7 +501,7 @@ def test_bad_parameters_are_named(overrides, name):
 
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"count": 0}
-    render = data._render_clips
+    render = generate._render_clips
 
     def failing_render(*args, **kwargs):
         calls["count"] += 1
@@ -522,7 +509,7 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return render(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_render_clips", failing_render)
+    monkeypatch.setattr(generate, "_render_clips", failing_render)
     config = GenerationConfig(**{**SMALL, "clips": 1200})  # several rendering chunks
     with pytest.raises(RuntimeError, match="disk full"):
         generate_dataset(config, tmp_path / "dataset", progress=False)
@@ -547,7 +534,7 @@ def test_regeneration_replaces_a_dataset_but_never_another_folder(tmp_path):
 def test_a_failed_replacement_keeps_the_old_dataset(tmp_path, monkeypatch):
     out = make(tmp_path, "dataset", seed=1)
     before = {name: (out / name).read_bytes() for name in DATASET_FILES}
-    monkeypatch.setattr(data, "_render_clips", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    monkeypatch.setattr(generate, "_render_clips", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
     with pytest.raises(RuntimeError, match="killed"):
         make(tmp_path, "dataset", seed=2)
     assert {name: (out / name).read_bytes() for name in DATASET_FILES} == before

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
+from fgmm_lib.losses import build_loss
 from fgmm_lib.evaluate import (
     best_relevant_ranks,
     cell_hit_mask,
@@ -283,7 +284,8 @@ def test_pointing_hand_made_case(aggregation: str) -> None:
     possible = cell_hit_mask(boxes, visible, grid, frame_size)
     assert torch.nonzero(possible[0]).flatten().tolist() == [1, 6]
     assert torch.nonzero(possible[2]).flatten().tolist() == [6]
-    result = pointing_accuracy(*case, aggregation=aggregation, attn_temperature=0.05, weight_temperature=0.5)
+    loss_module = build_loss(aggregation, attn_temperature=0.05, weight_temperature=0.5)
+    result = pointing_accuracy(loss_module, *case)
     assert result["accuracy"] == pytest.approx(1 / 3)
     assert result["chance"] == pytest.approx((2 / 8 + 2 / 8 + 1 / 8) / 3)
     assert result["clips"] == 3
@@ -292,11 +294,14 @@ def test_pointing_hand_made_case(aggregation: str) -> None:
 def test_pointing_rejects_a_padded_digit_phrase() -> None:
     case = list(_hand_pointing_case())
     case[3] = torch.tensor([2, 3, 2])
+    loss_module = build_loss("attention")
     with pytest.raises(ValueError, match="padded"):
-        pointing_accuracy(*case)
+        pointing_accuracy(loss_module, *case)
     case[3] = torch.tensor([2, 4, 2])
     with pytest.raises(ValueError, match="phrase_index"):
-        pointing_accuracy(*case)
+        pointing_accuracy(loss_module, *case)
+    with pytest.raises(ValueError, match="no attention"):
+        pointing_accuracy(build_loss("coarse"), *_hand_pointing_case())
 
 
 def test_still_frame_is_the_middle_visible_frame() -> None:
@@ -380,19 +385,19 @@ def test_pair_score_matrix_is_the_runs_score() -> None:
     mask[:, 0] = True
     for loss in ("coarse", "milnce"):
         expected = torch.nn.functional.cosine_similarity(video_global[:, None], text_global[None], dim=-1)
-        scores = pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, loss)
+        scores = pair_score_matrix(build_loss(loss), video_tokens, video_global, phrases, mask, text_global)
         assert torch.allclose(scores, expected, atol=1e-6)
     for loss in ("mean", "max", "attention"):
         expected = pair_scores(
             video_tokens, phrases, mask, aggregation=loss, attn_temperature=0.2, weight_temperature=0.3
         )
         blocked = pair_score_matrix(
-            video_tokens, video_global, phrases, mask, text_global, loss,
-            attn_temperature=0.2, weight_temperature=0.3, block_size=3,
+            build_loss(loss, attn_temperature=0.2, weight_temperature=0.3),
+            video_tokens, video_global, phrases, mask, text_global, block_size=3,
         )
         assert torch.allclose(blocked, expected, atol=1e-5)
     with pytest.raises(ValueError, match="loss"):
-        pair_score_matrix(video_tokens, video_global, phrases, mask, text_global, "cosine")
+        build_loss("cosine")
 
 
 def test_digit_phrase_indices_and_clean_probe_rows() -> None:
@@ -417,7 +422,7 @@ def test_digit_phrase_indices_and_clean_probe_rows() -> None:
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
 EXPECTED_KEYS = {
     "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "t2v", "t2i", "pointing",
-    "config", "compute", "finished", "skipped",
+    "finished", "skipped",
 }
 RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance"}
 
@@ -427,7 +432,8 @@ def workspace(tmp_path_factory):
     """Noisy pretraining data, a clean evaluation set with its vocabulary, one with another
     vocabulary, and two runs ("attention" and "coarse") stopped after one step at a tiny
     learning rate: encoders that are, for every purpose here, untrained."""
-    from fgmm_lib.data import GenerationConfig, Vocabulary, generate_dataset
+    from fgmm_lib.data import Vocabulary
+    from fgmm_lib.generate import GenerationConfig, generate_dataset
     from fgmm_lib.train import TrainConfig, pretrain
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -466,12 +472,14 @@ def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> Non
     from fgmm_lib.data import NarratedDigits
 
     out = workspace["root"] / f"metrics_{loss}" / "metrics.json"
-    metrics = evaluate(workspace["runs"][loss], workspace["eval"], out=out, progress=False)
+    compute_out = out.parent / "compute.json"
+    metrics = evaluate(workspace["runs"][loss], workspace["eval"], out=out, compute_out=compute_out, progress=False)
     assert set(metrics) == EXPECTED_KEYS
     assert json.loads(out.read_text()) == json.loads(json.dumps(metrics))
-    assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temporary file left
-    assert metrics["loss"] == loss and metrics["split"] == "test"
-    assert metrics["finished"] and metrics["config"]["loss"] == loss and metrics["compute"]["steps"] >= 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["compute.json", "metrics.json"]  # no temporary left
+    assert metrics["loss"] == loss and metrics["split"] == "test" and metrics["finished"]
+    compute = json.loads(compute_out.read_text())
+    assert compute["loss"] == loss and compute["batch_size"] == 8 and compute["seed"] == 0 and compute["steps"] >= 1
 
     test_split = NarratedDigits(workspace["eval"], split="test")
     captions = test_split.meta["caption"]
@@ -523,17 +531,17 @@ def test_evaluate_rejects_a_run_without_checkpoint(workspace, tmp_path) -> None:
 
 
 def test_evaluate_checks_the_output_path_before_any_work(workspace, tmp_path, monkeypatch) -> None:
-    import fgmm_lib.train
+    import fgmm_lib.evaluate
 
     def no_work(run):
         raise AssertionError("the run was loaded before the output path was checked")
 
-    monkeypatch.setattr(fgmm_lib.train, "load_run", no_work)
+    monkeypatch.setattr(fgmm_lib.evaluate, "load_run", no_work)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="cannot write the metrics file"):
         evaluate(workspace["runs"]["attention"], workspace["eval"], out=blocker / "metrics.json", progress=False)
-    with pytest.raises(ValueError, match="is a directory"):
+    with pytest.raises(ValueError, match="is a folder"):
         evaluate(workspace["runs"]["attention"], workspace["eval"], out=tmp_path, progress=False)
     with pytest.raises(ValueError, match="split"):
         evaluate(workspace["runs"]["attention"], workspace["eval"], split="dev", progress=False)

@@ -288,7 +288,7 @@ def downstream(media, pretraining, tmp_path_factory):
 
 def test_downstream_imports_have_their_splits_and_labels(downstream) -> None:
     ucf = NarratedDigits(downstream["ucf"], split=None)
-    assert ucf.params.classes == ["MoveRight", "MoveDown"] and ucf.fields >= {"action", "caption"}
+    assert ucf.params.extra["classes"] == ["MoveRight", "MoveDown"] and ucf.fields >= {"action", "caption"}
     assert ucf.meta.groupby("split")["action"].apply(list).to_dict() == {"test": [0, 1], "train": [0, 0, 1, 1]}
     assert ucf.meta["caption"][0] == "move right"
     # the class colour survives decoding

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from fgmm_lib.data import GenerationConfig, generate_dataset
+from fgmm_lib.generate import GenerationConfig, generate_dataset
 from fgmm_lib.evaluate import evaluate
 from fgmm_lib.notebook import declared_parameters
 from fgmm_lib.train import TrainConfig, pretrain

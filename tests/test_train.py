@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import fgmm_lib.train as train
-from fgmm_lib.data import GenerationConfig, NarratedDigits, generate_dataset
+from fgmm_lib.data import NarratedDigits
+from fgmm_lib.generate import GenerationConfig, generate_dataset
 from fgmm_lib.losses import LOSSES
 from fgmm_lib.models import DualEncoder
-from fgmm_lib.train import TrainConfig, build_loss, batch_loss, load_run, lr_factor, pretrain
+from fgmm_lib.runs import load_run
+from fgmm_lib.train import TrainConfig, batch_loss, loss_from_config, lr_factor, pretrain
 
 STEPS_PER_EPOCH = 4  # 36 train clips // batch 8
 
@@ -208,13 +210,13 @@ def test_every_loss_trains_and_overfits_a_fixed_batch(loss: str, data: Path, tmp
     torch.manual_seed(0)
     config = make_config(data, tmp_path / "unused", loss=loss)
     model = DualEncoder(config.model_config(len(NarratedDigits(data, split="train").vocab)))
-    loss_module = build_loss(config)
+    loss_module = loss_from_config(config)
     batch = NarratedDigits(data, split="train", neighbours=1).get_batch(list(range(8)))
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(loss_module.parameters()), lr=5e-3)
     values = []
     for _ in range(8):
         optimizer.zero_grad()
-        value = batch_loss(model, loss_module, batch, loss)
+        value = batch_loss(model, loss_module, batch)
         value.backward()
         optimizer.step()
         values.append(value.item())
@@ -222,7 +224,7 @@ def test_every_loss_trains_and_overfits_a_fixed_batch(loss: str, data: Path, tmp
 
 
 def test_milnce_temperature_is_learned(data: Path) -> None:
-    loss_module = build_loss(TrainConfig(data=str(data), out="unused", loss="milnce", temperature=0.2))
+    loss_module = loss_from_config(TrainConfig(data=str(data), out="unused", loss="milnce", temperature=0.2))
     assert loss_module.temperature == pytest.approx(0.2)
     video, text = torch.randn(4, 8), torch.randn(4, 3, 8)
     loss_module(video, text).backward()

@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fgmm_lib import viz  # noqa: E402
+from fgmm_lib import analysis, viz  # noqa: E402
+from fgmm_lib.runs import write_atomic  # noqa: E402
 from fgmm_lib.losses import attention_maps  # noqa: E402
 from fgmm_lib.models import token_to_cell  # noqa: E402
 from fgmm_lib.notebook import (  # noqa: E402
@@ -63,7 +64,7 @@ def runs(tmp_path) -> pd.DataFrame:
             for seed in (0, 1, 2):
                 record = metrics_record(loss, batch_size, seed, rng)
                 (folder / f"{loss}-b{batch_size}-s{seed}.json").write_text(json.dumps(record))
-    return viz.load_runs(folder)
+    return analysis.load_runs(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def runs(tmp_path) -> pd.DataFrame:
 
 def test_flatten_metrics_reads_every_metric_chance_and_compute():
     record = metrics_record("attention", 8, 3, np.random.default_rng(1))
-    row = viz.flatten_metrics(record)
+    row = analysis.flatten_metrics(record)
     assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("attention-b8-s3", "attention", 8, 3)
     assert row["t2v_R@5"] == record["t2v"]["R@5"]
     assert row["t2i_median_rank"] == record["t2i"]["median_rank"]
@@ -84,20 +85,20 @@ def test_flatten_metrics_reads_every_metric_chance_and_compute():
     assert row["compute_flops_per_step"] == 8e6 and "compute_device" not in row
     assert row["attn_temperature"] == 0.1 and row["weight_temperature"] == 0.2
 
-    coarse = viz.flatten_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
+    coarse = analysis.flatten_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
     assert math.isnan(coarse["pointing"])
 
 
 def test_flatten_metrics_without_config_uses_the_run_name_or_fails_naming_the_source():
     record = metrics_record("max", 32, 2, np.random.default_rng(1))
     del record["config"]
-    row = viz.flatten_metrics(record)
+    row = analysis.flatten_metrics(record)
     assert (row["batch_size"], row["seed"]) == (32, 2)
     record["run"] = "runs/demo"
     with pytest.raises(ValueError, match="bad.json.*config"):
-        viz.flatten_metrics(record, source="bad.json")
+        analysis.flatten_metrics(record, source="bad.json")
     with pytest.raises(ValueError, match="no 'loss'"):
-        viz.flatten_metrics({"t2v": {}})
+        analysis.flatten_metrics({"t2v": {}})
 
 
 def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
@@ -107,18 +108,18 @@ def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
     assert list(first["batch_size"]) == [4, 4, 4, 16, 16, 16] and list(first["seed"]) == [0, 1, 2] * 2
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        viz.load_runs(tmp_path / "nowhere")
+        analysis.load_runs(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no \\*.json"):
-        viz.load_runs(tmp_path / "empty")
+        analysis.load_runs(tmp_path / "empty")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.json").write_text("{not json")
     with pytest.raises(ValueError, match="x.json is not valid JSON"):
-        viz.load_runs(tmp_path / "broken")
+        analysis.load_runs(tmp_path / "broken")
 
 
 def test_summarise_over_seeds_matches_a_plain_computation(runs):
-    summary = viz.summarise_over_seeds(runs)
+    summary = analysis.summarise_over_seeds(runs)
     assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n"]
     for (loss, batch_size), group in runs.groupby(["loss", "batch_size"]):
         for name in ("t2v_R@1", "action_top1", "t2i_median_rank"):
@@ -133,32 +134,32 @@ def test_summarise_over_seeds_matches_a_plain_computation(runs):
     # coarse has no pointing: no row rather than a NaN mean
     assert summary[(summary["loss"] == "coarse") & (summary["metric"] == "pointing")].empty
     with pytest.raises(ValueError, match="no column"):
-        viz.summarise_over_seeds(runs, by=("loss", "width"))
+        analysis.summarise_over_seeds(runs, by=("loss", "width"))
 
 
 def test_comparison_tables(runs):
-    summary = viz.summarise_over_seeds(runs)
-    comparison = viz.comparison_table(summary, 16)
+    summary = analysis.summarise_over_seeds(runs)
+    comparison = analysis.comparison_table(summary, 16)
     assert set(comparison["batch_size"]) == {16}
     with pytest.raises(ValueError, match="no run at batch size 64"):
-        viz.comparison_table(summary, 64)
-    wide = viz.mean_std_table(comparison)
+        analysis.comparison_table(summary, 64)
+    wide = analysis.mean_std_table(comparison)
     assert list(wide.index) == ["coarse", "max", "attention"]
     assert wide.loc["coarse", "pointing accuracy"] == "–"
     row = comparison[(comparison["loss"] == "max") & (comparison["metric"] == "t2v_R@1")].iloc[0]
     assert wide.loc["max", "text→video R@1"] == f"{row['mean']:.3f} ± {row['std']:.3f}"
 
-    best = viz.best_losses(comparison)
+    best = analysis.best_losses(comparison)
     for name in ("t2v_R@1", "t2v_median_rank"):
         rows = comparison[comparison["metric"] == name]
         expected = rows.loc[rows["mean"].idxmin() if name.endswith("rank") else rows["mean"].idxmax(), "loss"]
-        assert best.loc[viz.metric_label(name), "best"] == expected
+        assert best.loc[analysis.metric_label(name), "best"] == expected
 
-    assert viz.comparison_batch_size([8, 64, 256, 64], preferred=64) == 64
-    assert viz.comparison_batch_size([8, 64, 256], preferred=32) == 64
-    assert viz.comparison_batch_size([8, 256]) == 8
+    assert analysis.comparison_batch_size([8, 64, 256, 64], preferred=64) == 64
+    assert analysis.comparison_batch_size([8, 64, 256], preferred=32) == 64
+    assert analysis.comparison_batch_size([8, 256]) == 8
     with pytest.raises(ValueError, match="no runs"):
-        viz.comparison_batch_size([])
+        analysis.comparison_batch_size([])
 
 
 def test_batch_size_verdict_compares_small_attention_with_large_coarse():
@@ -170,37 +171,37 @@ def test_batch_size_verdict_compares_small_attention_with_large_coarse():
         rows.append({"loss": loss, "batch_size": batch_size, "metric": "t2v_median_rank", "mean": 10 * (1 - mean),
                      "std": 0.0, "n": 2})
     summary = pd.DataFrame(rows)
-    verdict = viz.batch_size_verdict(summary, metrics=("t2v_R@1", "t2i_R@1", "t2v_median_rank")).set_index("metric")
+    verdict = analysis.batch_size_verdict(summary, metrics=("t2v_R@1", "t2i_R@1", "t2v_median_rank")).set_index("metric")
     assert verdict.loc["t2v_R@1", "attention batch"] == 4 and verdict.loc["t2v_R@1", "coarse batch"] == 64
     # 0.50 >= 0.55 - max(0.02, 0.04) = 0.51 is false: worse beyond the noise
     assert not verdict.loc["t2v_R@1", "matches"]
     summary.loc[(summary["loss"] == "coarse") & (summary["batch_size"] == 64), "std"] = 0.06
-    verdict = viz.batch_size_verdict(summary, metrics=("t2v_R@1", "t2v_median_rank")).set_index("metric")
+    verdict = analysis.batch_size_verdict(summary, metrics=("t2v_R@1", "t2v_median_rank")).set_index("metric")
     assert verdict.loc["t2v_R@1", "matches"]
     # median rank: lower is better, 5.0 vs 4.5 is worse
     assert not verdict.loc["t2v_median_rank", "matches"]
-    assert viz.batch_size_verdict(summary[summary["loss"] == "coarse"]).empty
+    assert analysis.batch_size_verdict(summary[summary["loss"] == "coarse"]).empty
 
 
 def test_markdown_table():
     table = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", "z"]}, index=pd.Index(["r1", "r2"], name="row"))
-    text = viz.markdown_table(table)
+    text = analysis.markdown_table(table)
     assert text.splitlines() == ["| row | a | b |", "| --- | --- | --- |", "| r1 | 1.235 | x\\|y |", "| r2 | – | z |"]
-    assert viz.markdown_table(table, index=False).splitlines()[0] == "| a | b |"
+    assert analysis.markdown_table(table, index=False).splitlines()[0] == "| a | b |"
 
 
 def test_metrics_and_recall_tables():
     record = metrics_record("coarse", 8, 0, np.random.default_rng(2))
-    table = viz.metrics_table(record)
+    table = analysis.metrics_table(record)
     assert "pointing accuracy" not in table.index
     assert table.loc["text→video R@5", "value"] == record["t2v"]["R@5"]
     assert table.loc["text→video R@5", "chance"] == 0.4
     assert math.isnan(table.loc["text→video median rank", "chance"])
-    recall = viz.recall_at_k_table(record)
+    recall = analysis.recall_at_k_table(record)
     assert list(recall["K"]) == [1, 5, 10, 1, 5, 10]
     assert recall.set_index(["task", "K"]).loc[("t2i", 10), "recall"] == record["t2i"]["R@10"]
     with pytest.raises(ValueError, match="no R@K"):
-        viz.recall_at_k_table({"t2v": {"median_rank": 3}})
+        analysis.recall_at_k_table({"t2v": {"median_rank": 3}})
 
 
 def test_outputs_are_written_atomically(tmp_path):
@@ -218,7 +219,7 @@ def test_outputs_are_written_atomically(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        viz._write_atomic(tmp_path / "t.csv", fail)
+        write_atomic(tmp_path / "t.csv", fail)
     assert pd.read_csv(csv)["a"].tolist() == [1, 2]  # the old file is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "s.md", "t.csv"]  # no temporary left
 
@@ -245,7 +246,7 @@ def test_training_curves():
 
 def test_recall_confusion_and_sweep_plots(runs):
     record = metrics_record("attention", 8, 0, np.random.default_rng(3))
-    figure = viz.plot_recall_at_k(viz.recall_at_k_table(record))
+    figure = viz.plot_recall_at_k(analysis.recall_at_k_table(record))
     assert len(figure.axes[0].get_lines()) == 4  # two tasks, each with its chance line
 
     confusion = np.diag([3, 2, 0, 1]) + np.eye(4, k=1, dtype=int)
@@ -255,14 +256,14 @@ def test_recall_confusion_and_sweep_plots(runs):
     with pytest.raises(ValueError, match="square"):
         viz.plot_confusion_matrix(confusion, ["a", "b"])
 
-    summary = viz.summarise_over_seeds(runs)
+    summary = analysis.summarise_over_seeds(runs)
     figure = viz.plot_batch_ablation(summary, chance={"t2v_R@1": 0.1})
-    assert len(visible_axes(figure)) == len(viz.METRICS)
+    assert len(visible_axes(figure)) == len(analysis.METRICS)
     first = visible_axes(figure)[0]
     assert first.get_xscale() == "log" and [t.get_text() for t in first.get_xticklabels()] == ["4", "16"]
     assert viz.plot_metric_sweep(summary, metrics=["t2v_R@1", "pointing"], log2=False).axes[0].get_xscale() == "linear"
 
-    comparison = viz.comparison_table(summary, 4)
+    comparison = analysis.comparison_table(summary, 4)
     figure = viz.plot_comparison(comparison, metrics=["t2v_R@1", "pointing"])
     assert len(visible_axes(figure)) == 2
     figure = viz.plot_compute(runs, ["compute_flops_per_step", "compute_wall_s"])
