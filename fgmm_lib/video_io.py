@@ -85,6 +85,7 @@ def read_video_clips(
         stream = container.streams.video[0]
         duration = _duration(container, stream)
         results: list[np.ndarray | str] = []
+        cursor = _Cursor(container, stream)
         for start, end in spans:
             if end is None:
                 if duration is None:
@@ -95,7 +96,7 @@ def read_video_clips(
                 results.append(f"too short (the video lasts {duration:.3f} s, the clip ends at {end:.3f} s)")
                 continue
             try:
-                results.append(_decode_span(container, stream, start, end, frames, size))
+                results.append(_decode_span(cursor, start, end, frames, size))
             except (av.error.FFmpegError, OSError, ValueError) as error:
                 results.append(f"corrupt video ({_short(error)})")
         return results
@@ -117,11 +118,37 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def _decode_span(container, stream, start: float, end: float, frames: int, size: int) -> np.ndarray | str:
+class _Cursor:
+    """Forward decoding through one video stream: a clip that starts at or shortly after the last
+    decoded frame continues from it; any other clip seeks (to the keyframe before its start)."""
+
+    #: A clip starting more than this many seconds after the last decoded frame seeks instead.
+    SEEK_AHEAD_S = 5.0
+
+    def __init__(self, container, stream) -> None:
+        self.container, self.stream = container, stream
+        self.frames = None
+        self.pending: list = []  # decoded frames (in time order) that the next clip may start on
+
+    def from_time(self, start: float):
+        """Frames from the one on screen at ``start`` (seconds, stream time) onwards."""
+        if not (self.frames is not None and self.pending
+                and self.pending[0].time <= start <= self.pending[-1].time + self.SEEK_AHEAD_S):
+            self.container.seek(int(math.floor(start / self.stream.time_base)), stream=self.stream, backward=True)
+            self.frames = self.container.decode(self.stream)
+            self.pending = []
+        pending, self.pending = self.pending, []
+        yield from pending
+        for frame in self.frames:
+            if frame.time is not None:
+                yield frame
+
+
+def _decode_span(cursor: _Cursor, start: float, end: float, frames: int, size: int) -> np.ndarray | str:
     """Frames on screen at :func:`sample_times` of ``[start, end]``: uint8 ``[frames, size, size, 3]``."""
+    stream = cursor.stream
     origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     targets = sample_times(start, end, frames) + origin
-    container.seek(int(math.floor((origin + start) / stream.time_base)), stream=stream, backward=True)
     chosen: list[np.ndarray] = []
 
     def array_of(frame) -> np.ndarray:
@@ -130,9 +157,7 @@ def _decode_span(container, stream, start: float, end: float, frames: int, size:
         return centre_crop(rgb, size)
 
     previous, cached, last_time = None, None, None
-    for frame in container.decode(stream):
-        if frame.time is None:
-            continue
+    for frame in cursor.from_time(origin + start):
         last_time = frame.time
         while len(chosen) < frames and targets[len(chosen)] < frame.time:
             if previous is None:  # the first frame after the seek starts after the target
@@ -141,6 +166,7 @@ def _decode_span(container, stream, start: float, end: float, frames: int, size:
                 cached = array_of(previous)
             chosen.append(cached)
         if len(chosen) == frames:
+            cursor.pending = [previous, frame]  # the next clip may start on either
             break
         previous, cached = frame, None
     else:
