@@ -159,6 +159,14 @@ def _add_import_parsers(sub: Any) -> None:
         command.set_defaults(func=_cmd_import)
 
 
+def _cmd_bench_import(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench_import import bench_import
+
+    table = bench_import(out_dir=args.out, videos=args.videos, workers=tuple(args.workers), progress=not args.quiet)
+    print(table.to_string(index=False))
+    return 0
+
+
 def _cmd_bench_loss(args: argparse.Namespace) -> int:
     from fgmm_lib.bench import bench_loss
 
@@ -232,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_bench_loss)
     _add_import_parsers(sub)
+    bench_import = sub.add_parser("bench-import", help="import throughput and batch reading speed of imported data")
+    bench_import.add_argument("--out", default="results/bench", help="folder for import.csv")
+    bench_import.add_argument("--videos", type=int, default=8, help="synthetic 10 s videos, 8 clips each (default: 8)")
+    bench_import.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
+    bench_import.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench_import.set_defaults(func=_cmd_bench_import)
     return parser
 
 

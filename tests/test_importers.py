@@ -333,3 +333,13 @@ def test_pretrain_and_evaluate_on_the_imports(pretraining, downstream, tmp_path,
         err = capsys.readouterr().err
         assert "pointing skipped: needs boxes" in err
     assert metrics["t2i"]["queries"] == 4 and metrics["t2i"]["corpus"] == 3  # 3 own captions + the shared one
+
+
+def test_import_benchmark_writes_its_table(tmp_path) -> None:
+    from fgmm_lib.bench_import import bench_import
+
+    table = bench_import(out_dir=tmp_path, videos=2, clips_per_video=2, seconds=2.0, source_size=(64, 48),
+                         workers=(1,), batch_size=2, batches=2, rounds=1, progress=False)
+    assert list(table["measure"]) == ["import", "read imported", "read narrated digits"]
+    assert (table["clips_per_s"] > 0).all() and table["clips"][0] == 4
+    assert (tmp_path / "import.csv").is_file()
