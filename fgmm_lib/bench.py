@@ -34,14 +34,10 @@ backend does for the ``max`` aggregation, so the naive ``max`` rows stand for th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
-import json
 import math
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -52,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from fgmm_lib.losses import AGGREGATIONS, CHUNK_MEMORY_BUDGET_BYTES, pair_scores
+from fgmm_lib.runs import write_atomic, write_json
 
 BENCH_BACKENDS = ("naive", "chunked", "triton")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -303,19 +300,6 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, siz
     return 2.0 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _check_choices(values: Iterable[Any], allowed: Sequence[Any], name: str) -> tuple[Any, ...]:
     values = tuple(values)
     if not values:
@@ -445,9 +429,9 @@ def bench_loss(
                                         else "process VmHWM above VmRSS before the step"
                                         if cpu_memory is not None and cpu_memory.available else "unavailable"))
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "loss.csv", lambda path: table.to_csv(path, index=False))
-    _atomic_write(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
-    _atomic_write(out / "loss.png", lambda path: plot_loss_bench(table, path))
+    write_atomic(out / "loss.csv", lambda path: table.to_csv(path, index=False))
+    write_json(out / "summary.json", summary)
+    write_atomic(out / "loss.png", lambda path: plot_loss_bench(table, path))
     return table
 
 

@@ -221,20 +221,60 @@ def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+                raise ValueError(f"{path}, line {number}: a row must be a JSON object, got {type(row).__name__}")
             yield number, row
 
 
-def _read_meta(path: Path) -> list[dict[str, Any]]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _row_problem(row: dict[str, Any], frames: int, classes: int | None = None) -> str | None:
+    """What is wrong with one meta.jsonl row (None when nothing is), naming the field.
+
+    The required keys must be there; an optional one is checked when the row has it. An action
+    lies below ``classes`` (Narrated Digits rows, those with a digit: below the 8 actions)."""
+    missing = [key for key in REQUIRED_META_KEYS if key not in row]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    if row["split"] not in SPLITS:
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lowercase)"
+    for key in ("narration", "caption"):
+        if key in row and (not isinstance(row[key], str) or not row[key].split()):
+            return f"{key} must be a text with at least one word, got {row[key]!r}"
+    if "captions" in row and (not isinstance(row["captions"], list) or not row["captions"]
+                              or not all(isinstance(c, str) and c.split() for c in row["captions"])):
+        return f"captions must be a non-empty list of texts, got {row['captions']!r}"
+    for key, names in (("digit", DIGIT_WORDS), ("colour", COLOURS)):
+        if key in row and (not _is_int(row[key]) or not 0 <= row[key] < len(names)):
+            return f"{key} must be an integer in [0, {len(names)}), got {row[key]!r}"
+    for key in ("index", "video", "action"):
+        if key in row and (not _is_int(row[key]) or row[key] < 0):
+            return f"{key} must be a non-negative integer, got {row[key]!r}"
+    classes = len(ACTIONS) if classes is None and "digit" in row else classes
+    if "action" in row and classes is not None and row["action"] >= classes:
+        return f"action must be an integer in [0, {classes}), got {row['action']!r}"
+    boxes = row.get("boxes", [[0, 0, 0, 0]] * frames)
+    if (not isinstance(boxes, list) or len(boxes) != frames
+            or not all(isinstance(box, list) and len(box) == 4
+                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) for box in boxes)):
+        return f"boxes must be {frames} boxes (one per frame) of 4 numbers [x0, y0, x1, y1]"
+    visible = row.get("visible", [True] * frames)
+    if not isinstance(visible, list) or len(visible) != frames or not all(isinstance(v, bool) for v in visible):
+        return f"visible must be {frames} booleans (one per frame)"
+    if "distractor_glyphs" in row and not isinstance(row["distractor_glyphs"], list):
+        return "distractor_glyphs must be a list"
+    return None
+
+
+def _read_meta(path: Path, frames: int, classes: int | None = None) -> list[dict[str, Any]]:
+    """Rows of meta.jsonl, each checked; a bad row raises ValueError naming the file, line and field.
+    An optional key must be in every row or in none."""
     rows, lines = [], []
     for number, row in jsonl_rows(path):
-        missing = [key for key in REQUIRED_META_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"{path}, line {number}: missing key(s) {', '.join(missing)}")
-        if not isinstance(row["narration"], str) or not row["narration"].split():
-            raise ValueError(f"{path}, line {number}: 'narration' must be a text with words")
-        if row["split"] not in SPLITS:
-            raise ValueError(f"{path}, line {number}: 'split' must be one of {', '.join(SPLITS)}, got {row['split']!r}")
+        problem = _row_problem(row, frames, classes)
+        if problem:
+            raise ValueError(f"{path}, line {number}: {problem}")
         rows.append(row)
         lines.append(number)
     for key in OPTIONAL_META_KEYS:
@@ -293,7 +333,9 @@ class NarratedDigits(torch.utils.data.Dataset):
                 f"{frames_path}: expected uint8 [clips, {', '.join(map(str, expected))}] as params.json says, "
                 f"got {frames.dtype} {list(frames.shape)}"
             )
-        rows = _read_meta(self.root / "meta.jsonl")
+        classes = self.params.extra.get("classes")
+        rows = _read_meta(self.root / "meta.jsonl", self.params.frames,
+                          len(classes) if isinstance(classes, list) else None)
         if self.params.clips is not None and self.params.clips != frames.shape[0]:
             raise ValueError(
                 f"{self.root / 'params.json'} says clips={self.params.clips} but {frames_path} holds "
@@ -374,6 +416,12 @@ class NarratedDigits(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def unknown_words(self, field: str = "narration") -> list[str]:
+        """Words of this split's ``field`` texts ("narration" or "caption") that the vocabulary lacks
+        (they are encoded as ``<unk>``), sorted."""
+        known = set(self.vocab.words)
+        return sorted({word for text in self.meta[field] for word in _words(str(text))} - known)
 
     def get_batch(self, positions: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """Items at ``positions`` (in this split) stacked along a new dimension 0."""

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from fgmm_lib.config import config_from_dict
+from fgmm_lib.config import config_from_dict, field_types
 from fgmm_lib.data import ACTIONS, COLOURS, DATASET_FILES, DIGIT_WORDS, SPLITS, Vocabulary
 from fgmm_lib.runs import partial_folder, replace_folder
 
@@ -114,18 +114,18 @@ class GenerationConfig:
     )
 
     def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            if spec.type in ("int", int):
+        for name, kind in field_types(GenerationConfig).items():
+            value = getattr(self, name)
+            if kind is int:
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"GenerationConfig.{spec.name} must be an integer, got {value!r}")
-                object.__setattr__(self, spec.name, int(value))
+                    raise ValueError(f"GenerationConfig.{name} must be an integer, got {value!r}")
+                object.__setattr__(self, name, int(value))
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                    raise ValueError(f"GenerationConfig.{spec.name} must be a number, got {value!r}")
+                    raise ValueError(f"GenerationConfig.{name} must be a number, got {value!r}")
                 if not math.isfinite(float(value)):
-                    raise ValueError(f"GenerationConfig.{spec.name} must be finite, got {value!r}")
-                object.__setattr__(self, spec.name, float(value))
+                    raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
+                object.__setattr__(self, name, float(value))
         minimum = {"clips": 1, "frames": MIN_FRAMES, "size": MIN_SIZE, "clips_per_video": 1,
                    "max_words": CAPTION_MAX_WORDS, "seed": 0, "distractors": 0}
         reasons = {

@@ -392,10 +392,16 @@ class _State:
 
 
 def _open_data(config: TrainConfig) -> Any:
-    """The train split of ``config.data``; a batch larger than the split raises ValueError."""
+    """The train split of ``config.data``; a vocabulary that lacks words of its narrations or a batch
+    larger than the split raises ValueError."""
     from fgmm_lib.data import NarratedDigits
 
     dataset = NarratedDigits(config.data, split="train", neighbours=config.neighbours)
+    unknown = dataset.unknown_words("narration")
+    if unknown:
+        raise ValueError(f"{Path(config.data) / VOCAB} lacks {len(unknown)} word(s) of the train narrations of "
+                         f"{config.data} ({', '.join(unknown[:8])}): they would all train as <unk>; the vocabulary "
+                         f"does not belong to this data (regenerate it, or build it from the train narrations)")
     if config.batch_size > len(dataset):
         raise ValueError(f"TrainConfig.batch_size {config.batch_size} is larger than the train split of "
                          f"{config.data} ({len(dataset)} clips); choose batch_size <= {len(dataset)}")

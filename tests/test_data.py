@@ -539,3 +539,19 @@ def test_a_failed_replacement_keeps_the_old_dataset(tmp_path, monkeypatch):
         make(tmp_path, "dataset", seed=2)
     assert {name: (out / name).read_bytes() for name in DATASET_FILES} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_both_configs_read_values_the_same_way():
+    """GenerationConfig and TrainConfig go through one converter: numbers as strings, unknown keys."""
+    from fgmm_lib.train import TrainConfig
+
+    generation = GenerationConfig.from_dict({"clips": "40", "filler_words": "3e-1"})
+    assert generation.clips == 40 and generation.filler_words == pytest.approx(0.3)
+    train = TrainConfig.from_dict({"data": "d", "out": "o", "lr": "2e-3", "epochs": "3"})
+    assert train.lr == pytest.approx(0.002) and train.epochs == 3
+    for cls, values in ((GenerationConfig, {"clips": "many"}), (TrainConfig, {"data": "d", "out": "o", "lr": "fast"})):
+        with pytest.raises(ValueError, match=f"{cls.__name__}\\."):
+            cls.from_dict(values)
+    for cls in (GenerationConfig, TrainConfig):
+        with pytest.raises(ValueError, match=f"unknown {cls.__name__} key"):
+            cls.from_dict({"data": "d", "out": "o", "colour_depth": 8})
