@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup test repro quick bench-loss lab clean-venv
+.PHONY: setup test repro quick bench-loss bench-import lab clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ quick: setup  ## the whole pipeline at toy size, in a temporary experiment (resu
 
 bench-loss: setup  ## time and memory of the loss backends on this machine
 	$(BIN)/fgmm bench-loss --cpu-sweep --out results/bench
+
+bench-import: setup  ## import throughput (1 and 2 workers) and batch reading speed of imported data
+	$(BIN)/fgmm bench-import --out results/bench
 
 lab: setup  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks/

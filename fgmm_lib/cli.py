@@ -1,4 +1,4 @@
-"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss.
+"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss, import-*.
 
 Options of ``generate`` and ``pretrain`` are derived from the fields of
 :class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
@@ -81,8 +81,89 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(args.run, args.data, split=args.split, out=args.out, probe_split=args.probe_split,
                        progress=not args.quiet)
     printable = {k: v for k, v in metrics.items() if k != "probe"}
-    printable["probe"] = {k: v for k, v in (metrics.get("probe") or {}).items() if k != "confusion"}
+    printable["probe"] = {k: v for k, v in (metrics.get("probe") or {}).items() if k != "confusion"} or None
     print(json.dumps(printable, indent=2))
+    for task, reason in metrics.get("skipped", {}).items():
+        print(f"fgmm evaluate: {task} skipped: {reason}", file=sys.stderr)
+    return 0
+
+
+def _import_clips(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
+    """The clips (and class names) that an ``import-*`` command lists."""
+    from fgmm_lib import importers
+
+    if args.command == "import-videos":
+        return importers.read_manifest(args.manifest), None
+    if args.command == "import-ucf101":
+        return importers.ucf101_clips(args.videos, args.splits, fold=args.fold)
+    if args.command == "import-hmdb51":
+        return importers.hmdb51_clips(args.videos, args.splits, fold=args.fold)
+    if args.command == "import-msrvtt":
+        return importers.msrvtt_clips(args.annotations, args.videos), None
+    if args.command == "import-youcook2":
+        return importers.youcook2_clips(args.annotations, args.videos), None
+    return importers.karpathy_clips(args.annotations, args.images), None
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from fgmm_lib.importers import SKIPPED_FILE, import_clips
+
+    clips, classes = _import_clips(args)
+    result = import_clips(
+        clips, args.out, source=args.command.removeprefix("import-"), frames=args.frames, size=args.size,
+        workers=args.workers, vocab=args.vocab, min_count=args.min_count, max_vocab=args.max_vocab,
+        max_words=args.max_words, classes=classes, progress=not args.quiet,
+    )
+    print(f"wrote {result.out}: {result.imported} clips in {result.seconds:.1f} s "
+          f"({result.imported / max(result.seconds, 1e-9):.1f} clips/s)")
+    if result.skipped:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in result.skipped_reasons.items())
+        print(f"skipped {result.skipped} clips ({reasons}): see {result.out / SKIPPED_FILE}", file=sys.stderr)
+    return 0
+
+
+#: The import commands: (name, help, [(option, help)] of the inputs they read).
+_IMPORTS = (
+    ("import-videos", "narrated videos from a CSV / JSONL manifest (video,start,end,text[,split])",
+     [("--manifest", "CSV or JSONL manifest; video paths relative to its folder")]),
+    ("import-ucf101", "UCF101 action recognition (official train / test lists)",
+     [("--videos", "folder of <Class>/*.avi"), ("--splits", "folder of classInd.txt, trainlist0N.txt, testlist0N.txt")]),
+    ("import-hmdb51", "HMDB51 action recognition (official split files)",
+     [("--videos", "folder of <class>/*.avi"), ("--splits", "folder of <class>_test_splitN.txt")]),
+    ("import-msrvtt", "MSR-VTT text-to-video retrieval",
+     [("--annotations", "caption JSON (videos + sentences) or CSV video,caption[,split]"),
+      ("--videos", "folder of <video_id>.mp4 (any depth)")]),
+    ("import-youcook2", "YouCook2 text-to-video retrieval on annotated segments",
+     [("--annotations", "youcookii_annotations_*.json"), ("--videos", "folder of <youtube_id>.<ext> (any depth)")]),
+    ("import-karpathy", "Flickr30k / COCO text-to-image retrieval (Karpathy split)",
+     [("--annotations", "dataset_flickr30k.json or dataset_coco.json"), ("--images", "folder of the images")]),
+)
+
+
+def _add_import_parsers(sub: Any) -> None:
+    for name, help_text, inputs in _IMPORTS:
+        command = sub.add_parser(name, help=help_text)
+        for option, option_help in inputs:
+            command.add_argument(option, required=True, help=option_help)
+        if name in ("import-ucf101", "import-hmdb51"):
+            command.add_argument("--fold", type=int, default=1, help="official split number (default: 1)")
+        command.add_argument("--out", required=True, help="dataset folder to write (appears complete at the end)")
+        command.add_argument("--frames", type=int, default=8, help="frames per clip, sampled evenly over it (default: 8)")
+        command.add_argument("--size", type=int, default=32, help="frame side after resize and centre crop (default: 32)")
+        command.add_argument("--workers", type=int, default=1, help="decoding processes (default: 1)")
+        command.add_argument("--vocab", default=None, help="reuse this vocab.json (evaluation folders: the pretraining one)")
+        command.add_argument("--min-count", type=int, default=1, help="keep words seen this often in train narrations")
+        command.add_argument("--max-vocab", type=int, default=0, help="most words in the vocabulary (0 = no cap)")
+        command.add_argument("--max-words", type=int, default=16, help="narrations are padded / truncated to this length")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+        command.set_defaults(func=_cmd_import)
+
+
+def _cmd_bench_import(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench_import import bench_import
+
+    table = bench_import(out_dir=args.out, videos=args.videos, workers=tuple(args.workers), progress=not args.quiet)
+    print(table.to_string(index=False))
     return 0
 
 
@@ -172,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--arch", default="sm90", choices=("sm90", "sm80"), help="target of --compile-only")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_bench_loss)
+    _add_import_parsers(sub)
+    bench_import = sub.add_parser("bench-import", help="import throughput and batch reading speed of imported data")
+    bench_import.add_argument("--out", default="results/bench", help="folder for import.csv")
+    bench_import.add_argument("--videos", type=int, default=8, help="synthetic 10 s videos, 8 clips each (default: 8)")
+    bench_import.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
+    bench_import.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench_import.set_defaults(func=_cmd_bench_import)
     return parser
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,13 +64,27 @@ class Vocabulary:
         self._ids = {word: i for i, word in enumerate(words)}
 
     @classmethod
-    def build(cls, narrations: Iterable[str]) -> "Vocabulary":
-        """Vocabulary of every word in ``narrations`` (sorted, after the two special words)."""
-        seen: set[str] = set()
+    def build(cls, narrations: Iterable[str], min_count: int = 1, max_size: int | None = None) -> "Vocabulary":
+        """Vocabulary of the words in ``narrations`` (sorted, after the two special words).
+
+        Only words seen at least ``min_count`` times are kept; with ``max_size``, the vocabulary
+        holds at most that many entries (special words included): the most frequent words win,
+        ties going to the alphabetically first. Words left out are encoded as unknown.
+        """
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if max_size is not None and max_size < 2:
+            raise ValueError(f"max_size must be >= 2 (the two special words), got {max_size}")
+        counts: dict[str, int] = {}
         for text in narrations:
-            seen.update(_words(text))
-        seen -= {cls.PAD_WORD, cls.UNK_WORD}
-        return cls([cls.PAD_WORD, cls.UNK_WORD, *sorted(seen)])
+            for word in _words(text):
+                counts[word] = counts.get(word, 0) + 1
+        for special in (cls.PAD_WORD, cls.UNK_WORD):
+            counts.pop(special, None)
+        kept = sorted((word for word, count in counts.items() if count >= min_count), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            kept = kept[: max_size - 2]
+        return cls([cls.PAD_WORD, cls.UNK_WORD, *sorted(kept)])
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
@@ -187,49 +201,18 @@ class DatasetParams:
 
 # --------------------------------------------------------------------------------------------
 
-_META_KEYS = (
-    "index", "video", "split", "narration", "caption", "action", "action_name", "digit", "colour",
-    "colour_name", "glyph", "boxes", "visible", "mismatched", "distractor_glyphs",
+#: Keys every row of meta.jsonl has.
+REQUIRED_META_KEYS = ("index", "split", "narration")
+#: Keys a folder may have, in every row or in none; each evaluation task needs some of them.
+OPTIONAL_META_KEYS = (
+    "video", "caption", "captions", "action", "action_name", "boxes", "visible", "digit", "colour", "glyph",
 )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _row_problem(row: dict[str, Any], frames: int) -> str | None:
-    """What is wrong with one meta.jsonl row (None when nothing is), naming the field."""
-    missing = [key for key in _META_KEYS if key not in row]
-    if missing:
-        return f"missing key(s) {', '.join(missing)}"
-    if row["split"] not in SPLITS:
-        return f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lowercase)"
-    for key in ("narration", "caption"):
-        if not isinstance(row[key], str) or not row[key].split():
-            return f"{key} must be a text with at least one word, got {row[key]!r}"
-    for key, names in (("action", ACTIONS), ("digit", DIGIT_WORDS), ("colour", COLOURS)):
-        if not _is_int(row[key]) or not 0 <= row[key] < len(names):
-            return f"{key} must be an integer in [0, {len(names)}), got {row[key]!r}"
-    for key in ("index", "video"):
-        if not _is_int(row[key]) or row[key] < 0:
-            return f"{key} must be a non-negative integer, got {row[key]!r}"
-    boxes = row["boxes"]
-    if (not isinstance(boxes, list) or len(boxes) != frames
-            or not all(isinstance(box, list) and len(box) == 4
-                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) for box in boxes)):
-        return f"boxes must be {frames} boxes (one per frame) of 4 numbers [x0, y0, x1, y1]"
-    visible = row["visible"]
-    if not isinstance(visible, list) or len(visible) != frames or not all(isinstance(v, bool) for v in visible):
-        return f"visible must be {frames} booleans (one per frame)"
-    if not isinstance(row["distractor_glyphs"], list):
-        return "distractor_glyphs must be a list"
-    return None
-
-
-def _read_meta(path: Path, frames: int) -> list[dict[str, Any]]:
-    """Rows of meta.jsonl, each checked; a bad row raises ValueError naming the file, line and field."""
-    rows = []
-    with open(path) as handle:
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; a bad line raises
+    ValueError naming the file and the line."""
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -237,15 +220,78 @@ def _read_meta(path: Path, frames: int) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
-            problem = _row_problem(row, frames) if isinstance(row, dict) else "a row must be a JSON object"
-            if problem:
-                raise ValueError(f"{path}, line {number}: {problem}")
-            rows.append(row)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: a row must be a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _row_problem(row: dict[str, Any], frames: int, classes: int | None = None) -> str | None:
+    """What is wrong with one meta.jsonl row (None when nothing is), naming the field.
+
+    The required keys must be there; an optional one is checked when the row has it. An action
+    lies below ``classes`` (Narrated Digits rows, those with a digit: below the 8 actions)."""
+    missing = [key for key in REQUIRED_META_KEYS if key not in row]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    if row["split"] not in SPLITS:
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)} (lowercase)"
+    for key in ("narration", "caption"):
+        if key in row and (not isinstance(row[key], str) or not row[key].split()):
+            return f"{key} must be a text with at least one word, got {row[key]!r}"
+    if "captions" in row and (not isinstance(row["captions"], list) or not row["captions"]
+                              or not all(isinstance(c, str) and c.split() for c in row["captions"])):
+        return f"captions must be a non-empty list of texts, got {row['captions']!r}"
+    for key, names in (("digit", DIGIT_WORDS), ("colour", COLOURS)):
+        if key in row and (not _is_int(row[key]) or not 0 <= row[key] < len(names)):
+            return f"{key} must be an integer in [0, {len(names)}), got {row[key]!r}"
+    for key in ("index", "video", "action"):
+        if key in row and (not _is_int(row[key]) or row[key] < 0):
+            return f"{key} must be a non-negative integer, got {row[key]!r}"
+    classes = len(ACTIONS) if classes is None and "digit" in row else classes
+    if "action" in row and classes is not None and row["action"] >= classes:
+        return f"action must be an integer in [0, {classes}), got {row['action']!r}"
+    boxes = row.get("boxes", [[0, 0, 0, 0]] * frames)
+    if (not isinstance(boxes, list) or len(boxes) != frames
+            or not all(isinstance(box, list) and len(box) == 4
+                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) for box in boxes)):
+        return f"boxes must be {frames} boxes (one per frame) of 4 numbers [x0, y0, x1, y1]"
+    visible = row.get("visible", [True] * frames)
+    if not isinstance(visible, list) or len(visible) != frames or not all(isinstance(v, bool) for v in visible):
+        return f"visible must be {frames} booleans (one per frame)"
+    if "distractor_glyphs" in row and not isinstance(row["distractor_glyphs"], list):
+        return "distractor_glyphs must be a list"
+    return None
+
+
+def _read_meta(path: Path, frames: int, classes: int | None = None) -> list[dict[str, Any]]:
+    """Rows of meta.jsonl, each checked; a bad row raises ValueError naming the file, line and field.
+    An optional key must be in every row or in none."""
+    rows, lines = [], []
+    for number, row in jsonl_rows(path):
+        problem = _row_problem(row, frames, classes)
+        if problem:
+            raise ValueError(f"{path}, line {number}: {problem}")
+        rows.append(row)
+        lines.append(number)
+    for key in OPTIONAL_META_KEYS:
+        has = [key in row for row in rows]
+        if any(has) and not all(has):
+            first = lines[has.index(not has[0])]
+            raise ValueError(f"{path}, line {first}: key {key!r} is in some rows and not in others (all or none)")
     return rows
 
 
 class NarratedDigits(torch.utils.data.Dataset):
-    """A Narrated Digits folder (or one of its splits) as a torch Dataset.
+    """A dataset folder (or one of its splits) as a torch Dataset: Narrated Digits or imported data.
+
+    Every clip has a narration and a split; :attr:`fields` names the optional keys of
+    :data:`OPTIONAL_META_KEYS` that the folder has. Where a clip has no caption, its caption
+    tokens are its narration's; no action, digit or colour gives the label -1; no boxes give
+    zero boxes, every frame visible; no ``video`` makes every clip its own source video.
 
     ``split`` is one of :data:`SPLITS`, or None for every clip. ``vocab`` defaults to the folder's
     vocab.json. ``neighbours`` sets the candidate narrations of MIL-NCE: K = 1 + 2 * neighbours
@@ -270,7 +316,7 @@ class NarratedDigits(torch.utils.data.Dataset):
         required = DATASET_FILES if vocab is None else tuple(f for f in DATASET_FILES if f != "vocab.json")
         for name in required:
             if not (self.root / name).is_file():
-                raise FileNotFoundError(f"{self.root / name} is missing: not a complete Narrated Digits dataset")
+                raise FileNotFoundError(f"{self.root / name} is missing: not a complete dataset folder")
         self.split = split
         self.neighbours = neighbours
 
@@ -287,7 +333,9 @@ class NarratedDigits(torch.utils.data.Dataset):
                 f"{frames_path}: expected uint8 [clips, {', '.join(map(str, expected))}] as params.json says, "
                 f"got {frames.dtype} {list(frames.shape)}"
             )
-        rows = _read_meta(self.root / "meta.jsonl", self.params.frames)
+        classes = self.params.extra.get("classes")
+        rows = _read_meta(self.root / "meta.jsonl", self.params.frames,
+                          len(classes) if isinstance(classes, list) else None)
         if self.params.clips is not None and self.params.clips != frames.shape[0]:
             raise ValueError(
                 f"{self.root / 'params.json'} says clips={self.params.clips} but {frames_path} holds "
@@ -302,8 +350,12 @@ class NarratedDigits(torch.utils.data.Dataset):
         self._frames: np.ndarray | None = frames
         self.vocab = vocab if vocab is not None else Vocabulary.load(self.root / "vocab.json")
 
+        self.fields = frozenset(key for key in OPTIONAL_META_KEYS if rows and key in rows[0])
         selected = [row for row in rows if split is None or row["split"] == split]
-        self.meta = pd.DataFrame(selected, columns=list(_META_KEYS))
+        self.meta = pd.DataFrame(selected, columns=list(dict.fromkeys([*REQUIRED_META_KEYS, *(rows[0] if rows else ())])))
+        if "video" not in self.fields:
+            self.meta["video"] = self.meta["index"]
+        caption_column = "caption" if "caption" in self.fields else "narration"
         self.indices = self.meta["index"].to_numpy(dtype=np.int64)
         length = self.params.max_words
         if selected:
@@ -311,20 +363,25 @@ class NarratedDigits(torch.utils.data.Dataset):
                 t.numpy() for t in self.vocab.encode_batch(self.meta["narration"].tolist(), length)
             )
             self._caption_tokens, self._caption_mask = (
-                t.numpy() for t in self.vocab.encode_batch(self.meta["caption"].tolist(), length)
+                t.numpy() for t in self.vocab.encode_batch(self.meta[caption_column].tolist(), length)
             )
         else:
             self._tokens = self._caption_tokens = np.zeros((0, length), dtype=np.int64)
             self._token_mask = self._caption_mask = np.zeros((0, length), dtype=bool)
         frames_count = self.params.frames
-        self._boxes = np.asarray(
-            [row["boxes"] for row in selected], dtype=np.float32
-        ).reshape(len(selected), frames_count, 4)
-        self._visible = np.asarray([row["visible"] for row in selected], dtype=bool).reshape(
-            len(selected), frames_count
-        )
+        shape = (len(selected), frames_count)
+        try:
+            self._boxes = (np.asarray([row["boxes"] for row in selected], dtype=np.float32).reshape(*shape, 4)
+                           if "boxes" in self.fields else np.zeros((*shape, 4), dtype=np.float32))
+            self._visible = (np.asarray([row["visible"] for row in selected], dtype=bool).reshape(shape)
+                             if "visible" in self.fields else np.ones(shape, dtype=bool))
+        except ValueError as error:
+            raise ValueError(f"{self.root / 'meta.jsonl'}: 'boxes' must be [{frames_count}, 4] and 'visible' "
+                             f"[{frames_count}] per clip ({error})") from error
         self._labels = {
-            key: self.meta[key].to_numpy(dtype=np.int64) for key in ("action", "digit", "colour", "index")
+            key: (self.meta[key].to_numpy(dtype=np.int64) if key in self.fields or key == "index"
+                  else np.full(len(selected), -1, dtype=np.int64))
+            for key in ("action", "digit", "colour", "index")
         }
         self._candidates = self._candidate_positions()
 

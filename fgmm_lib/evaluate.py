@@ -619,7 +619,9 @@ def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
 def _open_eval_data(data: Path, run: Path, vocab: Any, run_data: dict[str, Any], split: str,
                     probe_split: str) -> tuple[Any, Any]:
     """The evaluation and probe splits of ``data``, checked against the run: same vocabulary, same
-    clip shape (frames and size) as the run's pretraining data, and neither split empty."""
+    clip shape (frames and size) as the run's pretraining data, and neither split empty. The probe
+    split is None when the folder has no action labels; a folder of images (one frame per clip)
+    passes the frames check, its frame being repeated to the run's clip length."""
     from fgmm_lib.data import NarratedDigits, Vocabulary
 
     if not data.is_dir():
@@ -633,24 +635,29 @@ def _open_eval_data(data: Path, run: Path, vocab: Any, run_data: dict[str, Any],
             f"the data folder {data} was generated with another vocabulary than the run {run} was "
             f"trained with (vocabulary fingerprints {data_fingerprint[:12]}... vs {vocab.fingerprint()[:12]}...); "
             f"generate the evaluation data with the run's vocabulary (fgmm generate --vocab <the "
-            f"pretraining data's vocab.json>)"
+            f"pretraining data's vocab.json>, or fgmm import-* --vocab)"
         )
     test_set = NarratedDigits(data, split=split, vocab=vocab)
     for key in ("frames", "size"):
         trained, given = run_data.get(key), test_set.params.to_dict().get(key)
-        if trained is not None and trained != given:
+        if trained is not None and trained != given and not (key == "frames" and given == 1):
             raise ValueError(f"{data / 'params.json'}: {key}={given} but the run {run} was trained on clips with "
                              f"{key}={trained}; evaluate on data of the same clip shape")
-    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
     if len(test_set) == 0:
         raise ValueError(f"split {split!r} of {data} has no clips")
+    if "action" not in test_set.fields:
+        return test_set, None
+    probe_set = NarratedDigits(data, split=probe_split, vocab=vocab)
     if len(probe_set) == 0:
         raise ValueError(f"probe split {probe_split!r} of {data} has no clips")
     return test_set, probe_set
 
 
 def _probe_rows(probe_set: Any, test_set: Any, data: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the clean single-actor clips the linear probe uses (checked before any work)."""
+    """Rows of the clips the linear probe uses (checked before any work): on Narrated Digits the
+    clean single-actor clips, elsewhere every clip."""
+    if "distractor_glyphs" not in test_set.meta:
+        return np.ones(len(probe_set), dtype=bool), np.ones(len(test_set), dtype=bool)
     train_keep = _clean_probe_rows(probe_set.meta)
     test_keep = _clean_probe_rows(test_set.meta)
     dropped_train, dropped_test = int((~train_keep).sum()), int((~test_keep).sum())
@@ -671,19 +678,17 @@ def _probe_rows(probe_set: Any, test_set: Any, data: Path) -> tuple[np.ndarray, 
 
 
 def _probe_task(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_keep: np.ndarray,
-                test_keep: np.ndarray) -> dict[str, Any]:
-    from fgmm_lib.data import ACTIONS
-
+                test_keep: np.ndarray, classes: int) -> dict[str, Any]:
     train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
     test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
     probe = linear_probe(
         probe_train["video_global"][train_rows], probe_train["action"][train_rows],
         test["video_global"][test_rows], test["action"][test_rows],
-        num_classes=len(ACTIONS),
+        num_classes=classes,
     )
     return {
         "action_top1": probe["top1"],
-        "chance": 1.0 / len(ACTIONS),
+        "chance": 1.0 / classes,
         "confusion": probe["confusion"],
         "weight_decay": probe["weight_decay"],
         "train_clips": probe["train_size"],
@@ -693,18 +698,46 @@ def _probe_task(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_k
     }
 
 
-def _text_to_video(loss_module: PairLoss, test: dict[str, Tensor], captions: list[str], device: str) -> dict[str, Any]:
-    """The distinct clean captions query the split's clips."""
-    queries, first_rows = _unique_first(captions)
-    rows = torch.tensor(first_rows, dtype=torch.long)
+def _encode_texts(model: Any, vocab: Any, texts: Sequence[str], max_words: int, device: str,
+                  batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """Phrases ``[Q, M, D]``, phrase mask ``[Q, M]`` and global embeddings ``[Q, D]`` of ``texts`` (CPU)."""
+    ids, mask = vocab.encode_batch(list(texts), max_words)
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                phrases, phrase_mask, embedding = model.encode_text(
+                    ids[start:start + batch_size].to(device), mask[start:start + batch_size].to(device))
+                parts.append((phrases.float().cpu(), phrase_mask.bool().cpu(), embedding.float().cpu()))
+    finally:
+        model.train(was_training)
+    phrases, phrase_mask, embedding = (torch.cat(values, dim=0) for values in zip(*parts))
+    return phrases, phrase_mask, embedding
+
+
+def _caption_retrieval(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str, Tensor],
+                       caption_lists: list[list[str]], several: bool, max_words: int,
+                       device: str) -> dict[str, Any]:
+    """The distinct clean captions query the split's clips; a clip answers every caption it has.
+
+    With one caption per clip (``several`` False) the queries are the embeddings of the clips'
+    own captions; with several, the distinct captions are encoded as queries.
+    """
+    if several:
+        queries, _ = _unique_first([c for texts in caption_lists for c in texts])
+        embedded = _encode_texts(model, vocab, queries, max_words, device)
+    else:
+        queries, first_rows = _unique_first([texts[0] for texts in caption_lists])
+        rows = torch.tensor(first_rows, dtype=torch.long)
+        embedded = (test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows])
     scores = pair_score_matrix(
-        loss_module, test["video_tokens"], test["video_global"],
-        test["caption_phrases"][rows], test["caption_mask"][rows], test["caption_global"][rows], device=device,
+        loss_module, test["video_tokens"], test["video_global"], *embedded, device=device,
     )  # [clips, queries]
-    caption_array = np.array(captions, dtype=object)
-    relevant = torch.from_numpy(np.stack([caption_array == q for q in queries]).astype(bool))
+    relevant = torch.tensor([[q in texts for texts in caption_lists] for q in queries], dtype=torch.bool)
     result = retrieval_metrics(scores.T.contiguous(), relevant)
-    result.update(queries=len(queries), corpus=len(captions), chance=random_ranking_hit_rate(relevant))
+    result.update(queries=len(queries), corpus=len(caption_lists), chance=random_ranking_hit_rate(relevant))
     return result
 
 
@@ -717,15 +750,9 @@ def _text_to_image(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str
     pairs, _ = _unique_first(list(zip(colours, digits)))
     pairs.sort()
     queries = [f"the {COLOURS[c]} {DIGIT_WORDS[d]}" for c, d in pairs]
-    query_ids, query_mask = vocab.encode_batch(queries, max_words)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        phrases, phrase_mask, query_global = model.encode_text(query_ids.to(device), query_mask.to(device))
-    model.train(was_training)
     scores = pair_score_matrix(
         loss_module, test["still_tokens"], test["still_global"],
-        phrases.float().cpu(), phrase_mask.bool().cpu(), query_global.float().cpu(), device=device,
+        *_encode_texts(model, vocab, queries, max_words, device), device=device,
     )  # [clips, queries]
     relevant = torch.stack([(test["colour"] == c) & (test["digit"] == d) for c, d in pairs])
     result = retrieval_metrics(scores.T.contiguous(), relevant)
@@ -742,6 +769,44 @@ def _pointing_task(model: Any, loss_module: PairLoss, test: dict[str, Tensor], c
         digit_phrase_indices(captions, test["digit"], int(params.max_words)),
         test["boxes"], test["visible"], model.video.grid(frames, size, size), (frames, size, size),
     )
+
+
+def _skipped_tasks(test_set: Any, loss_module: PairLoss) -> dict[str, str]:
+    """The tasks that ``test_set`` lacks the fields for, each with the reason."""
+    fields = test_set.fields
+    images = int(test_set.params.frames) == 1
+    skipped = {}
+    if "action" not in fields:
+        skipped["probe"] = "needs action labels ('action' in meta.jsonl: fgmm import-ucf101 / import-hmdb51)"
+    if "caption" not in fields:
+        skipped["t2i" if images else "t2v"] = "needs clean captions ('caption' in meta.jsonl)"
+    if images:
+        skipped["t2v"] = "needs clips of several frames: this folder holds images (its caption retrieval is t2i)"
+    elif not {"digit", "colour"} <= fields:
+        skipped["t2i"] = "needs images (a one-frame folder: fgmm import-karpathy) or digit and colour labels"
+    if not loss_module.has_attention:
+        skipped["pointing"] = "needs attention maps, which the run's loss does not have"
+    elif not {"boxes", "digit"} <= fields:
+        skipped["pointing"] = "needs boxes and the word that names the boxed object ('boxes' and 'digit' in meta.jsonl)"
+    return skipped
+
+
+class _RepeatFrames:
+    """A dataset whose one-frame clips (images) are repeated to ``frames`` frames, as stills are."""
+
+    def __init__(self, dataset: Any, frames: int) -> None:
+        self.dataset, self.frames, self.split = dataset, frames, dataset.split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get_batch(self, positions: Any) -> dict[str, Tensor]:
+        batch = self.dataset.get_batch(positions)
+        if self.frames > 1 and batch["video"].shape[2] == 1:
+            batch["video"] = batch["video"].expand(-1, -1, self.frames, -1, -1).contiguous()
+            batch["boxes"] = batch["boxes"].expand(-1, self.frames, -1)
+            batch["visible"] = batch["visible"].expand(-1, self.frames)
+        return batch
 
 
 def _run_compute(run: Path, config: Any) -> tuple[dict[str, Any] | None, bool]:
@@ -769,8 +834,8 @@ def evaluate(
 
     Args:
         run: a pretraining run folder (read with :func:`fgmm_lib.runs.load_run`).
-        data: a dataset folder with the run's vocabulary and clip shape (normally a clean
-            Narrated Digits folder: every noise knob at 0).
+        data: a dataset folder with the run's vocabulary and clip shape: a clean Narrated Digits
+            folder (every noise knob at 0) or an imported one (``fgmm import-* --vocab``).
         split: the held-out split that retrieval, pointing and the probe's test use.
         out: if given, the metrics are also written there as JSON (atomically; checked for
             writability before any work). It holds metrics only.
@@ -789,9 +854,16 @@ def evaluate(
                    "test_clips", "dropped_train_clips", "dropped_test_clips"},
          "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
          "t2i": {same keys},
-         "pointing": {"accuracy", "chance", "clips"} or None for losses without attention}
+         "pointing": {"accuracy", "chance", "clips"},
+         "skipped": {task: why it did not run}}
+
+    A task whose fields the folder lacks is None and listed in ``"skipped"`` (pointing needs
+    boxes, the probe action labels, ...). Caption retrieval is ``t2v`` on a folder of clips and
+    ``t2i`` on a folder of images (one frame per clip, repeated to the run's clip length); every
+    caption of a clip (``captions``) is a query it answers. On Narrated Digits, ``t2i`` queries
+    "the <colour> <digit>" stills.
     """
-    from fgmm_lib.data import SPLITS
+    from fgmm_lib.data import ACTIONS, SPLITS
 
     for name, value in (("split", split), ("probe_split", probe_split)):
         if value not in SPLITS:
@@ -807,19 +879,43 @@ def evaluate(
     model, loss_module, config, vocab = load_run(run)
     run_data = read_json(run / "config.json").get("data_params", {})
     test_set, probe_set = _open_eval_data(data, run, vocab, run_data, split, probe_split)
-    train_keep, test_keep = _probe_rows(probe_set, test_set, data)
-    captions = [str(c) for c in test_set.meta["caption"]]
-    unknown = sorted({w for c in captions for w in c.lower().split()} - set(vocab.words))
+    skipped = _skipped_tasks(test_set, loss_module)
+    if probe_set is not None:
+        train_keep, test_keep = _probe_rows(probe_set, test_set, data)
+    fields = test_set.fields
+    captions = [str(c) for c in test_set.meta["caption"]] if "caption" in fields else []
+    caption_lists = [list(c) for c in test_set.meta["captions"]] if "captions" in fields else [[c] for c in captions]
+    unknown = sorted({w for texts in caption_lists for c in texts for w in c.lower().split()} - set(vocab.words))
     if unknown:
         warnings.warn(f"the clean captions of {data} use words that the vocabulary of {run} does not know "
-                      f"(encoded as unknown): {unknown}; its pretraining data did not cover them", stacklevel=2)
+                      f"(encoded as unknown): {unknown[:50]}; its pretraining data did not cover them", stacklevel=2)
     compute, finished = _run_compute(run, config)
 
     device_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device_name)
-    test = embed_dataset(model, test_set, batch_size=batch_size, progress=progress, stills=True)
-    probe_train = embed_dataset(model, probe_set, batch_size=batch_size, progress=progress, stills=False)
+    images = int(test_set.params.frames) == 1
+    clip_frames = int(run_data.get("frames") or 1) if images else 0
+    stills = "t2i" not in skipped and not images
+    test = embed_dataset(model, _RepeatFrames(test_set, clip_frames), batch_size=batch_size, progress=progress,
+                         stills=stills)
+    max_words = int(test_set.params.max_words)
     temperatures = loss_module.logged_temperatures()
+    tasks: dict[str, Any] = {"probe": None, "t2v": None, "t2i": None, "pointing": None}
+    if probe_set is not None:
+        probe_train = embed_dataset(model, _RepeatFrames(probe_set, clip_frames), batch_size=batch_size,
+                                    progress=progress, stills=False)
+        classes = (len(ACTIONS) if "digit" in fields
+                   else len(test_set.params.extra.get("classes") or ())
+                   or int(max(probe_train["action"].max(), test["action"].max())) + 1)
+        tasks["probe"] = _probe_task(probe_train, test, train_keep, test_keep, classes)
+    caption_task = "t2i" if images else "t2v"
+    if caption_task not in skipped:
+        tasks[caption_task] = _caption_retrieval(model, loss_module, vocab, test, caption_lists,
+                                                 "captions" in fields, max_words, device_name)
+    if stills:
+        tasks["t2i"] = _text_to_image(model, loss_module, vocab, test, max_words, device_name)
+    if "pointing" not in skipped:
+        tasks["pointing"] = _pointing_task(model, loss_module, test, captions, test_set.params)
     result: dict[str, Any] = {
         "run": str(run),
         "data": str(data),
@@ -829,11 +925,8 @@ def evaluate(
         "clips": len(test_set),
         "finished": finished,
         "temperatures": {"attn": temperatures["attn_temperature"], "weight": temperatures["weight_temperature"]},
-        "probe": _probe_task(probe_train, test, train_keep, test_keep),
-        "t2v": _text_to_video(loss_module, test, captions, device_name),
-        "t2i": _text_to_image(model, loss_module, vocab, test, int(test_set.params.max_words), device_name),
-        "pointing": (_pointing_task(model, loss_module, test, captions, test_set.params)
-                     if loss_module.has_attention else None),
+        **tasks,
+        "skipped": skipped,
     }
     if out_path is not None:
         write_json(out_path, result)

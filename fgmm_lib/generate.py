@@ -32,7 +32,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -556,18 +556,19 @@ def _vocab_file(vocab: str | Path) -> Path:
     return path
 
 
-def _check_target(out: Path) -> None:
-    """Refuse to replace anything but a dataset folder this module wrote: its four files and nothing else."""
+def _check_target(out: Path, files: Sequence[str] = DATASET_FILES) -> None:
+    """Refuse to replace anything but a dataset folder this module wrote: its four files (or the
+    given ``files``) and nothing else."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path exists and is not a folder: {out}")
     if not out.is_dir():
         return
     entries = sorted(entry.name for entry in out.iterdir())
-    if entries and entries != sorted(DATASET_FILES):
-        others = [name for name in entries if name not in DATASET_FILES]
-        what = f"it holds {', '.join(others[:5])}" if others else f"it lacks {', '.join(sorted(set(DATASET_FILES) - set(entries)))}"
+    if entries and entries != sorted(files):
+        others = [name for name in entries if name not in files]
+        what = f"it holds {', '.join(others[:5])}" if others else f"it lacks {', '.join(sorted(set(files) - set(entries)))}"
         raise FileExistsError(
-            f"refusing to replace {out}: only a dataset folder holding exactly {', '.join(DATASET_FILES)} is "
+            f"refusing to replace {out}: only a dataset folder holding exactly {', '.join(files)} is "
             f"replaced, and {what}; choose another --out or remove it yourself"
         )
 

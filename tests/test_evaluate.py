@@ -422,7 +422,7 @@ def test_digit_phrase_indices_and_clean_probe_rows() -> None:
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
 EXPECTED_KEYS = {
     "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "t2v", "t2i", "pointing",
-    "finished",
+    "finished", "skipped",
 }
 RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance"}
 
