@@ -6,6 +6,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The fused kernels are tested with the Triton interpreter on the CPU. Triton reads this switch once,
+# so it is set for the whole session, before any test builds a kernel; the compile-only kernel
+# report runs in a process of its own without it.
+os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")
