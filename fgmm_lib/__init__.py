@@ -11,7 +11,8 @@ Modules, one per concept (each imports only those above it):
 - ``triton_scores``: the fused Triton kernel behind ``pair_scores(backend="triton")``.
 - ``train``: pretraining with checkpoints, resume and logs.
 - ``evaluate``: the downstream tasks (linear probe, retrieval, pointing).
-- ``analysis``: tables, summaries and verdicts from the metrics files.
+- ``results``: the results folder: each run's metrics, details and compute files, the headline metrics.
+- ``analysis``: tables, summaries, verdicts and the report, from the results files.
 - ``viz``: plots used by the notebooks.
 - ``notebook``: helpers for the parameterised notebooks.
 - ``bench``: the loss benchmark.

@@ -1,7 +1,7 @@
 """The study's analysis of results: metrics files to tables, summaries over seeds and verdicts.
 
-Everything here works on plain data (the metrics JSON files that :func:`fgmm_lib.evaluate.evaluate`
-writes, pandas DataFrames) and draws nothing; :mod:`fgmm_lib.viz` plots what these functions
+Everything here reads files and returns plain data (the results files of :mod:`fgmm_lib.results`,
+pandas DataFrames, arrays) and draws nothing; :mod:`fgmm_lib.viz` plots what these functions
 return. Notebooks and the report read every number through this module, so they read them the
 same way.
 
@@ -10,7 +10,13 @@ Tables:
     :func:`summarise_over_seeds`, :func:`comparison_table`, :func:`mean_std_table`,
     :func:`best_losses`, :func:`markdown_table`.
 Verdicts:
-    :func:`batch_size_verdict`.
+    :func:`batch_size_verdict`, :func:`verdict_answer`.
+The report (STUDY.md section 6):
+    :class:`Report` and one ``report_*`` function per question, :func:`compute_table`,
+    :func:`answered_questions`.
+Attention (question 6):
+    :func:`attention_examples` (a run's attention on some clips, for
+    :func:`fgmm_lib.viz.plot_attention_maps`), :func:`pointing_table` (read from the metrics files).
 """
 
 from __future__ import annotations
@@ -18,50 +24,29 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from fgmm_lib.losses import LOSSES
+from fgmm_lib.losses import AGGREGATIONS, LOSSES
+from fgmm_lib.results import (COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, RUN_NAME, Metric, lookup,
+                              parse_run_name)
 
 #: Every loss of the study, in the order tables and legends list them (coarse baselines first).
 LOSS_ORDER = LOSSES
 
-
-@dataclass(frozen=True)
-class Metric:
-    """One downstream metric: where it sits in a metrics JSON and how to read it."""
-
-    path: tuple[str, ...]
-    label: str
-    higher_is_better: bool = True
-    unit_interval: bool = True  # a rate or an accuracy in [0, 1] (ranks are not)
-
-
-#: The downstream metrics of STUDY.md section 5, by column name, in display order.
-METRICS: dict[str, Metric] = {
-    "action_top1": Metric(("probe", "action_top1"), "action top-1 (linear probe)"),
-    "t2v_R@1": Metric(("t2v", "R@1"), "text→video R@1"),
-    "t2v_R@5": Metric(("t2v", "R@5"), "text→video R@5"),
-    "t2v_R@10": Metric(("t2v", "R@10"), "text→video R@10"),
-    "t2v_median_rank": Metric(("t2v", "median_rank"), "text→video median rank", higher_is_better=False,
-                              unit_interval=False),
-    "t2i_R@1": Metric(("t2i", "R@1"), "text→image R@1"),
-    "t2i_R@5": Metric(("t2i", "R@5"), "text→image R@5"),
-    "t2i_R@10": Metric(("t2i", "R@10"), "text→image R@10"),
-    "t2i_median_rank": Metric(("t2i", "median_rank"), "text→image median rank", higher_is_better=False,
-                              unit_interval=False),
-    "pointing": Metric(("pointing", "accuracy"), "pointing accuracy"),
-}
-
-
 #: The retrieval metrics the batch-size verdict (STUDY.md section 6, question 2) is read on.
 RETRIEVAL_METRICS = ("t2v_R@1", "t2v_R@5", "t2v_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 
-
-RUN_NAME = re.compile(r"^(?P<loss>[a-z]+)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
+#: Label of each compute column of :func:`load_runs` (``compute_<key of the compute record>``).
+COST_LABELS = {
+    "compute_flops_per_step": "FLOPs per training step",
+    "compute_total_flops": "FLOPs of the whole run",
+    "compute_wall_s": "wall time of the run (s)",
+    "compute_samples_seen": "samples seen",
+}
 
 
 def ordered_losses(losses: Sequence[str]) -> list[str]:
@@ -73,15 +58,6 @@ def ordered_losses(losses: Sequence[str]) -> list[str]:
 def metric_label(name: str) -> str:
     """Human-readable label of a metric column (the column name itself if it is not a known metric)."""
     return METRICS[name].label if name in METRICS else name.replace("_", " ")
-
-
-def _lookup(payload: Mapping[str, Any], path: Sequence[str]) -> Any:
-    value: Any = payload
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return None
-        value = value[key]
-    return value
 
 
 def _number(value: Any) -> float:
@@ -101,69 +77,87 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """
     rows = []
     for name, metric in METRICS.items():
-        value = _number(_lookup(metrics, metric.path))
+        value = _number(lookup(metrics, metric.path))
         if math.isnan(value):
             continue
         rows.append({"metric": metric.label, "value": value,
-                     "chance": _number(_lookup(metrics, _chance_path(metric.path)))})
+                     "chance": _number(lookup(metrics, _chance_path(metric.path)))})
     if not rows:
         raise ValueError("the metrics hold none of the downstream metrics")
     return pd.DataFrame(rows).set_index("metric")
 
 
-def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics") -> dict[str, Any]:
-    """One flat row of a metrics dict: run, loss, batch_size, seed, every metric of :data:`METRICS`,
-    their chance levels (``<metric>_chance``), the temperatures and every number of its
-    ``compute`` record (as ``compute_<key>``).
+def _metric_value(metrics: Mapping[str, Any], name: str, metric: Metric) -> float:
+    """A metric of a flat metrics file (key ``name``) or of a whole evaluation record (``metric.path``)."""
+    value = metrics.get(name)
+    return _number(lookup(metrics, metric.path) if value is None or isinstance(value, Mapping) else value)
 
-    ``batch_size`` and ``seed`` come from ``metrics["config"]`` (the run's TrainConfig), or,
-    for a record without it, from the run's folder name ``<loss>-b<batch_size>-s<seed>``; a
-    metric the run does not have (pointing for ``coarse``) is NaN.
+
+def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics", details: Mapping[str, Any] | None = None,
+                    compute: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One flat row of a run's results: run, loss, batch_size, seed, every metric of :data:`METRICS`,
+    their chance levels (``<metric>_chance``), the temperatures (``<name>_temperature``) and every
+    number of its compute record (``compute_<key>``).
+
+    ``metrics`` is a metrics file (flat, :func:`fgmm_lib.results.write_metrics`) or a whole
+    evaluation record; chance levels and temperatures come from ``details`` (the whole record)
+    or from ``metrics`` itself when it is one. Loss, batch size and seed come from ``compute``
+    (``evaluate(..., compute_out=...)``), else from the run's name ``<loss>-b<batch_size>-s<seed>``
+    (the record's ``run``, else ``source``'s file name). A metric the run does not have (pointing
+    for ``coarse``) is NaN.
 
     Raises:
-        ValueError: ``loss`` is missing, or batch size and seed are found in neither place
+        ValueError: ``metrics`` is not a mapping, or loss, batch size and seed are found nowhere
             (``source`` names the file in the message).
     """
-    if not isinstance(metrics, Mapping) or "loss" not in metrics:
-        raise ValueError(f"{source}: not a metrics record of fgmm_lib.evaluate.evaluate (no 'loss' key)")
-    config = metrics.get("config")
-    run = metrics.get("run")
-    if not isinstance(config, Mapping) or "batch_size" not in config or "seed" not in config:
-        # a record without the run's config: read batch size and seed from the run's name
-        named = RUN_NAME.match(Path(str(run)).name) if run else None
-        if named is None or named.group("loss") != str(metrics["loss"]):
-            raise ValueError(f"{source}: has no 'config' with the run's batch_size and seed, and its run "
-                             f"{run!r} is not named <loss>-b<batch_size>-s<seed>")
-        config = {"batch_size": int(named.group("batch_size")), "seed": int(named.group("seed"))}
-    row: dict[str, Any] = {
-        "run": Path(str(run)).name if run else f"{metrics['loss']}-b{config['batch_size']}-s{config['seed']}",
-        "loss": str(metrics["loss"]),
-        "batch_size": int(config["batch_size"]),
-        "seed": int(config["seed"]),
-        "learned_attention_temperatures": bool(config.get("learn_attention_temperatures", False)),
-    }
-    for name, metric in METRICS.items():
-        row[name] = _number(_lookup(metrics, metric.path))
-    for name, metric in METRICS.items():
-        chance = _number(_lookup(metrics, _chance_path(metric.path)))
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"{source}: not a metrics record (a JSON object), got {type(metrics).__name__}")
+    record = details if isinstance(details, Mapping) else metrics
+    run = record.get("run") or metrics.get("run")
+    name = Path(str(run)).name if run else Path(str(source)).stem
+    identity = {key: compute[key] for key in ("loss", "batch_size", "seed")} \
+        if isinstance(compute, Mapping) and all(key in compute for key in ("loss", "batch_size", "seed")) else None
+    if identity is None:
+        identity = parse_run_name(name)
+    if identity is None:
+        raise ValueError(f"{source}: no compute record with the run's loss, batch_size and seed, and its run "
+                         f"{name!r} is not named <loss>-b<batch_size>-s<seed>")
+    loss = str(record.get("loss") or identity["loss"])
+    row: dict[str, Any] = {"run": name, "loss": loss, "batch_size": int(identity["batch_size"]),
+                           "seed": int(identity["seed"])}
+    for key, metric in METRICS.items():
+        row[key] = _metric_value(metrics, key, metric)
+    for key, metric in METRICS.items():
+        chance = _number(lookup(record, _chance_path(metric.path)))
         if not math.isnan(chance):
-            row[f"{name}_chance"] = chance
-    temperatures = metrics.get("temperatures")
+            row[f"{key}_chance"] = chance
+    temperatures = record.get("temperatures")
     if isinstance(temperatures, Mapping):
         for key, value in temperatures.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"{key}_temperature"] = float(value)
-    compute = metrics.get("compute")
     if isinstance(compute, Mapping):
         for key, value in compute.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in ("batch_size", "seed") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"compute_{key}"] = float(value)
     return row
 
 
-def load_runs(metrics_dir: str | Path) -> pd.DataFrame:
-    """One row per ``*.json`` metrics file in ``metrics_dir`` (see :func:`flatten_metrics`),
-    sorted by loss (study order), batch size and seed.
+def _read_record(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"metrics file {path} is not valid JSON: {error}") from error
+
+
+def load_runs(metrics_dir: str | Path = METRICS_DIR, compute_dir: str | Path | None = None,
+              details_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per ``*.json`` metrics file in ``metrics_dir`` (see :func:`flatten_metrics`), sorted
+    by loss (study order), batch size and seed.
+
+    Each run's details (chance levels, temperatures) are read from ``details_dir/<run>.json``
+    (default: ``metrics_dir/details``) and its compute record from ``compute_dir/<run>.json``
+    (default: ``results/compute`` beside ``metrics_dir``), where they exist.
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no ``*.json`` file.
@@ -175,13 +169,14 @@ def load_runs(metrics_dir: str | Path) -> pd.DataFrame:
     files = sorted(folder.glob("*.json"))
     if not files:
         raise FileNotFoundError(f"metrics folder {folder} holds no *.json metrics file")
+    details_folder = Path(details_dir) if details_dir is not None else folder / DETAILS_DIR.relative_to(METRICS_DIR)
+    compute_folder = Path(compute_dir) if compute_dir is not None else folder.parent / COMPUTE_DIR.name
     rows = []
     for path in files:
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"metrics file {path} is not valid JSON: {error}") from error
-        rows.append(flatten_metrics(payload, source=str(path)))
+        extra = {}
+        for key, other in (("details", details_folder / path.name), ("compute", compute_folder / path.name)):
+            extra[key] = _read_record(other) if other.is_file() else None
+        rows.append(flatten_metrics(_read_record(path), source=str(path), **extra))
     table = pd.DataFrame(rows)
     order = {loss: position for position, loss in enumerate(ordered_losses(table["loss"]))}
     table = table.sort_values(["loss", "batch_size", "seed"], key=lambda column: column.map(order)
@@ -357,9 +352,361 @@ def recall_at_k_table(metrics: Mapping[str, Any], tasks: Sequence[str] = ("t2v",
     return pd.DataFrame(rows).sort_values(["task", "K"]).reset_index(drop=True)
 
 
-COST_LABELS = {
-    "compute_flops_per_step": "FLOPs per training step",
-    "compute_total_flops": "FLOPs of the whole run",
-    "compute_wall_s": "wall time of the run (s)",
-    "compute_samples_seen": "samples seen",
-}
+
+
+# --------------------------------------------------------------------------------------------
+# The report: each question of STUDY.md section 6 answered from the results folder
+# --------------------------------------------------------------------------------------------
+
+
+class Report:
+    """The study summary as markdown blocks, in order; ``show`` displays each block as it is added
+    (the report notebook passes IPython's display), ``show_image`` each embedded PNG.
+
+    :meth:`markdown` is the text of ``results/report/summary.md``, whose image links are relative
+    to ``results/report/``.
+    """
+
+    def __init__(self, results_dir: str | Path = "results", show: Callable[[str], Any] | None = None,
+                 show_image: Callable[[Path], Any] | None = None) -> None:
+        self.results = Path(results_dir)
+        self.blocks: list[str] = []
+        self._show = show
+        self._show_image = show_image
+
+    def add(self, text: str) -> None:
+        """Add a markdown block (and show it)."""
+        self.blocks.append(text)
+        if self._show is not None:
+            self._show(text)
+
+    def table(self, table: pd.DataFrame, index: bool = True, float_digits: int = 3) -> None:
+        """Add a table as markdown."""
+        self.add(markdown_table(table, index=index, float_digits=float_digits))
+
+    def image(self, path: str | Path, caption: str) -> None:
+        """Embed a PNG of the results folder (shown here, linked from summary.md)."""
+        path = Path(path)
+        if self._show_image is not None:
+            self._show_image(path)
+        self.blocks.append(f"![{caption}](../{path.relative_to(self.results).as_posix()})")
+
+    def markdown(self) -> str:
+        """The whole summary."""
+        return "\n\n".join(self.blocks) + "\n"
+
+
+def load_runs_if_any(metrics_dir: str | Path) -> pd.DataFrame:
+    """:func:`load_runs`, or an empty table when the folder is missing or holds no metrics file."""
+    folder = Path(metrics_dir)
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        return pd.DataFrame()
+    return load_runs(folder)
+
+
+def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size: int | None) -> pd.DataFrame:
+    """Question 1: the losses at the study's batch size, mean ± std over seeds, and the best per
+    metric. Returns the :func:`comparison_table` (empty without runs) and its batch size in
+    ``attrs["batch_size"]``."""
+    report.add("## 1. The losses compared at equal samples seen")
+    if runs.empty:
+        report.add(f"Not answered: `{report.results / 'metrics'}` holds no metrics file.")
+        return pd.DataFrame()
+    summary = summarise_over_seeds(runs)
+    batch = comparison_batch_size(runs["batch_size"], study_batch_size)
+    comparison = comparison_table(summary, batch)
+    inventory = ", ".join(f"`{loss}` ({count} runs)" for loss, count in runs["loss"].value_counts(sort=False).items())
+    seeds = sorted(runs.loc[runs["batch_size"] == batch, "seed"].unique())
+    report.add(f"{len(runs)} evaluated runs: {inventory}. At batch size {batch} "
+               f"(seeds {', '.join(map(str, seeds))}), mean ± std over seeds:")
+    report.table(mean_std_table(comparison))
+    report.add("The best loss on each metric:")
+    report.table(best_losses(comparison))
+    comparison.attrs["batch_size"] = batch
+    return comparison
+
+
+def verdict_answer(verdict: pd.DataFrame) -> str:
+    """"yes" when every metric of a :func:`batch_size_verdict` matches, "partly" when some do, else "no"."""
+    matched = int(verdict["matches"].sum()) if not verdict.empty else 0
+    if not verdict.empty and matched == len(verdict):
+        return "yes"
+    return "partly" if matched else "no"
+
+
+def report_batch_ablation(report: Report) -> pd.DataFrame:
+    """Question 2: the batch-size sweep (``ablation/batch_size.csv`` and its PNG) and the verdict
+    of :func:`batch_size_verdict` as yes, partly or no. Returns the verdict (empty if none)."""
+    report.add("## 2. Batch-size ablation")
+    ablation_csv = report.results / "ablation" / "batch_size.csv"
+    ablation_png = ablation_csv.with_suffix(".png")
+    if not ablation_csv.is_file():
+        report.add(f"Not answered: `{ablation_csv}` does not exist.")
+        return pd.DataFrame()
+    ablation = pd.read_csv(ablation_csv)
+    sizes = sorted(int(b) for b in ablation["batch_size"].unique())
+    report.add(f"Batch sizes: {', '.join(map(str, sizes))}; every metric against the batch size, one line per loss:")
+    if ablation_png.is_file():
+        report.image(ablation_png, "every metric against the batch size")
+    verdict = batch_size_verdict(ablation)
+    if verdict.empty:
+        report.add("No verdict: it needs runs of both `attention` and `coarse` at two batch sizes or more.")
+        return verdict
+    matched, total = int(verdict["matches"].sum()), len(verdict)
+    small, large = int(verdict["attention batch"].iloc[0]), int(verdict["coarse batch"].iloc[0])
+    report.add(f"**Does `attention` at batch {small} match `coarse` at batch {large}? {verdict_answer(verdict)}**: "
+               f"on {matched} of {total} retrieval metrics it is not worse beyond the larger standard deviation "
+               f"over seeds.")
+    report.table(verdict, index=False)
+    return verdict
+
+
+#: The compute columns the report tabulates and plots against (question 5).
+REPORT_COSTS = ("compute_flops_per_step", "compute_wall_s")
+
+
+def compute_table(runs: pd.DataFrame, metric: str = "t2v_R@1") -> pd.DataFrame:
+    """Mean over seeds per loss and batch size of the compute columns and ``metric``, labelled
+    with :data:`COST_LABELS` (FLOPs in GFLOPs)."""
+    present = [c for c in (*REPORT_COSTS, "compute_samples_seen", metric) if c in runs.columns]
+    cost = runs.groupby(["loss", "batch_size"], sort=False)[present].mean().reset_index()
+    labels = {}
+    for column in present:
+        label = COST_LABELS.get(column, metric_label(column))
+        if "FLOPs" in label:
+            cost[column] = cost[column] / 1e9
+            label = label.replace("FLOPs", "GFLOPs")
+        labels[column] = label
+    return cost.rename(columns=labels)
+
+
+def report_compute(report: Report, runs: pd.DataFrame) -> list[str]:
+    """Question 5: the compute record of each loss and batch size. Returns the cost columns present."""
+    report.add("## 5. Compute")
+    costs = [c for c in REPORT_COSTS if c in runs.columns]
+    if runs.empty or not costs:
+        report.add("Not answered: no compute record (results/compute) beside the metrics files.")
+        return []
+    report.add("Mean over seeds per loss and batch size:")
+    report.table(compute_table(runs), index=False, float_digits=3)
+    return costs
+
+
+def report_attention(report: Report) -> None:
+    """Question 6: pointing accuracy (``attention/pointing.csv``) and the attention figures."""
+    report.add("## 6. Attention maps and pointing")
+    folder = report.results / "attention"
+    pointing_csv = folder / "pointing.csv"
+    if pointing_csv.is_file():
+        pointing = pd.read_csv(pointing_csv)
+        report.add("Pointing accuracy over the test split (does the digit's phrase attend most to a cell in the "
+                   "actor's box):")
+        if pointing.empty:
+            report.add("No run with attention was drawn.")
+        else:
+            report.table(pointing, index=False)
+    else:
+        report.add(f"Not answered: `{pointing_csv}` does not exist.")
+    for png in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+        report.image(png, f"attention maps of {png.stem}")
+
+
+def report_temperatures(report: Report, runs: pd.DataFrame) -> pd.DataFrame:
+    """Question 7: the attention temperatures the fine-grained runs were evaluated with."""
+    report.add("## 7. Temperatures")
+    columns = [c for c in ("attn_temperature", "weight_temperature") if c in runs.columns]
+    fine = runs[runs["loss"].isin(AGGREGATIONS)] if not runs.empty else runs
+    if fine.empty or not columns:
+        report.add("No run with an attention aggregation was evaluated.")
+        return pd.DataFrame()
+    temperatures = fine.groupby(["loss", "batch_size"], sort=False)[columns].mean().reset_index()
+    report.add("The attention temperatures τa and τw the runs were evaluated with (their final values where they "
+               "were learned), mean over seeds:")
+    report.table(temperatures, index=False, float_digits=4)
+    return temperatures
+
+
+#: Each question of STUDY.md section 6 and the results (relative to the results folder) that answer it.
+QUESTIONS = (
+    ("1. loss comparison (mean ± std over seeds)", ("ablation/comparison.csv",)),
+    ("2. batch-size ablation", ("ablation/batch_size.csv",)),
+    ("3. noise ablation", ("noise/noise.csv",)),
+    ("4. model-size ablation", ("width/width.csv",)),
+    ("5. compute: FLOPs and wall time per run", ("compute",)),
+    ("5. compute: time to reach a fixed retrieval target", ("compute/time_to_target.csv",)),
+    ("6. attention maps and pointing", ("attention/pointing.csv",)),
+    ("7. temperature sweep (τa, τw surface)", ("temperature/surface.csv",)),
+)
+
+
+def answered_questions(results_dir: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per question of :data:`QUESTIONS`: answered yes / no (its evidence is missing) / partly (the
+    loss comparison has a single seed, so no spread), and its evidence."""
+    results = Path(results_dir)
+    rows = []
+    for question, evidence in QUESTIONS:
+        paths = [results / name for name in evidence]
+        missing = [path for path in paths if not path.exists()]
+        rows.append({"question": question, "answered": "no" if missing else "yes",
+                     "evidence": ", ".join(f"`{path.as_posix()}`" + (" (missing)" if path in missing else "")
+                                           for path in paths)})
+    status = pd.DataFrame(rows).set_index("question")
+    first = QUESTIONS[0][0]
+    if (not runs.empty and status.loc[first, "answered"] == "yes"
+            and runs.groupby(["loss", "batch_size"])["seed"].nunique().max() < 2):
+        status.loc[first, "answered"] = "partly: one seed, no spread"
+    return status
+
+
+def report_status(report: Report, runs: pd.DataFrame) -> pd.DataFrame:
+    """What the current pipeline answers (:func:`answered_questions`), and what it does not."""
+    status = answered_questions(report.results, runs)
+    report.add("## What the current pipeline answers")
+    report.table(status)
+    unanswered = [question for question, row in status.iterrows() if row["answered"] != "yes"]
+    if unanswered:
+        report.add("Not answered by the current pipeline: " + "; ".join(unanswered) + ".")
+    return status
+
+
+# --------------------------------------------------------------------------------------------
+# Attention maps of a run (question 6)
+# --------------------------------------------------------------------------------------------
+
+
+def phrase_labels(words: Sequence[str], ngram: int = 3) -> list[str]:
+    """Label of each phrase: its n-gram window of words with the centre word in brackets,
+    e.g. ``"the [red] seven"`` (the text encoder's phrase m is centred on word m)."""
+    left = (ngram - 1) // 2
+    right = ngram - 1 - left
+    labels = []
+    for centre, word in enumerate(words):
+        before = list(words[max(0, centre - left):centre])
+        after = list(words[centre + 1:centre + 1 + right])
+        labels.append(" ".join(before + [f"[{word}]"] + after))
+    return labels
+
+
+def attention_example(video: Any, boxes: Any, visible: Any, maps: Mapping[str, Any], grid: Sequence[int],
+                      words: Sequence[str], phrase_mask: Any = None, ngram: int = 3,
+                      title: str = "") -> dict[str, Any]:
+    """Arrange one clip's attention for :func:`fgmm_lib.viz.plot_attention_maps`.
+
+    Args:
+        video: float ``[3, T, H, W]`` in [0, 1] (a dataset item's ``"video"``).
+        boxes: ``[T, 4]``; visible: ``[T]`` bool.
+        maps: the loss module's ``attention(...)`` of the clip's tokens and its text's phrases.
+        grid: ``(T', H', W')`` of the token grid (cells in token order: t-major, row, column).
+        words: the text's words, one per valid phrase, in order (phrase m is centred on word m).
+        phrase_mask: ``[M]`` bool, True = valid phrase (None: every phrase is valid); only valid
+            phrases are drawn.
+        ngram: the text encoder's phrase window (for the labels).
+    """
+    clip = np.asarray(video, dtype=float)
+    if clip.ndim != 4 or clip.shape[0] != 3:
+        raise ValueError(f"video must be [3, T, H, W], got shape {clip.shape}")
+    frames = np.clip(np.round(clip.transpose(1, 2, 3, 0) * 255.0), 0, 255).astype(np.uint8)
+    grid_frames, grid_height, grid_width = (int(v) for v in grid)
+    phrase_weight = np.asarray(maps["phrase_weight"], dtype=float)
+    valid = np.arange(len(phrase_weight)) if phrase_mask is None else np.flatnonzero(np.asarray(phrase_mask, dtype=bool))
+    if len(valid) != len(words):
+        raise ValueError(f"{len(words)} words for {len(valid)} valid phrases: pass one word per valid phrase")
+    attention = np.asarray(maps["phrase_attention"], dtype=float)[valid]
+    if attention.shape[1] != grid_frames * grid_height * grid_width:
+        raise ValueError(f"phrase_attention has {attention.shape[1]} cells, the grid {tuple(grid)} "
+                         f"{grid_frames * grid_height * grid_width}")
+    return {
+        "frames": frames,
+        "boxes": np.asarray(boxes, dtype=float),
+        "visible": np.asarray(visible, dtype=bool),
+        "phrase_attention": attention.reshape(len(valid), grid_frames, grid_height, grid_width),
+        "phrase_weight": phrase_weight[valid],
+        "phrases": phrase_labels(list(words), ngram),
+        "cell_weight": np.asarray(maps["cell_weight"], dtype=float).reshape(grid_frames, grid_height, grid_width),
+        "text": " ".join(words),
+        "title": title,
+    }
+
+
+def attention_examples(run: str | Path, data: str | Path, clips: Sequence[int], split: str = "test") -> dict[str, Any] | None:
+    """The attention of a run's loss on some clips of ``data``, arranged for
+    :func:`fgmm_lib.viz.plot_attention_maps`; None when the run's loss has no attention.
+
+    Each clip's cell tokens and its narration's phrase tokens go through the run's loss module
+    (``loss_module.attention``, with the run's temperatures).
+
+    Returns ``{"run", "loss", "examples", "title"}``.
+
+    Raises:
+        ValueError: a clip position outside the split (naming the positions and the split's size).
+    """
+    import torch
+
+    from fgmm_lib.data import NarratedDigits
+    from fgmm_lib.runs import load_run
+
+    name = Path(run).name
+    model, loss_module, config, vocab = load_run(run)
+    if not loss_module.has_attention:
+        return None
+    dataset = NarratedDigits(data, split=split, vocab=vocab)
+    outside = [clip for clip in clips if not 0 <= clip < len(dataset)]
+    if outside:
+        raise ValueError(f"clips {outside} are outside the {split!r} split of {data} ({len(dataset)} clips)")
+    examples = []
+    for clip in clips:
+        item = dataset[clip]  # its narration: every phrase of it is drawn
+        video = torch.as_tensor(item["video"]).float()
+        grid = model.video.grid(*video.shape[1:])
+        with torch.no_grad():
+            cells, _ = model.encode_video(video[None])
+            phrases, phrase_mask, _ = model.encode_text(item["tokens"][None], item["token_mask"][None])
+            maps = loss_module.attention(cells[0], phrases[0], text_mask=phrase_mask[0])
+        words = vocab.decode(item["tokens"][item["token_mask"]])
+        examples.append(attention_example(video, item["boxes"], item["visible"], maps, grid, words,
+                                          phrase_mask=phrase_mask[0], ngram=config.ngram, title=f"{split} clip {clip}"))
+    temperatures = loss_module.logged_temperatures()
+    title = (f"{name}: {config.loss} (τa = {temperatures['attn_temperature']:.3g}, "
+             f"τw = {temperatures['weight_temperature']:.3g})")
+    return {"run": name, "loss": config.loss, "examples": examples, "title": title}
+
+
+def pointing_table(runs: Sequence[str | Path], metrics_dir: str | Path = METRICS_DIR) -> pd.DataFrame:
+    """Pointing accuracy of each run, read from the metrics files that evaluation wrote
+    (``metrics_dir/<run>.json``; chance and clip count from ``metrics_dir/details/<run>.json``).
+    Runs without pointing (losses without attention) are left out.
+
+    Returns columns run, loss, pointing_accuracy, chance, clips.
+
+    Raises:
+        FileNotFoundError: a run has no metrics file (naming it: evaluate the run first).
+    """
+    folder = Path(metrics_dir)
+    rows = []
+    for run in runs:
+        name = Path(run).name
+        path = folder / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"run {name} has no metrics file {path}: evaluate it first")
+        details_file = folder / DETAILS_DIR.relative_to(METRICS_DIR) / f"{name}.json"
+        details = _read_record(details_file) if details_file.is_file() else {}
+        row = flatten_metrics(_read_record(path), source=str(path), details=details)
+        if math.isnan(row["pointing"]):
+            continue
+        pointing = details.get("pointing") or {}
+        rows.append({"run": name, "loss": row["loss"], "pointing_accuracy": row["pointing"],
+                     "chance": row.get("pointing_chance", math.nan), "clips": pointing.get("clips")})
+    return pd.DataFrame(rows, columns=["run", "loss", "pointing_accuracy", "chance", "clips"])
+
+
+def sweep_by_loss(summary: pd.DataFrame, x: str = "batch_size") -> dict[str, pd.DataFrame]:
+    """Per loss, a wide table of a :func:`summarise_over_seeds` sweep: one row per value of ``x``,
+    one column per metric (mean over seeds). Written one CSV per loss, these are the data of the
+    pipeline's DVC plots (one line per loss)."""
+    tables = {}
+    for loss in ordered_losses(summary["loss"]):
+        rows = summary[summary["loss"] == loss]
+        wide = rows.pivot(index=x, columns="metric", values="mean")
+        metric_columns = [m for m in METRICS if m in wide.columns] + sorted(set(wide.columns) - set(METRICS))
+        tables[loss] = wide[metric_columns].sort_index().reset_index().rename_axis(columns=None)
+    return tables

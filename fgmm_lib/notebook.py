@@ -4,6 +4,8 @@
   parent holding ``dvc.yaml``), so that the paths in a notebook's parameters mean the same thing
   under papermill (run from the root) and in JupyterLab (opened with ``notebooks/`` as cwd).
 - :func:`load_params` reads ``params.yaml`` (or one section of it) with clear errors.
+- :func:`train_config` merges a parameters file's ``train`` section, overrides and a notebook's
+  own parameters into one :class:`~fgmm_lib.train.TrainConfig`.
 - :func:`check_parameters` makes a papermill run with an unknown or ill-typed parameter fail at
   once, naming it, instead of running the whole notebook with a parameter that is silently
   ignored or used with the wrong type.
@@ -78,6 +80,26 @@ def load_params(path: str | Path = "params.yaml", section: str | None = None) ->
     if not isinstance(values, dict):
         raise ValueError(f"section {section!r} of {file} must be a mapping, got {type(values).__name__}")
     return dict(values)
+
+
+def train_config(params_file: str | Path = "params.yaml", section: str = "train",
+                 overrides: Mapping[str, Any] | None = None, **fixed: Any) -> Any:
+    """The :class:`~fgmm_lib.train.TrainConfig` of a run: ``section`` of ``params_file``, then
+    ``overrides`` (any other field, for this run only), then ``fixed`` (the notebook's own
+    parameters: data, out, loss, batch_size, seed), each one replacing the former's values.
+
+    Raises:
+        ValueError: ``overrides`` sets a field of ``fixed`` (they are set directly), or a value is
+            not valid for its field (naming it).
+        FileNotFoundError: ``params_file`` does not exist.
+    """
+    from fgmm_lib.train import TrainConfig
+
+    overrides = dict(overrides or {})
+    clashes = sorted(set(overrides) & set(fixed))
+    if clashes:
+        raise ValueError(f"overrides may not set {clashes}: they are parameters of this notebook, set them directly")
+    return TrainConfig.from_dict({**load_params(params_file, section=section), **overrides, **fixed})
 
 
 def declared_parameters(source: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ tables they draw come from :mod:`fgmm_lib.analysis`.
 Plots:
     :func:`plot_training_curves`, :func:`plot_recall_at_k`, :func:`plot_confusion_matrix`,
     :func:`plot_metric_sweep` (and :func:`plot_batch_ablation`), :func:`plot_comparison`,
-    :func:`plot_compute`, :func:`plot_attention_maps` (data from :func:`attention_example`).
+    :func:`plot_compute`, :func:`plot_attention_maps` (data from
+    :func:`fgmm_lib.analysis.attention_examples`).
 Output:
     :func:`show`, :func:`save_figure`, :func:`save_table`, :func:`save_text` (atomic writes).
 """
@@ -39,45 +40,8 @@ def set_style() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
 
 
-
-
 def _loss_colour(loss: str) -> Any:
     return LOSS_COLOURS.get(loss, "grey")
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,15 +128,13 @@ def plot_training_curves(log: pd.DataFrame, step: str = "step", loss: str = "los
     return figure
 
 
-
-
 TASK_LABELS = {"t2v": "text → video", "t2i": "text → image"}
 
 
 def plot_recall_at_k(recall: pd.DataFrame, title: str | None = None) -> Figure:
     """Recall-at-K curves (hit rate against K), one line per task, chance dashed in the same colour.
 
-    ``recall`` is a :func:`recall_at_k_table` (columns task, K, recall, chance).
+    ``recall`` is a :func:`fgmm_lib.analysis.recall_at_k_table` (columns task, K, recall, chance).
     """
     set_style()
     figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
@@ -315,8 +277,6 @@ def plot_comparison(summary: pd.DataFrame, metrics: Sequence[str] | None = None,
     return figure
 
 
-
-
 def plot_compute(runs: pd.DataFrame, cost_columns: Sequence[str], metric: str = "t2v_R@1",
                  title: str | None = None) -> Figure:
     """A retrieval metric against each compute cost (one panel per cost column), one point per run,
@@ -347,63 +307,9 @@ def plot_compute(runs: pd.DataFrame, cost_columns: Sequence[str], metric: str = 
     return figure
 
 
-def phrase_labels(words: Sequence[str], ngram: int = 3) -> list[str]:
-    """Label of each phrase: its n-gram window of words with the centre word in brackets,
-    e.g. ``"the [red] seven"`` (the text encoder's phrase m is centred on word m)."""
-    left = (ngram - 1) // 2
-    right = ngram - 1 - left
-    labels = []
-    for centre, word in enumerate(words):
-        before = list(words[max(0, centre - left):centre])
-        after = list(words[centre + 1:centre + 1 + right])
-        labels.append(" ".join(before + [f"[{word}]"] + after))
-    return labels
-
-
 def _frame_cell(frame: int, frames: int, grid_frames: int) -> int:
     """The token-grid time index whose span covers the middle of ``frame``."""
     return min(grid_frames - 1, int((frame + 0.5) * grid_frames / frames))
-
-
-def attention_example(video: Any, boxes: Any, visible: Any, maps: Mapping[str, Any], grid: Sequence[int],
-                      words: Sequence[str], phrase_mask: Any = None, ngram: int = 3,
-                      title: str = "") -> dict[str, Any]:
-    """Arrange one clip's attention for :func:`plot_attention_maps`.
-
-    Args:
-        video: float ``[3, T, H, W]`` in [0, 1] (a dataset item's ``"video"``).
-        boxes: ``[T, 4]``; visible: ``[T]`` bool.
-        maps: :func:`fgmm_lib.losses.attention_maps` of the clip's tokens and its text's phrases.
-        grid: ``(T', H', W')`` of the token grid (cells in token order: t-major, row, column).
-        words: the text's words, one per valid phrase, in order (phrase m is centred on word m).
-        phrase_mask: ``[M]`` bool, True = valid phrase (None: every phrase is valid); only valid
-            phrases are drawn.
-        ngram: the text encoder's phrase window (for the labels).
-    """
-    clip = np.asarray(video, dtype=float)
-    if clip.ndim != 4 or clip.shape[0] != 3:
-        raise ValueError(f"video must be [3, T, H, W], got shape {clip.shape}")
-    frames = np.clip(np.round(clip.transpose(1, 2, 3, 0) * 255.0), 0, 255).astype(np.uint8)
-    grid_frames, grid_height, grid_width = (int(v) for v in grid)
-    phrase_weight = np.asarray(maps["phrase_weight"], dtype=float)
-    valid = np.arange(len(phrase_weight)) if phrase_mask is None else np.flatnonzero(np.asarray(phrase_mask, dtype=bool))
-    if len(valid) != len(words):
-        raise ValueError(f"{len(words)} words for {len(valid)} valid phrases: pass one word per valid phrase")
-    attention = np.asarray(maps["phrase_attention"], dtype=float)[valid]
-    if attention.shape[1] != grid_frames * grid_height * grid_width:
-        raise ValueError(f"phrase_attention has {attention.shape[1]} cells, the grid {tuple(grid)} "
-                         f"{grid_frames * grid_height * grid_width}")
-    return {
-        "frames": frames,
-        "boxes": np.asarray(boxes, dtype=float),
-        "visible": np.asarray(visible, dtype=bool),
-        "phrase_attention": attention.reshape(len(valid), grid_frames, grid_height, grid_width),
-        "phrase_weight": phrase_weight[valid],
-        "phrases": phrase_labels(list(words), ngram),
-        "cell_weight": np.asarray(maps["cell_weight"], dtype=float).reshape(grid_frames, grid_height, grid_width),
-        "text": " ".join(words),
-        "title": title,
-    }
 
 
 def plot_attention_maps(examples: Sequence[Mapping[str, Any]], title: str | None = None,

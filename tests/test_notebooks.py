@@ -18,9 +18,12 @@ import pytest
 import torch
 import yaml
 
+from fgmm_lib import analysis
+
 from fgmm_lib.generate import GenerationConfig, generate_dataset
 from fgmm_lib.evaluate import evaluate
 from fgmm_lib.notebook import declared_parameters
+from fgmm_lib.results import compute_path, details_path, metrics_path, write_metrics
 from fgmm_lib.train import TrainConfig, pretrain
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -30,10 +33,14 @@ TRAIN = {"epochs": 1, "dim": 16, "width": 0.25}
 CONTRACT = {
     "pretrain": {"params_file": "params.yaml", "data": "data/pretrain", "out": "runs/demo", "loss": "attention",
                  "batch_size": 64, "seed": 0, "overrides": {}},
-    "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json", "split": "test"},
-    "batch_ablation": {"metrics_dir": "results/metrics", "out_dir": "results/ablation"},
+    "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json",
+                 "details_out": "results/metrics/details/demo.json", "compute_out": "results/compute/demo.json",
+                 "split": "test"},
+    "inspect_run": {"run": "runs/demo", "details": "results/metrics/details/demo.json"},
+    "batch_ablation": {"metrics_dir": "results/metrics", "compute_dir": "results/compute", "params_file": "params.yaml",
+                       "out_dir": "results/ablation"},
     "attention_maps": {"runs": ["runs/attention-b64-s0", "runs/max-b64-s0", "runs/mean-b64-s0"], "data": "data/eval",
-                       "clips": [0, 1, 2, 3], "out_dir": "results/attention"},
+                       "clips": [0, 1, 2, 3], "metrics_dir": "results/metrics", "out_dir": "results/attention"},
     "report": {"results_dir": "results", "params_file": "params.yaml"},
 }
 #: Runs trained and evaluated in-process: (loss, batch size, seed).
@@ -88,7 +95,9 @@ def world(tmp_path_factory):
                     cwd = os.getcwd()
                     os.chdir(root)
                     try:
-                        evaluate(f"runs/{name}", "data/eval", out=f"results/metrics/{name}.json", progress=False)
+                        record = evaluate(f"runs/{name}", "data/eval", out=details_path(name),
+                                          compute_out=compute_path(name), progress=False)
+                        write_metrics(record, metrics_path(name))
                     finally:
                         os.chdir(cwd)
         finally:
@@ -127,19 +136,18 @@ def test_every_notebook_of_the_contract_exists():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_pretrain_notebook_trains_and_draws_its_curves(world):
+def test_pretrain_notebook_trains_with_the_merged_config(world):
     executed = execute(world, "pretrain", data="data/pretrain", out="runs/notebook-run", loss="attention",
                        batch_size=8, seed=3, overrides={"lr": 0.001})
     run = world / "runs/notebook-run"
     for name in ("config.json", "log.jsonl", "checkpoint.pt", "compute.json"):
         assert (run / name).is_file(), name
-    assert non_empty_png(run / "curves.png")
     train = json.loads((run / "config.json").read_text())["train"]
     assert (train["loss"], train["batch_size"], train["seed"], train["lr"]) == ("attention", 8, 3, 0.001)
     assert (train["epochs"], train["dim"], train["width"]) == (1, 16, 0.25)  # from params.yaml's train section
     log = pd.read_json(run / "log.jsonl", lines=True)
     assert len(log) == json.loads((run / "compute.json").read_text())["steps"] > 0
-    assert images(executed) == 1
+    assert images(executed) == 0  # the pipeline's training stages draw nothing (notebooks/inspect_run.ipynb does)
 
 
 def test_pretrain_notebook_refuses_overrides_of_its_own_parameters(world):
@@ -151,25 +159,37 @@ def test_pretrain_notebook_refuses_overrides_of_its_own_parameters(world):
 @pytest.fixture(scope="module")
 def evaluated(world):
     name = NOTEBOOK_EVALUATED
-    executed = execute(world, "evaluate", run=f"runs/{name}", data="data/eval",
-                       metrics_out=f"results/metrics/{name}.json", split="test")
-    return executed, world / f"results/metrics/{name}.json"
+    executed = execute(world, "evaluate", run=f"runs/{name}", data="data/eval", metrics_out=str(metrics_path(name)),
+                       details_out=str(details_path(name)), compute_out=str(compute_path(name)), split="test")
+    return executed, name
 
 
-def test_evaluate_notebook_writes_every_metric(evaluated):
-    executed, path = evaluated
-    metrics = json.loads(path.read_text())
-    for key in ("loss", "split", "probe", "t2v", "t2i", "pointing", "config", "compute"):
-        assert key in metrics, f"metrics JSON lacks {key!r}"
-    assert metrics["loss"] == "max" and metrics["split"] == "test"
-    assert metrics["config"]["batch_size"] == 8 and metrics["config"]["seed"] == 1
-    assert {"R@1", "R@5", "R@10", "median_rank"} <= set(metrics["t2v"]) and 0 <= metrics["pointing"]["accuracy"] <= 1
-    assert images(executed) == 2  # recall at K, confusion matrix
+def test_evaluate_notebook_writes_metrics_details_and_compute(world, evaluated):
+    executed, name = evaluated
+    metrics = json.loads(metrics_path(name, world).read_text())
+    assert sorted(metrics) == sorted(analysis.METRICS)  # the headline metrics only, flat
+    assert 0 <= metrics["pointing"] <= 1 and 0 <= metrics["t2v_R@1"] <= 1
+    details = json.loads(details_path(name, world).read_text())
+    for key in ("loss", "split", "probe", "t2v", "t2i", "pointing", "temperatures"):
+        assert key in details, f"the evaluation record lacks {key!r}"
+    assert details["loss"] == "max" and details["split"] == "test"
+    assert details["t2v"]["R@1"] == metrics["t2v_R@1"] and details["pointing"]["accuracy"] == metrics["pointing"]
+    compute = json.loads(compute_path(name, world).read_text())
+    assert (compute["loss"], compute["batch_size"], compute["seed"]) == ("max", 8, 1) and compute["steps"] > 0
+    assert images(executed) == 0  # evaluation draws nothing: plot code reruns plot stages only
+
+
+def test_inspect_run_notebook_draws_curves_recall_and_confusion(world, evaluated):
+    _, name = evaluated
+    executed = execute(world, "inspect_run", run=f"runs/{name}", details=str(details_path(name)))
+    assert images(executed) == 3
+    assert images(execute(world, "inspect_run", run=f"runs/{name}", details="")) == 1
 
 
 @pytest.fixture(scope="module")
 def ablation(world, evaluated):
-    executed = execute(world, "batch_ablation", metrics_dir="results/metrics", out_dir="results/ablation")
+    executed = execute(world, "batch_ablation", metrics_dir="results/metrics", compute_dir="results/compute",
+                       out_dir="results/ablation")
     return executed, world / "results/ablation"
 
 
@@ -188,6 +208,10 @@ def test_batch_ablation_notebook_writes_tables_and_plot(ablation):
     assert set(comparison["batch_size"]) == {8}  # params.yaml's study batch size
     assert set(comparison["loss"]) == {"coarse", "milnce", "mean", "max", "attention"}
     assert non_empty_png(out / "batch_size.png")
+    assert runs["compute_flops_per_step"].notna().all()  # read from results/compute
+    by_loss = pd.read_csv(out / "by_loss" / "coarse.csv")  # the data of the DVC plots
+    assert list(by_loss["batch_size"]) == [4, 8] and by_loss.loc[0, "t2v_R@1"] == pytest.approx(expected.mean())
+    assert sorted(p.stem for p in (out / "by_loss").glob("*.csv")) == sorted(analysis.LOSS_ORDER)
     assert images(executed) == 1
 
 
@@ -198,7 +222,7 @@ def attention(world):
     return executed, world / "results/attention"
 
 
-def test_attention_maps_notebook_draws_runs_with_local_tokens(attention):
+def test_attention_maps_notebook_draws_runs_with_local_tokens(world, attention):
     executed, out = attention
     assert non_empty_png(out / "attention-b8-s0.png") and non_empty_png(out / "max-b8-s0.png")
     assert not (out / "coarse-b8-s0.png").exists()
@@ -206,6 +230,9 @@ def test_attention_maps_notebook_draws_runs_with_local_tokens(attention):
     assert list(pointing.columns) == ["run", "loss", "pointing_accuracy", "chance", "clips"]
     assert list(pointing["run"]) == ["attention-b8-s0", "max-b8-s0"]
     assert pointing["pointing_accuracy"].between(0, 1).all() and pointing["chance"].between(0, 1).all()
+    # read from the metrics files evaluation wrote, not recomputed
+    stored = json.loads(metrics_path("max-b8-s0", world).read_text())["pointing"]
+    assert pointing.set_index("run").loc["max-b8-s0", "pointing_accuracy"] == stored
     assert images(executed) == 2
 
 
@@ -217,7 +244,8 @@ def test_report_notebook_summarises_every_loss(world, ablation, attention):
     assert "Does `attention` at batch 4 match `coarse` at batch 8?" in summary
     assert "](../ablation/batch_size.png)" in summary and "](../attention/attention-b8-s0.png)" in summary
     assert "Not answered by the current pipeline" in summary and "noise ablation" in summary
-    assert "GFLOPs per step" in summary, "the compute section found no compute record in the metrics"
+    assert "GFLOPs per training step" in summary, "the compute section found no compute record in results/compute"
+    assert "? yes**" in summary or "? partly**" in summary or "? no**" in summary
     assert images(executed) >= 5  # comparison, ablation, compute, two attention maps
 
 

@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fgmm_lib import analysis, viz  # noqa: E402
-from fgmm_lib.runs import write_atomic  # noqa: E402
+from fgmm_lib import analysis, results, viz  # noqa: E402
+from fgmm_lib.runs import write_atomic, write_json  # noqa: E402
 from fgmm_lib.losses import attention_maps  # noqa: E402
 from fgmm_lib.models import token_to_cell  # noqa: E402
 from fgmm_lib.notebook import (  # noqa: E402
@@ -26,6 +26,7 @@ from fgmm_lib.notebook import (  # noqa: E402
     declared_parameters,
     load_params,
     project_root,
+    train_config,
     use_project_root,
 )
 
@@ -37,7 +38,7 @@ def close_figures():
 
 
 def metrics_record(loss: str, batch_size: int, seed: int, rng: np.random.Generator) -> dict:
-    """A metrics dict shaped like fgmm_lib.evaluate.evaluate's, with random values."""
+    """An evaluation record shaped like fgmm_lib.evaluate.evaluate's, with random values."""
     def retrieval() -> dict:
         return {"R@1": float(rng.uniform(0, 0.5)), "R@5": float(rng.uniform(0.5, 0.8)), "R@10": float(rng.uniform(0.8, 1)),
                 "median_rank": float(rng.integers(1, 20)), "mean_rank": 5.0, "queries": 10, "corpus": 40,
@@ -49,22 +50,33 @@ def metrics_record(loss: str, batch_size: int, seed: int, rng: np.random.Generat
         "probe": {"action_top1": float(rng.uniform()), "chance": 0.125, "confusion": np.eye(8, dtype=int).tolist()},
         "t2v": retrieval(), "t2i": retrieval(),
         "pointing": None if loss in ("coarse", "milnce") else {"accuracy": float(rng.uniform()), "chance": 0.2},
-        "config": {"batch_size": batch_size, "seed": seed, "learn_attention_temperatures": False},
-        "compute": {"flops_per_step": 1e6 * batch_size, "wall_s": 2.0 * batch_size, "device": "cpu"},
     }
+
+
+def compute_record(loss: str, batch_size: int, seed: int) -> dict:
+    """A compute record shaped like the one evaluate(..., compute_out=...) writes."""
+    return {"flops_per_step": 1e6 * batch_size, "wall_s": 2.0 * batch_size, "device": "cpu", "loss": loss,
+            "batch_size": batch_size, "seed": seed, "finished": True}
+
+
+def write_results(root, loss: str, batch_size: int, seed: int, rng: np.random.Generator) -> dict:
+    """The three results files of one run, as the evaluate notebook writes them under ``root``."""
+    name = results.run_name(loss, batch_size, seed)
+    record = metrics_record(loss, batch_size, seed, rng)
+    results.write_metrics(record, results.metrics_path(name, root))
+    write_json(results.details_path(name, root), record)
+    write_json(results.compute_path(name, root), compute_record(loss, batch_size, seed))
+    return record
 
 
 @pytest.fixture
 def runs(tmp_path) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    folder = tmp_path / "metrics"
-    folder.mkdir()
     for loss in ("attention", "coarse", "max"):
         for batch_size in (4, 16):
             for seed in (0, 1, 2):
-                record = metrics_record(loss, batch_size, seed, rng)
-                (folder / f"{loss}-b{batch_size}-s{seed}.json").write_text(json.dumps(record))
-    return analysis.load_runs(folder)
+                write_results(tmp_path, loss, batch_size, seed, rng)
+    return analysis.load_runs(results.metrics_path("x", tmp_path).parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +86,10 @@ def runs(tmp_path) -> pd.DataFrame:
 
 def test_flatten_metrics_reads_every_metric_chance_and_compute():
     record = metrics_record("attention", 8, 3, np.random.default_rng(1))
-    row = analysis.flatten_metrics(record)
+    flat = results.headline_metrics(record)
+    row = analysis.flatten_metrics(flat, source="attention-b8-s3.json", details=record,
+                                   compute=compute_record("attention", 8, 3))
+    assert analysis.flatten_metrics(record, compute=compute_record("attention", 8, 3)) == row  # the whole record alike
     assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("attention-b8-s3", "attention", 8, 3)
     assert row["t2v_R@5"] == record["t2v"]["R@5"]
     assert row["t2i_median_rank"] == record["t2i"]["median_rank"]
@@ -85,20 +100,20 @@ def test_flatten_metrics_reads_every_metric_chance_and_compute():
     assert row["compute_flops_per_step"] == 8e6 and "compute_device" not in row
     assert row["attn_temperature"] == 0.1 and row["weight_temperature"] == 0.2
 
-    coarse = analysis.flatten_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
-    assert math.isnan(coarse["pointing"])
+    coarse = results.headline_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
+    assert coarse["pointing"] is None
+    assert math.isnan(analysis.flatten_metrics(coarse, source="results/metrics/coarse-b8-s0.json")["pointing"])
 
 
-def test_flatten_metrics_without_config_uses_the_run_name_or_fails_naming_the_source():
-    record = metrics_record("max", 32, 2, np.random.default_rng(1))
-    del record["config"]
-    row = analysis.flatten_metrics(record)
-    assert (row["batch_size"], row["seed"]) == (32, 2)
-    record["run"] = "runs/demo"
-    with pytest.raises(ValueError, match="bad.json.*config"):
-        analysis.flatten_metrics(record, source="bad.json")
-    with pytest.raises(ValueError, match="no 'loss'"):
-        analysis.flatten_metrics({"t2v": {}})
+def test_flatten_metrics_without_compute_uses_the_run_name_or_fails_naming_the_source():
+    flat = results.headline_metrics(metrics_record("max", 32, 2, np.random.default_rng(1)))
+    row = analysis.flatten_metrics(flat, source="results/metrics/max-b32-s2.json")
+    assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("max-b32-s2", "max", 32, 2)
+    assert not any(key.startswith("compute_") for key in row)
+    with pytest.raises(ValueError, match="demo.json.*not named <loss>-b<batch_size>-s<seed>"):
+        analysis.flatten_metrics(flat, source="results/metrics/demo.json")
+    with pytest.raises(ValueError, match="none of the downstream metrics"):
+        results.headline_metrics({"t2v": {}})
 
 
 def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
@@ -283,7 +298,7 @@ def test_attention_example_puts_each_token_in_its_cell():
     text_tokens[1] = video_tokens[17] * 10
     maps = attention_maps(video_tokens, text_tokens, text_mask=text_mask, attn_temperature=0.01)
     video = torch.rand(3, 4, 12, 16)
-    example = viz.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+    example = analysis.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
                                     ["the", "red", "seven"], phrase_mask=text_mask, ngram=3, title="clip")
     assert example["phrase_attention"].shape == (3, 2, 3, 4)
     assert example["phrases"] == ["[the] red", "the [red] seven", "red [seven]"]
@@ -294,7 +309,7 @@ def test_attention_example_puts_each_token_in_its_cell():
         assert example["cell_weight"][token_to_cell(n, grid)] == pytest.approx(float(maps["cell_weight"][n]))
     assert example["phrase_weight"].sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="2 words for 3 valid phrases"):
-        viz.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+        analysis.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
                               ["the", "red"], phrase_mask=text_mask)
 
     figure = viz.plot_attention_maps([example, example], title="run")
@@ -406,3 +421,114 @@ def test_project_root_and_params(tmp_path, monkeypatch):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         load_params(tmp_path / "list.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report, the pointing table and the per-loss plot data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_runs_reads_compute_and_details_beside_the_metrics(runs):
+    assert runs["compute_flops_per_step"].tolist() == [1e6 * b for b in runs["batch_size"]]
+    assert (runs["t2v_R@1_chance"] == 0.1).all() and (runs["attn_temperature"] == 0.1).all()
+    assert "compute_batch_size" not in runs and "compute_seed" not in runs
+
+
+def test_verdict_answer():
+    verdict = pd.DataFrame({"matches": [True, True]})
+    assert analysis.verdict_answer(verdict) == "yes"
+    assert analysis.verdict_answer(verdict.assign(matches=[True, False])) == "partly"
+    assert analysis.verdict_answer(verdict.assign(matches=[False, False])) == "no"
+    assert analysis.verdict_answer(pd.DataFrame(columns=["matches"])) == "no"
+
+
+def test_compute_table_labels_costs_once(runs):
+    table = analysis.compute_table(runs)
+    assert "GFLOPs per training step" in table.columns and analysis.COST_LABELS["compute_wall_s"] in table.columns
+    first = table[(table["loss"] == "coarse") & (table["batch_size"] == 4)]
+    assert first["GFLOPs per training step"].item() == pytest.approx(4e6 / 1e9)
+
+
+def test_report_sections_answer_from_the_results_folder(tmp_path, runs):
+    shown = []
+    report = analysis.Report(tmp_path, show=shown.append)
+    comparison = analysis.report_loss_comparison(report, runs, study_batch_size=16)
+    assert comparison.attrs["batch_size"] == 16 and set(comparison["loss"]) == {"coarse", "max", "attention"}
+    assert analysis.report_batch_ablation(report).empty  # no ablation/batch_size.csv
+    summary = analysis.summarise_over_seeds(runs)
+    viz.save_table(summary, tmp_path / "ablation" / "batch_size.csv")
+    verdict = analysis.report_batch_ablation(report)
+    assert not verdict.empty
+    assert analysis.report_compute(report, runs) == ["compute_flops_per_step", "compute_wall_s"]
+    analysis.report_attention(report)
+    temperatures = analysis.report_temperatures(report, runs)
+    assert set(temperatures["loss"]) == {"max", "attention"}  # the losses with an aggregation
+    status = analysis.report_status(report, runs)
+    assert status.loc["2. batch-size ablation", "answered"] == "yes"
+    assert status.loc["3. noise ablation", "answered"] == "no"
+    text = report.markdown()
+    assert shown == report.blocks and "## 1. The losses compared" in text
+    assert f"match `coarse` at batch 16? {analysis.verdict_answer(verdict)}**" in text
+    assert "Not answered: " in text and "attention/pointing.csv" in text
+    empty = analysis.Report(tmp_path / "nothing")
+    assert analysis.report_loss_comparison(empty, pd.DataFrame(), 8).empty
+    assert analysis.report_compute(empty, pd.DataFrame()) == []
+    assert analysis.answered_questions(tmp_path / "nothing", pd.DataFrame())["answered"].eq("no").all()
+
+
+def test_one_seed_answers_the_comparison_partly(tmp_path):
+    rng = np.random.default_rng(0)
+    for loss in ("coarse", "attention"):
+        write_results(tmp_path, loss, 8, 0, rng)
+    (tmp_path / "results" / "ablation").mkdir()
+    (tmp_path / "results" / "ablation" / "comparison.csv").write_text("loss\n")
+    one_seed = analysis.load_runs(tmp_path / "results" / "metrics")
+    status = analysis.answered_questions(tmp_path / "results", one_seed)
+    assert status.loc["1. loss comparison (mean ± std over seeds)", "answered"] == "partly: one seed, no spread"
+
+
+def test_report_image_links_are_relative_to_the_report_folder(tmp_path):
+    png = tmp_path / "attention" / "max-b8-s0.png"
+    png.parent.mkdir()
+    png.write_bytes(b"png")
+    report = analysis.Report(tmp_path)
+    report.image(png, "maps")
+    assert report.markdown() == "![maps](../attention/max-b8-s0.png)\n"
+
+
+def test_sweep_by_loss_is_one_wide_table_per_loss(runs):
+    summary = analysis.summarise_over_seeds(runs)
+    tables = analysis.sweep_by_loss(summary)
+    assert list(tables) == ["coarse", "max", "attention"]
+    coarse = tables["coarse"]
+    assert list(coarse.columns[:3]) == ["batch_size", "action_top1", "t2v_R@1"] and "pointing" not in coarse
+    expected = runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 16)]["t2v_R@1"].mean()
+    assert coarse.set_index("batch_size").loc[16, "t2v_R@1"] == pytest.approx(expected)
+
+
+def test_pointing_table_reads_the_metrics_files(tmp_path, runs):
+    folder = results.metrics_path("x", tmp_path).parent
+    table = analysis.pointing_table(["runs/coarse-b4-s0", "runs/max-b4-s1"], folder)
+    stored = json.loads((folder / "max-b4-s1.json").read_text())["pointing"]
+    assert table.to_dict("records") == [{"run": "max-b4-s1", "loss": "max", "pointing_accuracy": stored,
+                                         "chance": 0.2, "clips": None}]
+    with pytest.raises(FileNotFoundError, match="mean-b4-s0 has no metrics file.*evaluate it first"):
+        analysis.pointing_table(["runs/mean-b4-s0"], folder)
+
+
+def test_run_names_round_trip():
+    assert results.run_name("max", 32, 1) == "max-b32-s1"
+    assert results.parse_run_name("results/metrics/max-b32-s1.json") == {"loss": "max", "batch_size": 32, "seed": 1}
+    assert results.parse_run_name("runs/demo") is None
+
+
+def test_train_config_merges_params_overrides_and_the_notebook_parameters(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  epochs: 3\n  lr: 2e-3\n  dim: 16\nstudy:\n  batch_size: 64\n")
+    config = train_config(params, overrides={"epochs": 5}, data="data/pretrain", out="runs/x", loss="max",
+                          batch_size=8, seed=2)
+    assert (config.epochs, config.lr, config.dim, config.loss, config.batch_size, config.seed) == (5, 0.002, 16, "max", 8, 2)
+    with pytest.raises(ValueError, match="overrides may not set \\['loss'\\]"):
+        train_config(params, overrides={"loss": "coarse"}, data="d", out="o", loss="max")
+    with pytest.raises(ValueError, match="no section 'training'"):
+        train_config(params, section="training", data="d", out="o")
