@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -67,11 +68,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from fgmm_lib.train import TrainConfig, pretrain
+    from fgmm_lib.distributed import launch
+    from fgmm_lib.train import TrainConfig
+
+    import torch.distributed
 
     config = TrainConfig.from_dict(_options(args, TrainConfig))
-    run = pretrain(config, resume=args.resume, progress=not args.quiet)
-    print(f"wrote {run}")
+    try:
+        run = launch(config, resume=args.resume, progress=not args.quiet)
+    except torch.distributed.DistError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"fgmm pretrain: error: another process of the run stopped or did not answer in time "
+              f"(FGMM_DIST_TIMEOUT_S): {first_line}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {run}")
     return 0
 
 
