@@ -1,4 +1,4 @@
-"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss.
+"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss, bench-ddp.
 
 Options of ``generate`` and ``pretrain`` are derived from the fields of
 :class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
@@ -119,6 +119,15 @@ def _cmd_bench_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_ddp(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench_ddp import bench_ddp
+
+    table = bench_ddp(out_dir=args.out, threads=args.threads, batch_size=args.batch_size, steps=args.steps,
+                      memory_budget_gib=args.memory_budget_gib, quick=args.quick)
+    print(table.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fgmm`` command."""
     from fgmm_lib.generate import GenerationConfig
@@ -169,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--aggregations", nargs="+", default=None)
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_cmd_bench_loss)
+
+    ddp = sub.add_parser("bench-ddp", help="1 process x T threads against T processes x 1 thread, and batch limits")
+    ddp.add_argument("--out", default="results/bench", help="folder for ddp.csv")
+    ddp.add_argument("--threads", type=int, default=2, help="threads of the 1-process run = processes of the other")
+    ddp.add_argument("--batch-size", type=int, default=32, help="global batch of both runs")
+    ddp.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
+    ddp.add_argument("--memory-budget-gib", type=float, default=1.0, help="per-rank budget of the batch limits")
+    ddp.add_argument("--quick", action="store_true", help="a tiny smoke run")
+    ddp.set_defaults(func=_cmd_bench_ddp)
     return parser
 
 

@@ -626,8 +626,23 @@ def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state
     return flops_per_step, time.perf_counter() - session_start
 
 
+def _peak_rss_mib(world: World) -> list[float | None]:
+    """The peak resident memory of every rank so far, in MiB (None where the platform cannot tell)."""
+    try:
+        import resource
+
+        peak: float | None = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:
+        peak = None
+    if world.size == 1:
+        return [peak]
+    peaks: list[Any] = [None] * world.size
+    torch.distributed.all_gather_object(peaks, peak)
+    return peaks
+
+
 def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step: int | None, wall_s: float,
-                   device: torch.device) -> None:
+                   device: torch.device, peak_rss_mib: list[float | None]) -> None:
     if flops_per_step is None:  # nothing left to train (a finished run resumed): keep the old record
         previous = json.loads((run / COMPUTE).read_text()) if (run / COMPUTE).is_file() else {}
         flops_per_step = previous.get("flops_per_step")
@@ -644,6 +659,7 @@ def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step
         "batch_size": config.batch_size,
         "nproc": state.world.size,
         "gather": config.gather,
+        "peak_rss_mib_per_rank": peak_rss_mib,
         "loss": config.loss,
     })
 
@@ -711,8 +727,9 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
                 write_json(run / CONFIG, run_info)
                 write_atomic(run / VOCAB, lambda tmp: dataset.vocab.save(tmp))
             flops_per_step, session_s = _run_epochs(run, config, dataset, plan, state, run_info, device, progress)
+        peak_rss_mib = _peak_rss_mib(world)
         if world.is_main:
-            _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device)
+            _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device, peak_rss_mib)
     finally:
         close_world(world)
     return run

@@ -134,3 +134,17 @@ def test_cli_nproc_launches_torchrun(data: Path, tmp_path: Path, capsys: pytest.
     assert code == 0
     assert json.loads((out / "compute.json").read_text())["nproc"] == 2
     assert len(read_log(out)) == 1
+
+
+def test_bench_ddp_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fgmm_lib.bench_ddp import bench_ddp, largest_batch, loss_memory_bytes
+
+    monkeypatch.setenv("PYTHONPATH", child_environment()["PYTHONPATH"])
+    table = bench_ddp(tmp_path, losses=("coarse",), batch_size=8, steps=2, clips=48, quick=True)
+    assert (tmp_path / "ddp.csv").is_file()
+    measured = table[table["kind"] == "throughput"]
+    assert list(measured["nproc"]) == [1, 2] and (measured["samples_per_s"] > 0).all()
+    assert measured["peak_rss_mib_rank1"].notna().tolist() == [False, True]
+    batch = largest_batch("naive", "all", 2, 2**30, 64, 12, 128)
+    assert batch % 2 == 0 and loss_memory_bytes("naive", "all", batch, 2, 64, 12, 128) <= 2**30
+    assert loss_memory_bytes("naive", "all", batch + 2, 2, 64, 12, 128) > 2**30
