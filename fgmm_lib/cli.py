@@ -1,4 +1,4 @@
-"""The ``fgmm`` command line: generate, pretrain, evaluate, bench-loss, import-*.
+"""The ``fgmm`` command line: generate, pretrain, evaluate, import-*, bench-loss, bench-import, bench-ddp.
 
 Options of ``generate`` and ``pretrain`` are derived from the fields of
 :class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -67,11 +68,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from fgmm_lib.train import TrainConfig, pretrain
+    from fgmm_lib.distributed import launch
+    from fgmm_lib.train import TrainConfig
+
+    import torch.distributed
 
     config = TrainConfig.from_dict(_options(args, TrainConfig))
-    run = pretrain(config, resume=args.resume, progress=not args.quiet)
-    print(f"wrote {run}")
+    try:
+        run = launch(config, resume=args.resume, progress=not args.quiet)
+    except torch.distributed.DistError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"fgmm pretrain: error: another process of the run stopped or did not answer in time "
+              f"(FGMM_DIST_TIMEOUT_S): {first_line}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {run}")
     return 0
 
 
@@ -200,6 +211,15 @@ def _cmd_bench_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_ddp(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench_ddp import bench_ddp
+
+    table = bench_ddp(out_dir=args.out, threads=args.threads, batch_size=args.batch_size, steps=args.steps,
+                      memory_budget_gib=args.memory_budget_gib, quick=args.quick)
+    print(table.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fgmm`` command."""
     from fgmm_lib.generate import GenerationConfig
@@ -260,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_import.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default: 1 2)")
     bench_import.add_argument("--quiet", action="store_true", help="no progress bar")
     bench_import.set_defaults(func=_cmd_bench_import)
+
+    ddp = sub.add_parser("bench-ddp", help="1 process x T threads against T processes x 1 thread, and batch limits")
+    ddp.add_argument("--out", default="results/bench", help="folder for ddp.csv")
+    ddp.add_argument("--threads", type=int, default=2, help="threads of the 1-process run = processes of the other")
+    ddp.add_argument("--batch-size", type=int, default=32, help="global batch of both runs")
+    ddp.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
+    ddp.add_argument("--memory-budget-gib", type=float, default=1.0, help="per-rank budget of the batch limits")
+    ddp.add_argument("--quick", action="store_true", help="a tiny smoke run")
+    ddp.set_defaults(func=_cmd_bench_ddp)
     return parser
 
 

@@ -565,6 +565,22 @@ class ContrastiveLoss(PairLoss):
         targets = torch.arange(scores.shape[0], device=scores.device)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
+    def local_forward(self, video_tokens: Tensor | None, video_global: Tensor, text_tokens: Tensor | None,
+                      text_global: Tensor, text_mask: Tensor | None = None, *, start: int, count: int) -> Tensor:
+        """The InfoNCE terms of pairs ``start:start + count`` of a batch: rows of S for those videos
+        and rows of S^T for those texts, each against the whole batch ([count, B] score blocks).
+
+        The mean of this over equal shards that cover the batch is :meth:`forward` of the batch.
+        """
+        own = slice(start, start + count)
+        rows = self.scores(None if video_tokens is None else video_tokens[own], video_global[own], text_tokens,
+                           text_global, text_mask)
+        columns = self.scores(video_tokens, video_global, None if text_tokens is None else text_tokens[own],
+                              text_global[own], None if text_mask is None else text_mask[own])
+        temperature = self.log_temperature.exp()
+        targets = torch.arange(start, start + count, device=rows.device)
+        return 0.5 * (F.cross_entropy(rows / temperature, targets) + F.cross_entropy(columns.T / temperature, targets))
+
 
 class MilNceLoss(PairLoss):
     """MIL-NCE (:func:`mil_nce_loss`) with a learnable temperature; pair scores are global cosines."""
@@ -575,6 +591,19 @@ class MilNceLoss(PairLoss):
     def forward(self, video_global: Tensor, text_global: Tensor, candidate_mask: Tensor | None = None) -> Tensor:
         """Loss of clips ``[B, D]`` against their K candidate narrations ``[B, K, D]``."""
         return _mil_nce(video_global, text_global, self.log_temperature.exp(), candidate_mask)
+
+    def local_forward(self, video_global: Tensor, text_global: Tensor, start: int, count: int) -> Tensor:
+        """The loss of clips ``start:start + count`` against every clip and candidate of the batch;
+        the mean of this over equal shards that cover the batch is :meth:`forward` of the batch."""
+        batch, candidates, dim = text_global.shape
+        valid = torch.ones((batch, candidates), dtype=torch.bool, device=text_global.device)
+        own = slice(start, start + count)
+        videos = F.normalize(video_global, dim=-1)
+        texts = _unit_tokens(text_global, valid)
+        temperature = self.log_temperature.exp()
+        rows = (videos[own] @ texts.reshape(batch * candidates, dim).T).reshape(count, batch, candidates)
+        columns = (videos @ texts[own].reshape(count * candidates, dim).T).reshape(batch, count, candidates)
+        return _mil_nce_terms(rows / temperature, columns.transpose(0, 1) / temperature, start)
 
 
 def build_loss(name: str, temperature: float = 0.07, attn_temperature: float = 0.1, weight_temperature: float = 0.1,
@@ -624,7 +653,14 @@ def _mil_nce(video_global: Tensor, text_global: Tensor, temperature: Temperature
     texts = _unit_tokens(text_global, valid).reshape(batch * candidates, dim)
     logits = (videos @ texts.T).reshape(batch, batch, candidates) / temperature
     logits = logits.masked_fill(~valid[None, :, :], float("-inf"))
-    own = torch.arange(batch, device=logits.device)
-    positives = torch.logsumexp(logits[own, own], dim=-1)
-    everything = torch.cat((logits, logits.transpose(0, 1)), dim=1).reshape(batch, -1)
+    return _mil_nce_terms(logits, logits.transpose(0, 1), 0)
+
+
+def _mil_nce_terms(rows: Tensor, columns: Tensor, start: int) -> Tensor:
+    """Mean MIL-NCE loss of clips ``start:start + b`` from ``rows[i, j, k]`` (clip i vs candidate k of
+    clip j) and ``columns[i, j, k]`` (clip j vs candidate k of clip i), both ``[b, B, K]``."""
+    count = rows.shape[0]
+    own = torch.arange(count, device=rows.device)
+    positives = torch.logsumexp(rows[own, own + start], dim=-1)
+    everything = torch.cat((rows, columns), dim=1).reshape(count, -1)
     return (torch.logsumexp(everything, dim=-1) - positives).mean()

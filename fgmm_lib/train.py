@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from fgmm_lib.config import config_from_dict, field_types
+from fgmm_lib.distributed import GATHERS, World, close_world, gathered_loss, init_world, world_size_from_env
 from fgmm_lib.losses import BACKENDS, LOSSES, PairLoss, build_loss
 from fgmm_lib.models import DualEncoder, ModelConfig
 from fgmm_lib.runs import (CHECKPOINT, CHECKPOINT_FORMAT, COMPUTE, CONFIG, LOG, RUN_FILES, VOCAB, check_writable_folder,
@@ -43,6 +45,7 @@ __all__ = [
     "pretrain",
     "loss_from_config",
     "batch_loss",
+    "encode_batch",
     "lr_factor",
     "CHECKPOINT",
     "CONFIG",
@@ -54,7 +57,9 @@ __all__ = [
 
 #: Fields that may differ between a run and its resumption: they change where the data is read
 #: from, how it is loaded and when the run stops, not what it computes.
-RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend")
+#: A run may also continue on another number of processes or with the other gather: the loss of a
+#: global batch is the same, so it goes on exactly (equal within float tolerance).
+RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend", "nproc", "gather")
 
 #: Keys of the batch that the training step moves to the device.
 _BATCH_KEYS = ("video", "tokens", "token_mask", "candidate_tokens", "candidate_mask")
@@ -86,6 +91,8 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda or cuda:N"})
     num_workers: int = field(default=0, metadata={"help": "background processes that assemble batches (0 = none)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps, schedule unchanged (0 = no limit)"})
+    nproc: int = field(default=1, metadata={"help": "data-parallel processes (torchrun on this machine); batch_size is the global batch"})
+    gather: str = field(default="all", metadata={"help": f"global negatives across processes, one of {', '.join(GATHERS)} (local: each scores its own rows)"})
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -132,9 +139,11 @@ def _validate(config: TrainConfig) -> None:
         fail("loss", f"one of {', '.join(LOSSES)}")
     if config.backend not in BACKENDS:
         fail("backend", f"one of {', '.join(BACKENDS)}")
+    if config.gather not in GATHERS:
+        fail("gather", f"one of {', '.join(GATHERS)}")
     if config.batch_size < 2:
         fail("batch_size", ">= 2 (contrastive losses need negatives)")
-    for name in ("epochs", "dim", "depth", "ngram"):
+    for name in ("epochs", "dim", "depth", "ngram", "nproc"):
         if getattr(config, name) < 1:
             fail(name, ">= 1")
     for name in ("seed", "neighbours", "num_workers", "max_steps"):
@@ -169,6 +178,18 @@ def batch_loss(model: DualEncoder, loss_module: PairLoss, batch: dict[str, Tenso
     always computed in float32. A loss that ``needs_candidates`` (MIL-NCE) gets the K candidate
     narrations of every clip.
     """
+    outputs = encode_batch(model, loss_module, batch, mixed_precision)
+    if loss_module.needs_candidates:
+        return loss_module(outputs["video_global"], outputs["text_global"])
+    return loss_module(outputs["video_tokens"], outputs["video_global"], outputs["text_tokens"],
+                       outputs["text_global"], text_mask=outputs["text_mask"])
+
+
+def encode_batch(model: DualEncoder, loss_module: PairLoss, batch: dict[str, Tensor],
+                 mixed_precision: bool = False) -> dict[str, Tensor]:
+    """What the loss of a batch takes, in float32: ``video_tokens``, ``video_global``, ``text_global``
+    (``[B, K, D]`` candidates when the loss ``needs_candidates``, else ``[B, D]`` with ``text_tokens``
+    and ``text_mask``)."""
     device_type = batch["video"].device.type
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if mixed_precision
                 else contextlib.nullcontext())
@@ -181,10 +202,12 @@ def batch_loss(model: DualEncoder, loss_module: PairLoss, batch: dict[str, Tenso
                                                   mask.reshape(size * candidates, words))
         else:
             phrases, phrase_mask, text_global = model.encode_text(batch["tokens"], batch["token_mask"])
+    outputs = {"video_tokens": video_tokens.float(), "video_global": video_global.float()}
     if loss_module.needs_candidates:
-        return loss_module(video_global.float(), text_global.float().reshape(size, candidates, -1))
-    return loss_module(video_tokens.float(), video_global.float(), phrases.float(), text_global.float(),
-                       text_mask=phrase_mask)
+        outputs["text_global"] = text_global.float().reshape(size, candidates, -1)
+    else:
+        outputs.update(text_tokens=phrases.float(), text_global=text_global.float(), text_mask=phrase_mask)
+    return outputs
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -389,6 +412,23 @@ class _State:
     step: int = 0
     wall_before: float = 0.0
     last_checkpoint_step: int | None = None
+    world: World = field(default_factory=World)
+    #: The loss of this rank's slice of a batch, under DistributedDataParallel (None on one process).
+    parallel: nn.Module | None = None
+
+
+class _RankLoss(nn.Module):
+    """This rank's share of the global-batch loss, as one module that DistributedDataParallel wraps."""
+
+    def __init__(self, model: DualEncoder, loss_module: PairLoss, world: World, gather: str,
+                 mixed_precision: bool) -> None:
+        super().__init__()
+        self.model, self.loss_module = model, loss_module
+        self.world, self.gather, self.mixed_precision = world, gather, mixed_precision
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        outputs = encode_batch(self.model, self.loss_module, batch, self.mixed_precision)
+        return gathered_loss(self.loss_module, outputs, self.world, self.gather)
 
 
 def _open_data(config: TrainConfig) -> Any:
@@ -434,8 +474,9 @@ def _checkpoint_to_resume(run: Path, config: TrainConfig, fingerprint: str, data
 
 
 def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, device: torch.device,
-                 checkpoint: dict[str, Any] | None) -> _State:
-    """Model, loss, optimiser and schedule from the seed, or restored from ``checkpoint``."""
+                 checkpoint: dict[str, Any] | None, world: World) -> _State:
+    """Model, loss, optimiser and schedule from the seed, or restored from ``checkpoint``; on more
+    than one process, wrapped in DistributedDataParallel."""
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -456,6 +497,14 @@ def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, de
                                                         checkpoint["step"])
         state.wall_before = float(checkpoint["wall_s"])
         state.last_checkpoint_step = state.step
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        state.world = world
+        rank_loss = _RankLoss(model, loss_module, world, config.gather, mixed_precision=device.type == "cuda")
+        # find_unused_parameters: a loss leaves some heads unused (the global projections of "max")
+        state.parallel = DistributedDataParallel(rank_loss, device_ids=[device] if device.type == "cuda" else None,
+                                                 find_unused_parameters=True)
     return state
 
 
@@ -485,7 +534,10 @@ def _train_step(state: _State, batch: dict[str, Tensor], mixed_precision: bool, 
     """One optimisation step: (loss value, FLOPs counted or None)."""
     def forward_backward() -> Tensor:
         state.optimizer.zero_grad(set_to_none=True)
-        value = batch_loss(state.model, state.loss_module, batch, mixed_precision)
+        if state.parallel is None:
+            value = batch_loss(state.model, state.loss_module, batch, mixed_precision)
+        else:
+            value = state.parallel(batch)
         value.backward()
         return value
 
@@ -494,7 +546,12 @@ def _train_step(state: _State, batch: dict[str, Tensor], mixed_precision: bool, 
         value, flops = _count_flops(forward_backward)
     else:
         value = forward_backward()
-    loss_float = float(value.detach())
+    value = value.detach()
+    if state.world.size > 1:  # the mean of the ranks' shares: the loss of the global batch
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value = value / state.world.size
+    loss_float = float(value)
     if not math.isfinite(loss_float):
         return loss_float, flops
     state.optimizer.step()
@@ -513,15 +570,18 @@ def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state
     state.model.train()
     flops_per_step: int | None = None
     session_start = time.perf_counter()
-    bar = tqdm(total=plan.stop_step, initial=min(state.step, plan.stop_step), disable=not progress, unit="step",
-               desc=f"pretrain {config.loss}", dynamic_ncols=True)
+    world = state.world
+    bar = tqdm(total=plan.stop_step, initial=min(state.step, plan.stop_step), disable=not progress or not world.is_main,
+               unit="step", desc=f"pretrain {config.loss}", dynamic_ncols=True)
+    share = config.batch_size // world.size
     try:
-        with open(run / LOG, "a") as log:
+        with open(run / LOG, "a") if world.is_main else contextlib.nullcontext(None) as log:
             while state.epoch < config.epochs and state.step < plan.stop_step:
                 state.shuffle.set_state(state.epoch_shuffle_state)
                 order = torch.randperm(plan.clips, generator=state.shuffle).numpy()
                 next_epoch_shuffle_state = state.shuffle.get_state()
-                batches = [order[k * config.batch_size:(k + 1) * config.batch_size]
+                batches = [order[k * config.batch_size:(k + 1) * config.batch_size][world.rank * share:
+                                                                                   (world.rank + 1) * share]
                            for k in range(state.step_in_epoch, plan.steps_per_epoch)]
                 stopped_in_epoch = False
                 step_start = time.perf_counter()
@@ -544,28 +604,45 @@ def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state
                     row = {"step": state.step, "epoch": state.epoch + 1, "loss": loss_float,
                            **state.loss_module.logged_temperatures(), "lr": lr, "samples_per_s": samples_per_s,
                            "wall_s": state.wall_before + (now - session_start)}
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_float:.4f}", samples_per_s=f"{samples_per_s:.0f}")
                     if state.step >= plan.stop_step and state.step_in_epoch < plan.steps_per_epoch:
                         stopped_in_epoch = True
                         break
                 wall_s = state.wall_before + (time.perf_counter() - session_start)
-                if stopped_in_epoch:
-                    _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s)
-                else:
+                if not stopped_in_epoch:
                     state.epoch += 1
                     state.step_in_epoch = 0
                     state.epoch_shuffle_state = next_epoch_shuffle_state
+                if world.is_main:
                     _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s)
+                else:
+                    state.last_checkpoint_step = state.step
     finally:
         bar.close()
     return flops_per_step, time.perf_counter() - session_start
 
 
+def _peak_rss_mib(world: World) -> list[float | None]:
+    """The peak resident memory of every rank so far, in MiB (None where the platform cannot tell)."""
+    try:
+        import resource
+
+        peak: float | None = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:
+        peak = None
+    if world.size == 1:
+        return [peak]
+    peaks: list[Any] = [None] * world.size
+    torch.distributed.all_gather_object(peaks, peak)
+    return peaks
+
+
 def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step: int | None, wall_s: float,
-                   device: torch.device) -> None:
+                   device: torch.device, peak_rss_mib: list[float | None]) -> None:
     if flops_per_step is None:  # nothing left to train (a finished run resumed): keep the old record
         previous = json.loads((run / COMPUTE).read_text()) if (run / COMPUTE).is_file() else {}
         flops_per_step = previous.get("flops_per_step")
@@ -580,6 +657,9 @@ def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step
         "samples_per_s": samples_seen / wall_s if wall_s > 0 else None,
         "device": str(device),
         "batch_size": config.batch_size,
+        "nproc": state.world.size,
+        "gather": config.gather,
+        "peak_rss_mib_per_rank": peak_rss_mib,
         "loss": config.loss,
     })
 
@@ -593,44 +673,89 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
     ``config.max_steps`` stops early without changing the schedule, so a stopped run is a prefix
     of the full one and can be resumed to it.
 
+    In a process that torchrun started (``WORLD_SIZE`` > 1) this is one rank of a data-parallel
+    run (:mod:`fgmm_lib.distributed`): ``batch_size`` is the global batch, each rank encodes its
+    slice of it, and rank 0 alone writes the run folder. :func:`fgmm_lib.distributed.launch`
+    starts such a run from ``config.nproc``.
+
     Writes only into a new or empty folder, or (resuming) into the run's own folder. Raises
-    ValueError for a batch size larger than the split, a folder that cannot be written, that
-    holds other files, or that holds a run already (without ``resume``); FloatingPointError for
-    a non-finite loss (the last good checkpoint is kept).
+    ValueError for a batch size larger than the split or not divisible by the processes, a folder
+    that cannot be written, that holds other files, or that holds a run already (without
+    ``resume``); FloatingPointError for a non-finite loss (the last good checkpoint is kept).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    processes = world_size_from_env()
+    if config.batch_size % processes:
+        from fgmm_lib.distributed import _indivisible
+
+        raise ValueError(_indivisible(config.batch_size, processes))
+    config = dataclasses.replace(config, nproc=processes)
     run = Path(config.out)
-    device = _resolve_device(config.device)
+    device = _rank_device(_resolve_device(config.device))
     dataset = _open_data(config)
     plan = _plan_schedule(config, len(dataset))
     fingerprint = dataset.vocab.fingerprint()
     data_params = dataset.params.to_dict()
     model_config = config.model_config(len(dataset.vocab))
 
-    _prepare_run_folder(run, resume)
-    checkpoint = _checkpoint_to_resume(run, config, fingerprint, data_params) if resume else None
-    run_info = {
-        "train": config.to_dict(),
-        "model": dataclasses.asdict(model_config),
-        "vocab_fingerprint": fingerprint,
-        "data_params": data_params,
-        "device": str(device),
-        "train_clips": plan.clips,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "total_steps": plan.total_steps,
-        "warmup_steps": plan.warmup_steps,
-        "torch": torch.__version__,
-    }
-    with _deterministic(device):
-        state = _build_state(config, model_config, plan, device, checkpoint)
-        if checkpoint is not None:
-            _truncate_log(run / LOG, state.step)
-        else:
-            (run / LOG).unlink(missing_ok=True)
-            (run / COMPUTE).unlink(missing_ok=True)
-        write_json(run / CONFIG, run_info)
-        write_atomic(run / VOCAB, lambda tmp: dataset.vocab.save(tmp))
-        flops_per_step, session_s = _run_epochs(run, config, dataset, plan, state, run_info, device, progress)
-    _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device)
+    world = init_world(device)
+    try:
+        _on_main(world, lambda: _prepare_run_folder(run, resume))
+        checkpoint = _checkpoint_to_resume(run, config, fingerprint, data_params) if resume else None
+        run_info = {
+            "train": config.to_dict(),
+            "model": dataclasses.asdict(model_config),
+            "vocab_fingerprint": fingerprint,
+            "data_params": data_params,
+            "device": str(device),
+            "nproc": world.size,
+            "train_clips": plan.clips,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "total_steps": plan.total_steps,
+            "warmup_steps": plan.warmup_steps,
+            "torch": torch.__version__,
+        }
+        with _deterministic(device):
+            state = _build_state(config, model_config, plan, device, checkpoint, world)
+            if world.is_main:
+                if checkpoint is not None:
+                    _truncate_log(run / LOG, state.step)
+                else:
+                    (run / LOG).unlink(missing_ok=True)
+                    (run / COMPUTE).unlink(missing_ok=True)
+                write_json(run / CONFIG, run_info)
+                write_atomic(run / VOCAB, lambda tmp: dataset.vocab.save(tmp))
+            flops_per_step, session_s = _run_epochs(run, config, dataset, plan, state, run_info, device, progress)
+        peak_rss_mib = _peak_rss_mib(world)
+        if world.is_main:
+            _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device, peak_rss_mib)
+    finally:
+        close_world(world)
     return run
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """This rank's device: CUDA device ``LOCAL_RANK`` when torchrun starts several processes on CUDA."""
+    if device.type == "cuda" and device.index is None and world_size_from_env() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _on_main(world: World, check: Any) -> None:
+    """Run ``check()`` on rank 0 only; an error it raises is raised on every rank, so all stop together."""
+    if world.size == 1:
+        check()
+        return
+    message: list[Any] = [None]
+    error: BaseException | None = None
+    if world.is_main:
+        try:
+            check()
+        except (ValueError, OSError) as caught:
+            error, message = caught, [f"{type(caught).__name__}: {caught}"]
+    torch.distributed.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise ValueError(f"rank 0 refused the run: {message[0]}")
