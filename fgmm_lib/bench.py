@@ -51,6 +51,9 @@ from fgmm_lib.losses import AGGREGATIONS, CHUNK_MEMORY_BUDGET_BYTES, pair_scores
 from fgmm_lib.runs import write_atomic, write_json
 
 BENCH_BACKENDS = ("naive", "chunked", "triton")
+#: Aggregations the benchmark times by default: those with fused kernels (the others of
+#: ``AGGREGATIONS`` share the attention form and, on "triton", fall back to the chunked backend).
+BENCH_AGGREGATIONS = ("mean", "max", "attention")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INFO_NCE_TEMPERATURE = 0.07
 #: Peak memory of the naive backend, in multiples of one [B, B, N, M] tensor (measured on CPU for
@@ -77,7 +80,7 @@ CPU_SWEEP: dict[str, Any] = {
     "dim": 256,
     "dtype": "float32",
     "backends": BENCH_BACKENDS,
-    "aggregations": AGGREGATIONS,
+    "aggregations": BENCH_AGGREGATIONS,
     "repeats": 2,
 }
 #: The tiny grid of ``quick=True``.
@@ -334,7 +337,7 @@ def bench_loss(
     dim: int = 256,
     dtype: str = "float32",
     backends: Sequence[str] = BENCH_BACKENDS,
-    aggregations: Sequence[str] = AGGREGATIONS,
+    aggregations: Sequence[str] = BENCH_AGGREGATIONS,
     memory_budget_gib: float | None = None,
     repeats: int = 3,
     quick: bool = False,
@@ -352,7 +355,7 @@ def bench_loss(
         batch_sizes, cells, phrases, dim: the grid (D = ``dim``).
         dtype: "float32", "bfloat16" or "float16" (inputs; accumulation as each backend does).
         backends: subset of ("naive", "chunked", "triton").
-        aggregations: subset of ("mean", "max", "attention").
+        aggregations: subset of ``AGGREGATIONS`` (default ``BENCH_AGGREGATIONS``).
         memory_budget_gib: configurations estimated above it are skipped, measured above it are
             "over_budget"; also the budget of "the largest batch each backend fits" (default
             ``DEFAULT_FIT_BUDGET_GIB`` of the device type).

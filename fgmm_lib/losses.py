@@ -13,6 +13,41 @@ Pair score backends (``pair_scores(..., backend=...)``):
   the mean of a bilinear form over valid pairs is the cosine of summed unit tokens.
 - ``"triton"``: the fused kernel of :mod:`fgmm_lib.triton_scores`.
 - ``"auto"``: ``"triton"`` for CUDA tensors when the kernel can be imported, else ``"chunked"``.
+
+Aggregations of the cosines s[n, m] of valid cells n and valid phrases m (STUDY.md section 2):
+
+- ``"mean"``: mean of s over all valid (n, m).
+- ``"max"`` (FILIP): 1/2 (mean_m max_n s[n, m] + mean_n max_m s[n, m]).
+- ``"attention"``: 1/2 (t2v + v2t). Each phrase attends over cells,
+  c[m] = sum_n softmax_n(s[:, m] / tau_a)[n] s[n, m]; each cell over phrases,
+  e[n] = sum_m softmax_m(s[n, :] / tau_a)[m] s[n, m]; t2v = sum_m w[m] c[m] and
+  v2t = sum_n u[n] e[n] with the outer weights w = softmax_m(c / tau_w), u = softmax_n(e / tau_w)
+  over valid phrases / cells.
+
+A sharp tau_w lets ``"attention"`` put almost all the weight on one phrase (one cell): a winner
+that takes everything, which on colour-named digits is the colour word. Two further aggregations
+keep the idea (lower the weight of (cell, phrase) pairs that match badly) with a bound on how far
+the weights can collapse. Both keep c, e, the inner softmax over tau_a and the form
+1/2 (sum_m w[m] c[m] + sum_n u[n] e[n]); only the outer weights w (and likewise u over cells,
+with e and the N_v valid cells in place of c and the M_v valid phrases) change:
+
+- ``"attention_floor"``: a softmax mixed with a uniform floor,
+  w[m] = (1 - lam) softmax_m(c / tau_w)[m] + lam / M_v, with lam = ``ATTENTION_FLOOR`` (1/2).
+  Every phrase keeps at least lam / M_v of the weight and none takes more than
+  1 - lam + lam / M_v, at any tau_w. lam = 0 is ``"attention"``; lam = 1 is the plain mean of c.
+- ``"attention_gate"``: a sigmoid gate relative to the text's median match,
+  g[m] = sigmoid((c[m] - med_v(c)) / tau_w), w[m] = g[m] / sum_m' g[m'] over valid m', where
+  med_v is the lower median over the valid phrases (the value at index (M_v - 1) // 2 of the
+  ascending order). Phrases that match worse than the median are lowered towards 0, those that
+  match better saturate at 1 together instead of competing: at least ceil(M_v / 2) phrases have
+  g >= 1/2 and every g <= 1, so no phrase takes more than 2 / (ceil(M_v / 2) + 1) of the weight
+  at any tau_w. tau_w -> infinity gives the plain mean of c; tau_w -> 0 a hard gate (weight 1 above
+  the median, 1/2 at it, 0 below). The median, not the mean, is the centre because a single
+  outlier above the mean would otherwise be alone with g near 1 and take everything again.
+
+The limits of section 2 hold for all three: tau_a -> 0 makes the inner pooling a max, and
+``"attention_gate"`` / ``"attention_floor"`` with lam = 1 weigh the outer terms uniformly at any
+tau_w (``"attention"`` at tau_w -> infinity), which with tau_a -> 0 is ``"max"``.
 """
 
 from __future__ import annotations
@@ -25,9 +60,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: Every pretraining loss of the study, in the order tables list them (coarse baselines first).
-LOSSES = ("coarse", "milnce", "mean", "max", "attention")
-#: The fine-grained aggregations of (cell, phrase) cosines (STUDY.md section 2).
-AGGREGATIONS = ("mean", "max", "attention")
+LOSSES = ("coarse", "milnce", "mean", "max", "attention", "attention_floor", "attention_gate")
+#: The fine-grained aggregations of (cell, phrase) cosines (STUDY.md section 2; module docstring).
+AGGREGATIONS = ("mean", "max", "attention", "attention_floor", "attention_gate")
+#: Aggregations of the attention form (inner softmax over tau_a, outer weights over tau_w): they
+#: take both temperatures and give attention maps.
+ATTENTION_AGGREGATIONS = ("attention", "attention_floor", "attention_gate")
+#: lam of "attention_floor": the share of the outer weight spread uniformly over valid phrases / cells.
+ATTENTION_FLOOR = 0.5
 #: Losses whose pair score is the cosine of the global embeddings.
 GLOBAL_LOSSES = tuple(loss for loss in LOSSES if loss not in AGGREGATIONS)
 #: Pair scores that InfoNCE (:class:`ContrastiveLoss`) takes.
@@ -133,9 +173,34 @@ def _masked_mean(values: Tensor, valid: Tensor, dim: int) -> Tensor:
     return values.masked_fill(~valid, 0).sum(dim) / valid.sum(dim).to(values.dtype)
 
 
+def _lower_median(values: Tensor, valid: Tensor) -> Tensor:
+    """The lower median of ``values [..., K]`` over ``valid`` entries (index (K_v - 1) // 2 of the
+    ascending order), ``[..., 1]``; its gradient goes to the median entry."""
+    ordered = values.masked_fill(~valid, float("inf")).sort(dim=-1).values
+    index = (valid.sum(-1, keepdim=True) - 1) // 2  # broadcasts like valid: expanded, as gather does not
+    return ordered.gather(-1, index.expand(*ordered.shape[:-1], 1))
+
+
+def _outer_weights(match: Tensor, valid: Tensor, weight_temperature: Temperature, aggregation: str) -> Tensor:
+    """Outer weights over the last dim of ``match [..., K]`` (0 where not ``valid``) for an attention
+    aggregation: softmax ("attention"), softmax mixed with a uniform floor ("attention_floor"),
+    sigmoid gate around the median ("attention_gate"). See the module docstring."""
+    # Temperatures divide before masking: -inf / tau would give a nan gradient for tau.
+    if aggregation == "attention_gate":
+        gate = torch.sigmoid((match - _lower_median(match, valid)) / weight_temperature).masked_fill(~valid, 0)
+        return gate / gate.sum(-1, keepdim=True)
+    weight = torch.softmax((match / weight_temperature).masked_fill(~valid, float("-inf")), dim=-1)
+    if aggregation == "attention_floor":
+        uniform = valid.to(match.dtype) / valid.sum(-1, keepdim=True).to(match.dtype)
+        weight = (1 - ATTENTION_FLOOR) * weight + ATTENTION_FLOOR * uniform
+    return weight
+
+
 def _attention_terms(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor,
-                     attn_temperature: Temperature, weight_temperature: Temperature) -> dict[str, Tensor]:
-    """Every term of the "attention" pair score (STUDY.md section 2), for ``similarity [..., N, M]``.
+                     attn_temperature: Temperature, weight_temperature: Temperature,
+                     aggregation: str = "attention") -> dict[str, Tensor]:
+    """Every term of an attention aggregation (:data:`ATTENTION_AGGREGATIONS`; STUDY.md section 2 and
+    the module docstring), for ``similarity [..., N, M]``.
 
     ``cell_valid`` broadcasts as ``[..., N, 1]`` and ``phrase_valid`` as ``[..., 1, M]``. Returns
     ``phrase_attention`` [..., N, M] (softmax over cells per phrase), ``phrase_match`` c [..., M],
@@ -149,14 +214,12 @@ def _attention_terms(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tenso
     # text to video: each phrase attends over cells, phrases weighted by how well they match
     phrase_attention = torch.softmax(scaled.masked_fill(~cell_valid, float("-inf")), dim=-2)
     phrase_match = (phrase_attention * similarity).sum(-2)
-    phrase_weight = torch.softmax((phrase_match / weight_temperature)
-                                  .masked_fill(~phrase_is_valid, float("-inf")), dim=-1)
+    phrase_weight = _outer_weights(phrase_match, phrase_is_valid, weight_temperature, aggregation)
     text_to_video = (phrase_weight * phrase_match.masked_fill(~phrase_is_valid, 0)).sum(-1)
     # video to text: each cell attends over phrases, cells weighted by how well they match
     cell_attention = torch.softmax(scaled.masked_fill(~phrase_valid, float("-inf")), dim=-1)
     cell_match = (cell_attention * similarity).sum(-1)
-    cell_weight = torch.softmax((cell_match / weight_temperature)
-                                .masked_fill(~cell_is_valid, float("-inf")), dim=-1)
+    cell_weight = _outer_weights(cell_match, cell_is_valid, weight_temperature, aggregation)
     video_to_text = (cell_weight * cell_match.masked_fill(~cell_is_valid, 0)).sum(-1)
     return {"phrase_attention": phrase_attention, "phrase_match": phrase_match, "phrase_weight": phrase_weight,
             "cell_attention": cell_attention, "cell_match": cell_match, "cell_weight": cell_weight,
@@ -181,8 +244,9 @@ def _aggregate(similarity: Tensor, cell_valid: Tensor, phrase_valid: Tensor, agg
         best_cell = similarity.masked_fill(~cell_valid, float("-inf")).amax(dim=-2)      # [..., M]
         best_phrase = similarity.masked_fill(~phrase_valid, float("-inf")).amax(dim=-1)  # [..., N]
         return 0.5 * (_masked_mean(best_cell, phrase_is_valid, -1) + _masked_mean(best_phrase, cell_is_valid, -1))
-    if aggregation == "attention":
-        terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature)
+    if aggregation in ATTENTION_AGGREGATIONS:
+        terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature,
+                                 aggregation)
         return 0.5 * (terms["text_to_video"] + terms["video_to_text"])
     raise ValueError(f"unknown aggregation {aggregation!r}; valid choices: {', '.join(AGGREGATIONS)}")
 
@@ -346,9 +410,10 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
         text_tokens: ``[Bt, M, D]`` phrase tokens, any scale.
         text_mask: ``[Bt, M]`` bool, True = valid phrase; None = all valid.
         video_mask: ``[Bv, N]`` bool, True = valid cell; None = all valid.
-        aggregation: one of ``AGGREGATIONS`` ("mean", "max", "attention").
-        attn_temperature: tau_a of "attention" (inner softmax over cells / phrases), > 0.
-        weight_temperature: tau_w of "attention" (outer weighting of phrases / cells), > 0.
+        aggregation: one of ``AGGREGATIONS`` ("mean", "max", "attention", "attention_floor",
+            "attention_gate"; see the module docstring).
+        attn_temperature: tau_a of the attention aggregations (inner softmax over cells / phrases), > 0.
+        weight_temperature: tau_w of the attention aggregations (outer weighting of phrases / cells), > 0.
         backend: one of ``BACKENDS``; see the module docstring.
         block_size: texts per block for the "chunked" backend; None = from ``CHUNK_MEMORY_BUDGET_BYTES``.
 
@@ -380,19 +445,20 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
 
 def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
                    video_mask: Tensor | None = None, attn_temperature: Temperature = 0.1,
-                   weight_temperature: Temperature = 0.1) -> dict[str, Tensor]:
+                   weight_temperature: Temperature = 0.1, aggregation: str = "attention") -> dict[str, Tensor]:
     """The attention of one (video, text) pair, for plots and the pointing metric.
 
     Args:
         video_tokens: ``[N, D]`` cell tokens of one clip; text_tokens: ``[M, D]`` phrase tokens of one text.
         text_mask: ``[M]`` bool; video_mask: ``[N]`` bool (True = valid; None = all valid).
+        aggregation: one of :data:`ATTENTION_AGGREGATIONS`: which outer weights to return.
 
     Returns:
         ``"similarity"`` [N, M] cosines (0 where masked); ``"phrase_attention"`` [M, N] softmax over
-        valid cells per phrase; ``"phrase_weight"`` [M] softmax over valid phrases; ``"cell_attention"``
-        [N, M] softmax over valid phrases per cell; ``"cell_weight"`` [N] softmax over valid cells;
-        ``"score"`` the pair's "attention" score (a 0-dim tensor). Rows and weights of masked
-        phrases or cells are 0.
+        valid cells per phrase; ``"phrase_weight"`` [M] the aggregation's weights over valid phrases
+        (sum 1); ``"cell_attention"`` [N, M] softmax over valid phrases per cell; ``"cell_weight"`` [N]
+        the aggregation's weights over valid cells (sum 1); ``"score"`` the pair's score under
+        ``aggregation`` (a 0-dim tensor). Rows and weights of masked phrases or cells are 0.
     """
     _check_tokens(video_tokens, "video_tokens", ndim=2)
     _check_tokens(text_tokens, "text_tokens", ndim=2)
@@ -401,17 +467,20 @@ def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor 
     text_valid = _check_mask(text_mask, text_tokens, "text_mask", "text_tokens", "text")
     _check_temperature(attn_temperature, "attn_temperature")
     _check_temperature(weight_temperature, "weight_temperature")
+    _check_choice(aggregation, "aggregation with attention maps", ATTENTION_AGGREGATIONS)
     return _attention_maps_unchecked(video_tokens, text_tokens, video_valid, text_valid,
-                                     attn_temperature, weight_temperature)
+                                     attn_temperature, weight_temperature, aggregation)
 
 
 def _attention_maps_unchecked(video_tokens: Tensor, text_tokens: Tensor, video_valid: Tensor, text_valid: Tensor,
-                              attn_temperature: Temperature, weight_temperature: Temperature) -> dict[str, Tensor]:
+                              attn_temperature: Temperature, weight_temperature: Temperature,
+                              aggregation: str = "attention") -> dict[str, Tensor]:
     similarity = _unit_tokens(video_tokens, video_valid) @ _unit_tokens(text_tokens, text_valid).T
     cell_valid = video_valid[:, None]
     phrase_valid = text_valid[None, :]
     pair_valid = cell_valid & phrase_valid
-    terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature)
+    terms = _attention_terms(similarity, cell_valid, phrase_valid, attn_temperature, weight_temperature,
+                             aggregation)
     return {
         "similarity": similarity,
         "phrase_attention": terms["phrase_attention"].masked_fill(~pair_valid, 0).T,
@@ -486,8 +555,8 @@ class ContrastiveLoss(PairLoss):
     """Symmetric InfoNCE over pair scores (STUDY.md section 3): L = (CE(S/tau) + CE(S^T/tau)) / 2.
 
     ``aggregation`` is "coarse" (cosine of the global embeddings) or one of :data:`AGGREGATIONS`.
-    For "attention", tau_a and tau_w are stored as logs too: parameters when
-    ``learn_attention_temperatures`` is True, fixed buffers otherwise.
+    For the attention aggregations (:data:`ATTENTION_AGGREGATIONS`), tau_a and tau_w are stored as
+    logs too: parameters when ``learn_attention_temperatures`` is True, fixed buffers otherwise.
     """
 
     def __init__(self, aggregation: str = "attention", temperature: float = 0.07, attn_temperature: float = 0.1,
@@ -506,7 +575,8 @@ class ContrastiveLoss(PairLoss):
         self.backend = backend
         log_attn = torch.tensor(math.log(attn_temperature))
         log_weight = torch.tensor(math.log(weight_temperature))
-        self.learn_attention_temperatures = bool(learn_attention_temperatures) and aggregation == "attention"
+        self.learn_attention_temperatures = (bool(learn_attention_temperatures)
+                                             and aggregation in ATTENTION_AGGREGATIONS)
         if self.learn_attention_temperatures:
             self.log_attn_temperature = nn.Parameter(log_attn)
             self.log_weight_temperature = nn.Parameter(log_weight)
@@ -516,12 +586,12 @@ class ContrastiveLoss(PairLoss):
 
     @property
     def attn_temperature(self) -> float:
-        """tau_a of the "attention" aggregation."""
+        """tau_a of the attention aggregations."""
         return float(self.log_attn_temperature.detach().exp())
 
     @property
     def weight_temperature(self) -> float:
-        """tau_w of the "attention" aggregation."""
+        """tau_w of the attention aggregations."""
         return float(self.log_weight_temperature.detach().exp())
 
     def logged_temperatures(self) -> dict[str, float | None]:
@@ -548,11 +618,13 @@ class ContrastiveLoss(PairLoss):
                   video_mask: Tensor | None = None) -> dict[str, Tensor]:
         if not self.has_attention:
             return super().attention(video_tokens, text_tokens, text_mask, video_mask)
+        attentive = self.aggregation in ATTENTION_AGGREGATIONS
         maps = attention_maps(video_tokens, text_tokens, text_mask, video_mask,
-                              self.log_attn_temperature.detach().exp(), self.log_weight_temperature.detach().exp())
-        # "attention" pools each phrase over its softmax over cells; "mean" and "max" over the cosines
-        # (whose argmax is the cell that "max" takes)
-        maps["focus"] = maps["phrase_attention"] if self.aggregation == "attention" else maps["similarity"].T
+                              self.log_attn_temperature.detach().exp(), self.log_weight_temperature.detach().exp(),
+                              self.aggregation if attentive else "attention")
+        # the attention aggregations pool each phrase over its softmax over cells; "mean" and "max" over
+        # the cosines (whose argmax is the cell that "max" takes)
+        maps["focus"] = maps["phrase_attention"] if attentive else maps["similarity"].T
         return maps
 
     def forward(self, video_tokens: Tensor | None, video_global: Tensor, text_tokens: Tensor | None,

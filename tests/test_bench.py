@@ -25,7 +25,7 @@ def test_quick_run_writes_table_plot_and_summary(quick_run):
     on_disk = pd.read_csv(out / "loss.csv")
     assert list(on_disk.columns) == bench.CSV_COLUMNS
     sizes = len(bench.QUICK_SWEEP["batch_sizes"]) * len(bench.QUICK_SWEEP["cells"]) * len(bench.QUICK_SWEEP["phrases"])
-    assert len(on_disk) == len(table) == 3 * len(bench.AGGREGATIONS) * sizes
+    assert len(on_disk) == len(table) == 3 * len(bench.BENCH_AGGREGATIONS) * sizes
     measured = on_disk[on_disk["backend"].isin(["naive", "chunked"])]
     assert set(measured["status"]) == {"ok"}, measured[["backend", "status", "reason"]]
     assert (measured["time_ms"] > 0).all() and (measured["peak_mib"] >= 0).all()
@@ -37,7 +37,7 @@ def test_quick_run_writes_table_plot_and_summary(quick_run):
     assert summary["device"] == "cpu" and summary["dtype"] == "float32"
     rows = summary["largest_batch_within_budget"]["rows"]
     assert {(r["backend"], r["aggregation"]) for r in rows} == {
-        (b, a) for b in ("naive", "chunked", "triton") for a in bench.AGGREGATIONS}
+        (b, a) for b in ("naive", "chunked", "triton") for a in bench.BENCH_AGGREGATIONS}
     assert all(r["largest_batch"] is None for r in rows if r["backend"] == "triton")
     assert not list(out.glob(".*")), "temporary files left behind"
 

@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fgmm_lib import losses
-from fgmm_lib.losses import (AGGREGATIONS, ContrastiveLoss, attention_maps, chunk_block_size, mil_nce_loss,
-                             pair_scores)
+from fgmm_lib.losses import (AGGREGATIONS, ATTENTION_AGGREGATIONS, CONTRASTIVE_AGGREGATIONS, ContrastiveLoss,
+                             attention_maps, chunk_block_size, mil_nce_loss, pair_scores)
 
 DTYPE = torch.float64
 
@@ -50,10 +50,25 @@ def softmax_loop(values: list[torch.Tensor], temperature) -> list[torch.Tensor]:
     return [e / total for e in exps]
 
 
+def floor_weights_loop(values: list[torch.Tensor], temperature, floor: float) -> list[torch.Tensor]:
+    """"attention_floor": w = (1 - lam) softmax(values / tau_w) + lam / count."""
+    return [(1 - floor) * w + floor / len(values) for w in softmax_loop(values, temperature)]
+
+
+def gate_weights_loop(values: list[torch.Tensor], temperature) -> list[torch.Tensor]:
+    """"attention_gate": g = sigmoid((value - lower median) / tau_w), normalised to sum 1."""
+    ordered = sorted(values, key=lambda v: float(v.detach()))
+    median = ordered[(len(values) - 1) // 2]
+    gates = [1 / (1 + torch.exp(-(v - median) / temperature)) for v in values]
+    total = sum(gates)
+    return [g / total for g in gates]
+
+
 def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, text_mask, aggregation: str,
                          attn_temperature=0.1, weight_temperature=0.1, inner: str = "softmax",
                          outer: str = "softmax") -> torch.Tensor:
-    """One pair's score, loops over valid cells n and phrases m, straight from STUDY.md section 2."""
+    """One pair's score, loops over valid cells n and phrases m, straight from STUDY.md section 2 (and the
+    formulas of "attention_floor" and "attention_gate" in the module docstring of fgmm_lib.losses)."""
     cells = [n for n in range(video.shape[0]) if video_mask is None or bool(video_mask[n])]
     phrases = [m for m in range(text.shape[0]) if text_mask is None or bool(text_mask[m])]
     s = {(n, m): cosine(video[n], text[m]) for n in cells for m in phrases}
@@ -63,7 +78,7 @@ def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, te
         phrase_best = [max((s[n, m] for n in cells), key=lambda v: float(v.detach())) for m in phrases]
         cell_best = [max((s[n, m] for m in phrases), key=lambda v: float(v.detach())) for n in cells]
         return 0.5 * (sum(phrase_best) / len(phrases) + sum(cell_best) / len(cells))
-    assert aggregation == "attention"
+    assert aggregation in ("attention", "attention_floor", "attention_gate")
 
     def pool(values: list[torch.Tensor]) -> torch.Tensor:
         if inner == "max":
@@ -74,7 +89,12 @@ def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, te
     def weigh(values: list[torch.Tensor]) -> torch.Tensor:
         if outer == "mean":
             return sum(values) / len(values)
-        weights = softmax_loop(values, weight_temperature)
+        if aggregation == "attention_floor":
+            weights = floor_weights_loop(values, weight_temperature, losses.ATTENTION_FLOOR)
+        elif aggregation == "attention_gate":
+            weights = gate_weights_loop(values, weight_temperature)
+        else:
+            weights = softmax_loop(values, weight_temperature)
         return sum(w * v for w, v in zip(weights, values))
 
     c = [pool([s[n, m] for n in cells]) for m in phrases]
@@ -118,7 +138,7 @@ def test_pair_scores_match_loop_reference(aggregation: str, backend: str) -> Non
     got = pair_scores(video, text, text_mask, video_mask, aggregation, attn, weight, backend=backend, block_size=3)
     want = reference_scores(video, text, video_mask, text_mask, aggregation, attn, weight)
     close(got, want)
-    inputs = [video, text] + ([attn, weight] if aggregation == "attention" else [])
+    inputs = [video, text] + ([attn, weight] if aggregation in ATTENTION_AGGREGATIONS else [])
     for got_grad, want_grad in zip(grads_of(got, inputs), grads_of(want, inputs)):
         close(got_grad, want_grad)
 
@@ -166,7 +186,7 @@ def test_chunked_matches_naive(aggregation: str, case: tuple) -> None:
                           backend="chunked", block_size=block)
     assert chunked.shape == (bv, bt)
     close(chunked, naive)
-    inputs = [video, text] + ([attn, weight] if aggregation == "attention" else [])
+    inputs = [video, text] + ([attn, weight] if aggregation in ATTENTION_AGGREGATIONS else [])
     for got, want in zip(grads_of(chunked, inputs), grads_of(naive, inputs)):
         close(got, want)
 
@@ -254,14 +274,21 @@ def test_chunked_saves_no_pair_tensor() -> None:
 TINY, HUGE = 1e-7, 1e9
 
 
-@pytest.mark.parametrize("backend", ["naive", "chunked"])
-def test_attention_limits_are_max_and_mean(backend: str) -> None:
-    video, text, video_mask, text_mask = random_inputs(3, 4, 6, 5, 8, seed=9)
+def limit_case(seed: int, aggregation: str, backend: str):
+    """Fixed inputs and the scores of ``aggregation`` as a function of (tau_a, tau_w)."""
+    video, text, video_mask, text_mask = random_inputs(3, 4, 6, 5, 8, seed=seed)
     video, text = video.detach(), text.detach()
 
-    def attention(attn: float, weight: float) -> torch.Tensor:
-        return pair_scores(video, text, text_mask, video_mask, "attention", attn, weight, backend=backend,
+    def scores(attn: float, weight: float) -> torch.Tensor:
+        return pair_scores(video, text, text_mask, video_mask, aggregation, attn, weight, backend=backend,
                            block_size=3)
+
+    return (video, text, video_mask, text_mask), scores
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunked"])
+def test_attention_limits_are_max_and_mean(backend: str) -> None:
+    (video, text, video_mask, text_mask), attention = limit_case(9, "attention", backend)
 
     max_scores = pair_scores(video, text, text_mask, video_mask, "max")
     mean_scores = pair_scores(video, text, text_mask, video_mask, "mean")
@@ -273,6 +300,79 @@ def test_attention_limits_are_max_and_mean(backend: str) -> None:
     close(attention(0.3, HUGE), reference_scores(video, text, video_mask, text_mask, "attention",
                                                   attn_temperature=0.3, outer="mean"), tol=1e-7)
     assert not torch.allclose(max_scores, mean_scores, atol=1e-3)  # the limits differ, so the test can fail
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunked"])
+def test_floor_limits_are_attention_and_uniform_weights(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    (video, text, video_mask, text_mask), floor = limit_case(30, "attention_floor", backend)
+
+    attention = pair_scores(video, text, text_mask, video_mask, "attention", 0.2, 0.05)
+    uniform = reference_scores(video, text, video_mask, text_mask, "attention", attn_temperature=0.2, outer="mean")
+    assert not torch.allclose(floor(0.2, 0.05), attention, atol=1e-3)  # the floor changes the scores
+    monkeypatch.setattr(losses, "ATTENTION_FLOOR", 0.0)
+    close(floor(0.2, 0.05), attention)
+    monkeypatch.setattr(losses, "ATTENTION_FLOOR", 1.0)
+    close(floor(0.2, 0.05), uniform)
+    close(floor(TINY, 0.05), pair_scores(video, text, text_mask, video_mask, "max"), tol=1e-7)  # lam = 1, tau_a -> 0
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunked"])
+def test_gate_limits_are_uniform_weights_and_a_hard_median_gate(backend: str) -> None:
+    (video, text, video_mask, text_mask), gate = limit_case(31, "attention_gate", backend)
+
+    close(gate(0.3, HUGE), reference_scores(video, text, video_mask, text_mask, "attention", attn_temperature=0.3,
+                                            outer="mean"), tol=1e-7)
+    close(gate(TINY, HUGE), pair_scores(video, text, text_mask, video_mask, "max"), tol=1e-7)
+    # tau_w -> 0: weight 1 above the lower median, 1/2 at it, 0 below
+    maps = attention_maps(video[0], text[0], text_mask[0], video_mask[0], 0.3, TINY, aggregation="attention_gate")
+    valid = text_mask[0].nonzero().flatten().tolist()
+    matches = sorted(valid, key=lambda m: float((maps["phrase_attention"][m] * maps["similarity"][:, m]).sum()))
+    median = (len(valid) - 1) // 2
+    gates = torch.zeros(text.shape[1], dtype=DTYPE)
+    gates[matches[median + 1:]] = 1.0
+    gates[matches[median]] = 0.5
+    close(maps["phrase_weight"], gates / gates.sum(), tol=1e-7)
+
+
+@pytest.mark.parametrize("weight_temperature", [1e-3, 0.1, 10.0])
+def test_floor_and_gate_weights_never_collapse_onto_one_token(weight_temperature: float) -> None:
+    """At a sharp tau_w "attention" gives one phrase (one cell) almost all the weight; the floor
+    keeps every weight within [lam / K, 1 - lam + lam / K] and the median gate below 2 / (ceil(K / 2) + 1)
+    over K valid phrases (cells)."""
+    video, text, video_mask, text_mask = random_inputs(4, 4, 9, 6, 3, seed=32)
+    for i in range(4):
+        n_valid, m_valid = video_mask[i], text_mask[i]
+        for aggregation in ATTENTION_AGGREGATIONS:
+            maps = attention_maps(video[i].detach(), text[i].detach(), m_valid, n_valid, 0.1, weight_temperature,
+                                  aggregation=aggregation)
+            for weights, valid in ((maps["phrase_weight"], m_valid), (maps["cell_weight"], n_valid)):
+                count = int(valid.sum())
+                assert (weights[~valid] == 0).all()
+                if aggregation == "attention_floor":
+                    floor = losses.ATTENTION_FLOOR
+                    assert weights[valid].min() >= floor / count - 1e-12
+                    assert weights.max() <= 1 - floor + floor / count + 1e-12
+                elif aggregation == "attention_gate":
+                    assert weights.max() <= 2 / (math.ceil(count / 2) + 1) + 1e-12
+                elif weight_temperature == 1e-3 and count > 1:  # the collapse, so the test can fail
+                    assert weights.max() > 0.97
+
+
+@pytest.mark.parametrize("aggregation", ["attention_floor", "attention_gate"])
+def test_aggregations_without_a_kernel_fall_back_to_chunked_with_a_warning(aggregation: str) -> None:
+    from fgmm_lib import triton_scores
+
+    assert aggregation not in triton_scores.AGGREGATION_CODES
+    video, text, video_mask, text_mask = random_inputs(2, 3, 4, 3, 5, seed=33)
+    attn = torch.tensor(0.2, dtype=DTYPE, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=f"no code for aggregation '{aggregation}'.*chunked"):
+        got = pair_scores(video, text, text_mask, video_mask, aggregation, attn, 0.3, backend="triton")
+    want = pair_scores(video, text, text_mask, video_mask, aggregation, attn, 0.3, backend="chunked")
+    assert got.dtype == torch.float32
+    close(got, want.float(), tol=0)
+    # the float32 cast of the scores rounds the gradient it passes back
+    for got_grad, want_grad in zip(grads_of(got.double(), [video, text, attn]), grads_of(want, [video, text, attn])):
+        close(got_grad, want_grad, tol=1e-6)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,10 +448,11 @@ def test_single_tokens_reduce_to_cosine(backend: str) -> None:
 # attention maps
 # --------------------------------------------------------------------------------------
 
-def test_attention_maps_agree_with_pair_scores() -> None:
+@pytest.mark.parametrize("aggregation", ATTENTION_AGGREGATIONS)
+def test_attention_maps_agree_with_pair_scores(aggregation: str) -> None:
     video, text, video_mask, text_mask = random_inputs(1, 1, 6, 5, 4, seed=14)
-    maps = attention_maps(video[0], text[0], text_mask[0], video_mask[0], 0.2, 0.3)
-    score = pair_scores(video, text, text_mask, video_mask, "attention", 0.2, 0.3)[0, 0]
+    maps = attention_maps(video[0], text[0], text_mask[0], video_mask[0], 0.2, 0.3, aggregation=aggregation)
+    score = pair_scores(video, text, text_mask, video_mask, aggregation, 0.2, 0.3)[0, 0]
     close(maps["score"], score)
     n, m = video_mask[0], text_mask[0]
     assert maps["similarity"].shape == (6, 5) and maps["phrase_attention"].shape == (5, 6)
@@ -362,12 +463,32 @@ def test_attention_maps_agree_with_pair_scores() -> None:
     assert (maps["phrase_attention"][:, ~n] == 0).all() and (maps["phrase_attention"][~m] == 0).all()
     assert (maps["phrase_weight"][~m] == 0).all() and (maps["cell_weight"][~n] == 0).all()
     close(maps["phrase_weight"].sum(), torch.tensor(1.0, dtype=DTYPE))
+    close(maps["cell_weight"].sum(), torch.tensor(1.0, dtype=DTYPE))
     # the phrase attention of one valid (phrase, cell) entry from its definition
     valid_cells = n.nonzero().flatten().tolist()
     phrase = int(m.nonzero()[0])
     sims = [cosine(video[0, c], text[0, phrase]) for c in valid_cells]
     expected = softmax_loop(sims, 0.2)
     close(maps["phrase_attention"][phrase, valid_cells], torch.stack(expected).detach())
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_loss_attention_focus(aggregation: str) -> None:
+    """Every aggregation points: the attention aggregations with their softmax over cells and their
+    own outer weights, "mean" and "max" with the cosines."""
+    video, text, video_mask, text_mask = random_inputs(1, 1, 6, 5, 4, seed=34)
+    module = losses.build_loss(aggregation, attn_temperature=0.2, weight_temperature=0.3, backend="naive").double()
+    assert module.has_attention and module.uses_tokens
+    maps = module.attention(video[0].detach(), text[0].detach(), text_mask[0], video_mask[0])
+    assert maps["focus"].shape == (5, 6)
+    if aggregation in ATTENTION_AGGREGATIONS:
+        close(maps["focus"], maps["phrase_attention"])
+        expected = attention_maps(video[0].detach(), text[0].detach(), text_mask[0], video_mask[0],
+                                  module.attn_temperature, module.weight_temperature, aggregation=aggregation)
+        close(maps["phrase_weight"], expected["phrase_weight"])
+        close(maps["score"], module.scores(video.detach(), None, text.detach(), None, text_mask, video_mask)[0, 0])
+    else:
+        close(maps["focus"], maps["similarity"].T)
 
 
 # --------------------------------------------------------------------------------------
@@ -385,7 +506,7 @@ def reference_info_nce(scores: torch.Tensor, temperature: float) -> float:
     return total / (2 * batch)
 
 
-@pytest.mark.parametrize("aggregation", ["coarse", "mean", "max", "attention"])
+@pytest.mark.parametrize("aggregation", CONTRASTIVE_AGGREGATIONS)
 def test_contrastive_loss_is_symmetric_info_nce(aggregation: str) -> None:
     video, text, video_mask, text_mask = random_inputs(5, 5, 4, 3, 6, seed=15)
     video_global, text_global = video.detach().sum(1), text.detach().sum(1)
@@ -434,13 +555,14 @@ def test_contrastive_loss_temperatures() -> None:
     assert [name for name, _ in fixed.named_parameters()] == ["log_temperature"]
     assert {"log_attn_temperature", "log_weight_temperature"} <= {name for name, _ in fixed.named_buffers()}
 
-    learned = ContrastiveLoss("attention", learn_attention_temperatures=True, backend="chunked").double()
-    names = {name for name, _ in learned.named_parameters()}
-    assert names == {"log_temperature", "log_attn_temperature", "log_weight_temperature"}
     video, text, video_mask, text_mask = random_inputs(4, 4, 3, 3, 5, seed=17)
-    learned(video, None, text, None, text_mask, video_mask).backward()
-    for parameter in learned.parameters():
-        assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad != 0
+    for aggregation in ATTENTION_AGGREGATIONS:
+        learned = ContrastiveLoss(aggregation, learn_attention_temperatures=True, backend="chunked").double()
+        names = {name for name, _ in learned.named_parameters()}
+        assert names == {"log_temperature", "log_attn_temperature", "log_weight_temperature"}
+        learned(video, None, text, None, text_mask, video_mask).backward()
+        for parameter in learned.parameters():
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad != 0
 
     with torch.no_grad():
         learned.log_temperature.fill_(math.log(0.001))
@@ -609,6 +731,8 @@ def test_bad_loss_input_raises() -> None:
         ContrastiveLoss("coarse")(None, torch.randn(3, 4), None, torch.randn(2, 4))
     with pytest.raises(ValueError, match="text_tokens"):
         attention_maps(torch.randn(3, 4), torch.randn(1, 2, 4))
+    with pytest.raises(ValueError, match="aggregation with attention maps 'max'.*attention_gate"):
+        attention_maps(torch.randn(3, 4), torch.randn(2, 4), aggregation="max")
     mask = torch.ones(3, 2, dtype=torch.bool)
     mask[2] = False
     with pytest.raises(ValueError, match=r"candidate_mask leaves clip \[2\]"):
