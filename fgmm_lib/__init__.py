@@ -7,7 +7,7 @@ Modules, one per concept (each imports only those above it):
 - ``data``: the dataset folder format, its ``Vocabulary`` and the ``NarratedDigits`` reader.
 - ``generate``: the Narrated Digits generator.
 - ``models``: the separable-3D video encoder and the n-gram text encoder.
-- ``losses``: pair scores (coarse, mean, max, attention), InfoNCE and MIL-NCE modules, ``build_loss``.
+- ``losses``: pair scores (coarse, mean, max, attention, attention_floor, attention_gate), InfoNCE and MIL-NCE modules, ``build_loss``.
 - ``triton_scores``: the fused Triton kernel behind ``pair_scores(backend="triton")``.
 - ``train``: pretraining with checkpoints, resume and logs.
 - ``evaluate``: the downstream tasks (linear probe, retrieval, pointing).

@@ -7,7 +7,7 @@ every narration of the global batch as negatives. Two ways to gather (``TrainCon
 
 - ``"all"``: every rank gathers every embedding the loss uses (global embeddings for "coarse"
   and "milnce", MIL-NCE's candidates included; cell tokens, phrase tokens and phrase masks for
-  "mean", "max" and "attention") and computes the whole loss.
+  the fine-grained aggregations) and computes the whole loss.
 - ``"local"``: every rank scores only its own clips against every narration and its own
   narrations against every clip (``[B/K, B]`` score blocks, through the pair-score backend), as
   open_clip's ``local_loss`` does; the mean over ranks is the whole loss.

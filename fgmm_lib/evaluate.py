@@ -16,7 +16,8 @@ pretraining vocabulary):
 
 Retrieval scores are the run's own pair score (STUDY.md section 2): the cosine of the global
 embeddings for ``coarse`` and ``milnce``, and the fine-grained aggregation with the run's
-(possibly learned) temperatures for ``mean``, ``max`` and ``attention``.
+(possibly learned) temperatures for the fine-grained losses (``mean``, ``max``, ``attention`` and
+the other attention aggregations of ``fgmm_lib.losses.AGGREGATIONS``).
 
 The linear probe uses the global video embedding (not the mean of the local tokens): it is the
 pooled feature every loss trains (``coarse`` and ``milnce`` only ever see it), so all runs are
@@ -515,8 +516,8 @@ def pointing_accuracy(
 
     For clip ``c``, the phrase ``phrase_index[c]`` (the one centred on the digit word of its
     clean caption) points at its most attended cell: the argmax over cells of
-    ``loss_module.attention(...)["focus"][m]`` (the softmax over cells for ``attention``, the
-    cosines for ``mean`` and ``max``). The clip is a hit when :func:`cell_hit_mask` marks that cell.
+    ``loss_module.attention(...)["focus"][m]`` (the softmax over cells for the attention
+    aggregations, the cosines for ``mean`` and ``max``). The clip is a hit when :func:`cell_hit_mask` marks that cell.
 
     Args:
         loss_module: the run's loss; it must have attention (``loss_module.has_attention``).

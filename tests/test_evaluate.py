@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
-from fgmm_lib.losses import build_loss
+from fgmm_lib.losses import AGGREGATIONS, build_loss
 from fgmm_lib.evaluate import (
     best_relevant_ranks,
     cell_hit_mask,
@@ -277,7 +277,7 @@ def _hand_pointing_case():
     return video_tokens, caption_phrases, caption_mask, phrase_index, boxes, visible, grid, frame_size
 
 
-@pytest.mark.parametrize("aggregation", ["attention", "max", "mean"])
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_pointing_hand_made_case(aggregation: str) -> None:
     case = _hand_pointing_case()
     boxes, visible, grid, frame_size = case[4:]
@@ -387,7 +387,7 @@ def test_pair_score_matrix_is_the_runs_score() -> None:
         expected = torch.nn.functional.cosine_similarity(video_global[:, None], text_global[None], dim=-1)
         scores = pair_score_matrix(build_loss(loss), video_tokens, video_global, phrases, mask, text_global)
         assert torch.allclose(scores, expected, atol=1e-6)
-    for loss in ("mean", "max", "attention"):
+    for loss in AGGREGATIONS:
         expected = pair_scores(
             video_tokens, phrases, mask, aggregation=loss, attn_temperature=0.2, weight_temperature=0.3
         )

@@ -532,3 +532,11 @@ def test_train_config_merges_params_overrides_and_the_notebook_parameters(tmp_pa
         train_config(params, overrides={"loss": "coarse"}, data="d", out="o", loss="max")
     with pytest.raises(ValueError, match="no section 'training'"):
         train_config(params, section="training", data="d", out="o")
+
+
+def test_every_loss_has_its_own_colour():
+    from fgmm_lib.losses import LOSSES
+
+    assert analysis.LOSS_ORDER == LOSSES
+    assert set(viz.LOSS_COLOURS) == set(LOSSES)
+    assert len({tuple(colour) for colour in viz.LOSS_COLOURS.values()}) == len(LOSSES)
