@@ -17,7 +17,9 @@ A run folder (written by :func:`fgmm_lib.train.pretrain`) holds:
 - ``vocab.json`` (:data:`VOCAB`): the vocabulary the run was trained with;
 - ``log.jsonl`` (:data:`LOG`): one row per optimisation step;
 - ``checkpoint.pt`` (:data:`CHECKPOINT`): everything needed to resume, written every epoch;
-- ``compute.json`` (:data:`COMPUTE`): FLOPs, wall time and samples seen.
+- ``compute.json`` (:data:`COMPUTE`): FLOPs, wall time and samples seen;
+- ``curves.csv`` (:data:`CURVES`): validation retrieval at points of the schedule (only for a run
+  with validation data, see :mod:`fgmm_lib.curves`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "LOG",
     "COMPUTE",
     "VOCAB",
+    "CURVES",
     "RUN_FILES",
     "CHECKPOINT_FORMAT",
     "write_atomic",
@@ -58,7 +61,8 @@ CONFIG = "config.json"
 LOG = "log.jsonl"
 COMPUTE = "compute.json"
 VOCAB = "vocab.json"
-RUN_FILES = (CONFIG, VOCAB, LOG, CHECKPOINT, COMPUTE)
+CURVES = "curves.csv"
+RUN_FILES = (CONFIG, VOCAB, LOG, CHECKPOINT, COMPUTE, CURVES)
 CHECKPOINT_FORMAT = 1
 
 
@@ -241,7 +245,7 @@ def load_run(run: str | Path, map_location: Any = "cpu") -> tuple[Any, Any, Any,
     """
     from fgmm_lib.data import Vocabulary
     from fgmm_lib.models import DualEncoder, ModelConfig
-    from fgmm_lib.train import RESUMABLE_CHANGES, TrainConfig, loss_from_config
+    from fgmm_lib.train import RESUMABLE_CHANGES, TrainConfig, complete_train_dict, loss_from_config
 
     run = Path(run)
     checkpoint_path = run / CHECKPOINT
@@ -271,7 +275,8 @@ def load_run(run: str | Path, map_location: Any = "cpu") -> tuple[Any, Any, Any,
     if differences:
         raise ValueError(f"{checkpoint_path} was written for another model configuration than {run / CONFIG}: "
                          + "; ".join(differences) + " (checkpoint vs config)")
-    differences = mismatches(config.to_dict(), checkpoint.get("train_config", {}), ignore=RESUMABLE_CHANGES)
+    differences = mismatches(config.to_dict(), complete_train_dict(checkpoint.get("train_config", {})),
+                             ignore=RESUMABLE_CHANGES)
     if differences:
         raise ValueError(f"{checkpoint_path} was written for another training configuration than {run / CONFIG}: "
                          + "; ".join(differences) + " (checkpoint vs config)")

@@ -10,7 +10,21 @@ A run folder holds:
 - ``checkpoint.pt``: model, loss module, optimiser, scheduler, every RNG state and the position in
   the schedule; written atomically at the end of every epoch (and where ``max_steps`` stops).
 - ``compute.json``: FLOPs of one training step (``torch.utils.flop_counter``), total FLOPs, wall
-  time and samples seen.
+  time and samples seen, the peak learning rate and the warmup steps.
+- ``curves.csv`` (with ``val_data``): text to video retrieval on the validation split at points of
+  the schedule (:mod:`fgmm_lib.curves`).
+
+The peak learning rate follows the batch size by a stated rule (``lr_scaling``): ``lr`` at
+``reference_batch_size``, times the ratio of batch sizes (``linear``) or its square root
+(``sqrt``). ``warmup_samples`` fixes the warmup in samples, so every batch size warms up over the
+same data (``warmup_fraction`` of the steps otherwise).
+
+Validation (``val_data``) embeds the validation split with the current weights in eval mode and
+scores it exactly as :func:`fgmm_lib.evaluate.evaluate` scores the test split (the distinct clean
+captions query the clips; every clip with that caption is a correct answer; R@1/5/10). It runs
+before the first step and after the steps :func:`validation_steps` lists, on rank 0 only, and
+leaves every random state as it found it. Its time is not counted in the training wall time. The
+test split is never read during training.
 
 On the CPU a run is bitwise reproducible from its seed, and a run resumed from a checkpoint ends
 with exactly the weights of an uninterrupted one.
@@ -34,11 +48,13 @@ import torch
 from torch import Tensor, nn
 
 from fgmm_lib.config import config_from_dict, field_types
+from fgmm_lib.curves import CURVE_COLUMNS, config_fingerprint
 from fgmm_lib.distributed import GATHERS, World, close_world, gathered_loss, init_world, world_size_from_env
 from fgmm_lib.losses import BACKENDS, LOSSES, PairLoss, build_loss
 from fgmm_lib.models import DualEncoder, ModelConfig
-from fgmm_lib.runs import (CHECKPOINT, CHECKPOINT_FORMAT, COMPUTE, CONFIG, LOG, RUN_FILES, VOCAB, check_writable_folder,
-                           clean_leftovers, is_run_folder, load_checkpoint, mismatches, write_atomic, write_json)
+from fgmm_lib.runs import (CHECKPOINT, CHECKPOINT_FORMAT, COMPUTE, CONFIG, CURVES, LOG, RUN_FILES, VOCAB,
+                           check_writable_folder, clean_leftovers, is_run_folder, load_checkpoint, mismatches,
+                           write_atomic, write_json)
 
 __all__ = [
     "TrainConfig",
@@ -47,6 +63,11 @@ __all__ = [
     "batch_loss",
     "encode_batch",
     "lr_factor",
+    "peak_lr",
+    "warmup_steps",
+    "validation_steps",
+    "complete_train_dict",
+    "LR_SCALINGS",
     "CHECKPOINT",
     "CONFIG",
     "LOG",
@@ -59,7 +80,12 @@ __all__ = [
 #: from, how it is loaded and when the run stops, not what it computes.
 #: A run may also continue on another number of processes or with the other gather: the loss of a
 #: global batch is the same, so it goes on exactly (equal within float tolerance).
-RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend", "nproc", "gather")
+#: The validation fields change only what is measured along the way, not the weights.
+RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend", "nproc", "gather",
+                     "val_data", "val_split", "val_points", "val_every")
+
+#: Rules that scale the peak learning rate with the batch size: exponent of batch / reference.
+LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 #: Keys of the batch that the training step moves to the device.
 _BATCH_KEYS = ("video", "tokens", "token_mask", "candidate_tokens", "candidate_mask")
@@ -95,6 +121,13 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps, schedule unchanged (0 = no limit)"})
     nproc: int = field(default=1, metadata={"help": "data-parallel processes (torchrun on this machine); batch_size is the global batch"})
     gather: str = field(default="all", metadata={"help": f"global negatives across processes, one of {', '.join(GATHERS)} (local: each scores its own rows)"})
+    lr_scaling: str = field(default="none", metadata={"help": f"peak lr = lr x (batch_size / reference_batch_size)^p, one of {', '.join(LR_SCALINGS)} (p = 0, 0.5, 1)"})
+    reference_batch_size: int = field(default=64, metadata={"help": "the batch size at which lr is the peak learning rate (lr_scaling)"})
+    warmup_samples: int = field(default=0, metadata={"help": "warmup over this many samples, round(warmup_samples / batch_size) steps (0 = warmup_fraction)"})
+    val_data: str = field(default="", metadata={"help": "clean dataset folder with the run's vocabulary to validate on during training (empty = none)"})
+    val_split: str = field(default="val", metadata={"help": "split of val_data to validate on (never test)"})
+    val_points: int = field(default=10, metadata={"help": "validations evenly spaced over the schedule, besides the one before training"})
+    val_every: int = field(default=0, metadata={"help": "validate every this many samples instead of at val_points points (0 = val_points)"})
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -158,6 +191,19 @@ def _validate(config: TrainConfig) -> None:
         fail("weight_decay", ">= 0")
     if not 0 <= config.warmup_fraction < 1:
         fail("warmup_fraction", "in [0, 1)")
+    if config.lr_scaling not in LR_SCALINGS:
+        fail("lr_scaling", f"one of {', '.join(LR_SCALINGS)}")
+    if config.reference_batch_size < 1:
+        fail("reference_batch_size", ">= 1")
+    for name in ("warmup_samples", "val_every"):
+        if getattr(config, name) < 0:
+            fail(name, ">= 0")
+    if config.val_points < 1:
+        fail("val_points", ">= 1")
+    if config.val_split == "test":
+        fail("val_split", "a split other than 'test' (the test split is read only by the final evaluation)")
+    if config.val_split not in ("train", "val"):
+        fail("val_split", "'val' or 'train'")
     if config.device != "auto":
         try:
             torch.device(config.device)
@@ -218,6 +264,48 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def peak_lr(config: TrainConfig) -> float:
+    """The peak learning rate of a run: ``lr x (batch_size / reference_batch_size) ** p`` with p of
+    ``lr_scaling`` (0 for none, 0.5 for sqrt, 1 for linear)."""
+    return config.lr * (config.batch_size / config.reference_batch_size) ** LR_SCALINGS[config.lr_scaling]
+
+
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """Warmup steps of a run of ``total_steps``: ``round(warmup_samples / batch_size)`` when
+    ``warmup_samples`` is set (the same samples at every batch size), else
+    ``round(warmup_fraction x total_steps)``; at most ``total_steps``."""
+    if config.warmup_samples > 0:
+        return min(total_steps, int(round(config.warmup_samples / config.batch_size)))
+    return int(round(config.warmup_fraction * total_steps))
+
+
+def validation_steps(config: TrainConfig, total_steps: int) -> list[int]:
+    """The steps after which a run validates (0 = before the first step), in order.
+
+    With ``val_every`` samples: the first step at or past every multiple of ``val_every`` samples,
+    and the last step. Else ``val_points`` points evenly spaced over the schedule:
+    ``round(k x total_steps / val_points)`` for k = 1..val_points. Empty without ``val_data``. The
+    points depend on the schedule only (not on ``max_steps``), so a stopped run is a prefix of the
+    full one.
+    """
+    if not config.val_data:
+        return []
+    if config.val_every > 0:
+        samples = range(config.val_every, total_steps * config.batch_size + 1, config.val_every)
+        points = {-(-sample // config.batch_size) for sample in samples}
+    else:
+        points = {int(round(k * total_steps / config.val_points)) for k in range(1, config.val_points + 1)}
+    return sorted({0, total_steps} | {point for point in points if 0 < point <= total_steps})
+
+
+def complete_train_dict(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved training config (config.json, a checkpoint) with the defaults of the fields added
+    since it was written, so that a run of an older version compares equal to its own config."""
+    defaults = {spec.name: spec.default for spec in dataclasses.fields(TrainConfig)
+                if spec.default is not dataclasses.MISSING}
+    return {**defaults, **saved}
 
 
 class _Schedule:
@@ -397,6 +485,24 @@ class _Plan:
     total_steps: int
     warmup_steps: int
     stop_step: int
+    peak_lr: float
+
+
+@dataclass
+class _Validation:
+    """The validation split of a run and what its retrieval needs; ``rows`` is the curve so far."""
+
+    dataset: Any
+    vocab: Any
+    caption_lists: list[list[str]]
+    several: bool
+    max_words: int
+    steps: frozenset[int]
+    run: str
+    fingerprint: str
+    steps_per_epoch: int
+    batch_size: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -413,6 +519,8 @@ class _State:
     step_in_epoch: int = 0
     step: int = 0
     wall_before: float = 0.0
+    #: Seconds spent validating before this session (not part of wall_before).
+    val_wall_before: float = 0.0
     last_checkpoint_step: int | None = None
     world: World = field(default_factory=World)
     #: The loss of this rank's slice of a batch, under DistributedDataParallel (None on one process).
@@ -454,14 +562,88 @@ def _plan_schedule(config: TrainConfig, clips: int) -> _Plan:
     steps_per_epoch = clips // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     stop_step = total_steps if config.max_steps == 0 else min(total_steps, config.max_steps)
-    return _Plan(clips, steps_per_epoch, total_steps, int(round(config.warmup_fraction * total_steps)),
-                          stop_step)
+    return _Plan(clips, steps_per_epoch, total_steps, warmup_steps(config, total_steps), stop_step, peak_lr(config))
+
+
+def _open_validation(config: TrainConfig, train_set: Any, plan: _Plan, fingerprint: str) -> _Validation | None:
+    """The validation split of ``config.val_data``, checked against the training data (same
+    vocabulary, same clip shape, clean captions, not empty); None without ``val_data``."""
+    if not config.val_data:
+        return None
+    from fgmm_lib.data import NarratedDigits, Vocabulary
+
+    data = Path(config.val_data)
+    vocab_path = data / VOCAB
+    if not data.is_dir():
+        raise FileNotFoundError(f"TrainConfig.val_data {data} does not exist")
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"TrainConfig.val_data {data} has no vocabulary file {vocab_path}")
+    found, expected = Vocabulary.load(vocab_path).fingerprint(), train_set.vocab.fingerprint()
+    if found != expected:
+        raise ValueError(f"{vocab_path} is another vocabulary than that of the training data {config.data} "
+                         f"(fingerprints {found[:12]}... vs {expected[:12]}...); generate the validation data with "
+                         f"--vocab {Path(config.data) / VOCAB}")
+    dataset = NarratedDigits(data, split=config.val_split, vocab=train_set.vocab)
+    for key in ("frames", "size"):
+        given, trained = dataset.params.to_dict().get(key), train_set.params.to_dict().get(key)
+        if given != trained:
+            raise ValueError(f"{data / 'params.json'}: {key}={given} but the training data {config.data} has "
+                             f"{key}={trained}; validate on clips of the same shape")
+    if len(dataset) == 0:
+        raise ValueError(f"split {config.val_split!r} of {data} has no clips to validate on")
+    fields = dataset.fields
+    if "captions" in fields:
+        caption_lists = [[str(c) for c in texts] for texts in dataset.meta["captions"]]
+    elif "caption" in fields:
+        caption_lists = [[str(c)] for c in dataset.meta["caption"]]
+    else:
+        raise ValueError(f"split {config.val_split!r} of {data} has no clean captions to query its clips with")
+    return _Validation(dataset, train_set.vocab, caption_lists, "captions" in fields, int(dataset.params.max_words),
+                       frozenset(validation_steps(config, plan.total_steps)), Path(config.out).name,
+                       config_fingerprint(config.to_dict(), fingerprint, ignore=RESUMABLE_CHANGES),
+                       plan.steps_per_epoch, config.batch_size)
+
+
+def _validation_row(validation: _Validation, state: _State, device: torch.device, wall_s: float) -> dict[str, Any]:
+    """Text to video retrieval on the validation split with the current weights, as the test
+    evaluation scores it; every random state is left as it was. Returns the curve row."""
+    from fgmm_lib.evaluate import _caption_retrieval, embed_dataset
+
+    saved = _rng_states(torch.empty(0))
+    try:
+        embedded = embed_dataset(state.model, validation.dataset, progress=False, stills=False)
+        metrics = _caption_retrieval(state.model, state.loss_module, validation.vocab, embedded,
+                                     validation.caption_lists, validation.several, validation.max_words, str(device))
+    finally:
+        _set_rng_states(saved)
+    return {"run": validation.run, "config_fingerprint": validation.fingerprint,
+            "samples_seen": state.step * validation.batch_size, "step": state.step,
+            "epoch": state.step / validation.steps_per_epoch, "val_t2v_r1": metrics["R@1"],
+            "val_t2v_r5": metrics["R@5"], "val_t2v_r10": metrics["R@10"], "wall_s": wall_s}
+
+
+def _write_curves(run: Path, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+    write_atomic(run / CURVES, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def _kept_curve_rows(run: Path, last_step: int) -> list[dict[str, Any]]:
+    """The curve rows of steps <= ``last_step`` (those the checkpoint covers)."""
+    import pandas as pd
+
+    if not (run / CURVES).is_file():
+        return []
+    frame = pd.read_csv(run / CURVES, dtype={"run": str, "config_fingerprint": str})
+    return frame[frame["step"] <= last_step].to_dict("records")
 
 
 def _checkpoint_to_resume(run: Path, config: TrainConfig, fingerprint: str, data_params: dict[str, Any]) -> dict[str, Any]:
     """The run's checkpoint, after checking that the config, vocabulary and data are the run's."""
     checkpoint = load_checkpoint(run / CHECKPOINT)
-    differences = mismatches(checkpoint["train_config"], config.to_dict(), ignore=RESUMABLE_CHANGES)
+    differences = mismatches(complete_train_dict(checkpoint["train_config"]), config.to_dict(),
+                             ignore=RESUMABLE_CHANGES)
     if differences:
         raise ValueError(f"cannot resume {run}: the config differs from the run's in "
                          f"{'; '.join(differences)} (given vs saved)")
@@ -484,7 +666,7 @@ def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, de
     torch.manual_seed(config.seed)
     model = DualEncoder(model_config).to(device)
     loss_module = loss_from_config(config).to(device)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, loss_module, config.weight_decay), lr=plan.peak_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(plan.total_steps, plan.warmup_steps))
     shuffle = torch.Generator().manual_seed(config.seed)
     state = _State(model, loss_module, optimizer, scheduler, shuffle, shuffle.get_state())
@@ -498,6 +680,7 @@ def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, de
         state.epoch, state.step_in_epoch, state.step = (checkpoint["epoch"], checkpoint["step_in_epoch"],
                                                         checkpoint["step"])
         state.wall_before = float(checkpoint["wall_s"])
+        state.val_wall_before = float(checkpoint.get("val_wall_s", 0.0))
         state.last_checkpoint_step = state.step
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -510,7 +693,8 @@ def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, de
     return state
 
 
-def _save_checkpoint(run: Path, state: _State, run_info: dict[str, Any], shuffle_state: Tensor, wall_s: float) -> None:
+def _save_checkpoint(run: Path, state: _State, run_info: dict[str, Any], shuffle_state: Tensor, wall_s: float,
+                     val_wall_s: float = 0.0) -> None:
     """Write the checkpoint atomically: a kill at any moment leaves the previous one whole."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -523,6 +707,7 @@ def _save_checkpoint(run: Path, state: _State, run_info: dict[str, Any], shuffle
         "step_in_epoch": state.step_in_epoch,
         "step": state.step,
         "wall_s": wall_s,
+        "val_wall_s": val_wall_s,
         "vocab_fingerprint": run_info["vocab_fingerprint"],
         "data_params": run_info["data_params"],
         "model_config": run_info["model"],
@@ -563,9 +748,11 @@ def _train_step(state: _State, batch: dict[str, Tensor], mixed_precision: bool, 
 
 
 def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state: _State,
-                run_info: dict[str, Any], device: torch.device, progress: bool) -> tuple[int | None, float]:
-    """Train from ``state`` until ``plan.stop_step``, logging every step and checkpointing every
-    epoch; return (FLOPs of one step or None, wall seconds of this session)."""
+                run_info: dict[str, Any], device: torch.device, progress: bool,
+                validation: _Validation | None = None) -> tuple[int | None, float, float]:
+    """Train from ``state`` until ``plan.stop_step``, logging every step, validating at the
+    validation steps and checkpointing every epoch; return (FLOPs of one step or None, training
+    wall seconds of this session, validation wall seconds of this session)."""
     from tqdm.auto import tqdm
 
     mixed_precision = device.type == "cuda"
@@ -573,10 +760,29 @@ def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state
     flops_per_step: int | None = None
     session_start = time.perf_counter()
     world = state.world
+    validating = {"s": 0.0}
+
+    def train_wall() -> float:
+        return state.wall_before + (time.perf_counter() - session_start - validating["s"])
+
+    def maybe_validate() -> None:
+        """Rank 0 validates and writes the curve; the other ranks wait for it at a barrier."""
+        if validation is None or state.step not in validation.steps:
+            return
+        start = time.perf_counter()
+        if world.is_main:
+            validation.rows.append(_validation_row(validation, state, device, train_wall()))
+            _write_curves(run, validation.rows)
+        if world.size > 1:
+            torch.distributed.barrier()
+        validating["s"] += time.perf_counter() - start
+
     bar = tqdm(total=plan.stop_step, initial=min(state.step, plan.stop_step), disable=not progress or not world.is_main,
                unit="step", desc=f"pretrain {config.loss}", dynamic_ncols=True)
     share = config.batch_size // world.size
     try:
+        if state.step == 0:
+            maybe_validate()
         with open(run / LOG, "a") if world.is_main else contextlib.nullcontext(None) as log:
             while state.epoch < config.epochs and state.step < plan.stop_step:
                 state.shuffle.set_state(state.epoch_shuffle_state)
@@ -605,27 +811,30 @@ def _run_epochs(run: Path, config: TrainConfig, dataset: Any, plan: _Plan, state
                     step_start = now
                     row = {"step": state.step, "epoch": state.epoch + 1, "loss": loss_float,
                            **state.loss_module.logged_temperatures(), "lr": lr, "samples_per_s": samples_per_s,
-                           "wall_s": state.wall_before + (now - session_start)}
+                           "wall_s": train_wall()}
                     if log is not None:
                         log.write(json.dumps(row) + "\n")
                         log.flush()
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_float:.4f}", samples_per_s=f"{samples_per_s:.0f}")
+                    maybe_validate()
+                    step_start = time.perf_counter()
                     if state.step >= plan.stop_step and state.step_in_epoch < plan.steps_per_epoch:
                         stopped_in_epoch = True
                         break
-                wall_s = state.wall_before + (time.perf_counter() - session_start)
+                wall_s = train_wall()
                 if not stopped_in_epoch:
                     state.epoch += 1
                     state.step_in_epoch = 0
                     state.epoch_shuffle_state = next_epoch_shuffle_state
                 if world.is_main:
-                    _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s)
+                    _save_checkpoint(run, state, run_info, state.epoch_shuffle_state, wall_s,
+                                     state.val_wall_before + validating["s"])
                 else:
                     state.last_checkpoint_step = state.step
     finally:
         bar.close()
-    return flops_per_step, time.perf_counter() - session_start
+    return flops_per_step, train_wall() - state.wall_before, validating["s"]
 
 
 def _peak_rss_mib(world: World) -> list[float | None]:
@@ -643,8 +852,8 @@ def _peak_rss_mib(world: World) -> list[float | None]:
     return peaks
 
 
-def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step: int | None, wall_s: float,
-                   device: torch.device, peak_rss_mib: list[float | None]) -> None:
+def _write_compute(run: Path, config: TrainConfig, plan: _Plan, state: _State, flops_per_step: int | None,
+                   wall_s: float, val_wall_s: float, device: torch.device, peak_rss_mib: list[float | None]) -> None:
     if flops_per_step is None:  # nothing left to train (a finished run resumed): keep the old record
         previous = json.loads((run / COMPUTE).read_text()) if (run / COMPUTE).is_file() else {}
         flops_per_step = previous.get("flops_per_step")
@@ -657,6 +866,9 @@ def _write_compute(run: Path, config: TrainConfig, state: _State, flops_per_step
         "samples_seen": samples_seen,
         "wall_s": wall_s,
         "samples_per_s": samples_seen / wall_s if wall_s > 0 else None,
+        "val_wall_s": val_wall_s,
+        "peak_lr": plan.peak_lr,
+        "warmup_steps": plan.warmup_steps,
         "device": str(device),
         "batch_size": config.batch_size,
         "nproc": state.world.size,
@@ -705,6 +917,7 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
     try:
         _on_main(world, lambda: _prepare_run_folder(run, resume))
         checkpoint = _checkpoint_to_resume(run, config, fingerprint, data_params) if resume else None
+        validation = _open_validation(config, dataset, plan, fingerprint)
         run_info = {
             "train": config.to_dict(),
             "model": dataclasses.asdict(model_config),
@@ -716,6 +929,8 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
             "steps_per_epoch": plan.steps_per_epoch,
             "total_steps": plan.total_steps,
             "warmup_steps": plan.warmup_steps,
+            "peak_lr": plan.peak_lr,
+            "validation_steps": validation_steps(config, plan.total_steps),
             "torch": torch.__version__,
         }
         with _deterministic(device):
@@ -723,15 +938,20 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
             if world.is_main:
                 if checkpoint is not None:
                     _truncate_log(run / LOG, state.step)
+                    if validation is not None:
+                        validation.rows = _kept_curve_rows(run, state.step)
+                        _write_curves(run, validation.rows)
                 else:
-                    (run / LOG).unlink(missing_ok=True)
-                    (run / COMPUTE).unlink(missing_ok=True)
+                    for name in (LOG, COMPUTE, CURVES):
+                        (run / name).unlink(missing_ok=True)
                 write_json(run / CONFIG, run_info)
                 write_atomic(run / VOCAB, lambda tmp: dataset.vocab.save(tmp))
-            flops_per_step, session_s = _run_epochs(run, config, dataset, plan, state, run_info, device, progress)
+            flops_per_step, session_s, val_s = _run_epochs(run, config, dataset, plan, state, run_info, device,
+                                                           progress, validation)
         peak_rss_mib = _peak_rss_mib(world)
         if world.is_main:
-            _write_compute(run, config, state, flops_per_step, state.wall_before + session_s, device, peak_rss_mib)
+            _write_compute(run, config, plan, state, flops_per_step, state.wall_before + session_s,
+                           state.val_wall_before + val_s, device, peak_rss_mib)
     finally:
         close_world(world)
     return run

@@ -148,3 +148,23 @@ def test_bench_ddp_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     batch = largest_batch("naive", "all", 2, 2**30, 64, 12, 128)
     assert batch % 2 == 0 and loss_memory_bytes("naive", "all", batch, 2, 64, 12, 128) <= 2**30
     assert loss_memory_bytes("naive", "all", batch + 2, 2, 64, 12, 128) > 2**30
+
+
+def test_validation_on_two_processes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 validates while the other waits: no deadlock, and the curve of a 1-process run."""
+    from fgmm_lib.curves import read_curves
+
+    monkeypatch.setenv("PYTHONPATH", child_environment()["PYTHONPATH"])
+    val = generate_dataset(GenerationConfig(clips=80, frames=4, size=32, seed=1, distractors=0, filler_words=0.0,
+                                            misaligned_frames=0.0, mismatched_narration=0.0),
+                           tmp_path / "val", vocab=data / "vocab.json", progress=False)
+    out = tmp_path / "run"
+    code = cli_main(["pretrain", "--data", str(data), "--out", str(out), "--loss", "coarse", "--batch-size", "8",
+                     "--epochs", "1", "--dim", "16", "--width", "0.25", "--device", "cpu", "--val-data", str(val),
+                     "--val-points", "2", "--nproc", "2", "--quiet"])
+    assert code == 0
+    single = pretrain(make_config(data, tmp_path / "single", loss="coarse", epochs=1, max_steps=0,
+                                  val_data=str(val), val_points=2), progress=False)
+    parallel, reference = read_curves(out / "curves.csv"), read_curves(single / "curves.csv")
+    assert parallel["step"].tolist() == reference["step"].tolist() == [0, 2, 4]
+    assert parallel["val_t2v_r10"].tolist() == pytest.approx(reference["val_t2v_r10"].tolist(), abs=1e-6)

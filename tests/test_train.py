@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,20 @@ def assert_same_weights(first: Path, second: Path) -> None:
         assert a[part].keys() == b[part].keys()
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), f"{part}.{name} differs"
+
+
+def killed_at_call(call: int):
+    """``train.batch_loss`` that raises KeyboardInterrupt at its ``call``-th call, as a kill would."""
+    calls = {"n": 0}
+    real_batch_loss = train.batch_loss
+
+    def batch_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+        return real_batch_loss(*args, **kwargs)
+
+    return batch_loss
 
 
 def weights_differ(first: Path, second: Path) -> bool:
@@ -129,15 +144,8 @@ def test_same_seed_same_weights(data: Path, tmp_path: Path) -> None:
 def test_resume_after_kill_matches_uninterrupted(full_run: Path, data: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Kill the run during step 6 (epoch 2), resume from the epoch-1 checkpoint: same weights bitwise."""
-    calls = {"n": 0}
     real_batch_loss = train.batch_loss
-
-    def killed_at_step_6(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("killed")
-        return real_batch_loss(*args, **kwargs)
-
+    killed_at_step_6 = killed_at_call(6)
     config = make_config(data, tmp_path / "run")
     monkeypatch.setattr(train, "batch_loss", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
@@ -328,3 +336,211 @@ def test_load_run_errors(full_run: Path, data: Path, tmp_path: Path) -> None:
     (wrong_vocab / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(ValueError, match="vocabulary"):
         load_run(wrong_vocab)
+
+
+# ---------------------------------------------------------------- validation curves and lr rules
+
+CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
+CURVE_VALUES = ["samples_seen", "step", "epoch", "val_t2v_r1", "val_t2v_r5", "val_t2v_r10"]
+
+
+@pytest.fixture(scope="module")
+def val_data(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clean clips of the same shape, generated with the pretraining vocabulary."""
+    return Path(generate_dataset(GenerationConfig(clips=80, frames=4, size=32, seed=1, **CLEAN),
+                                 tmp_path_factory.mktemp("val") / "eval", vocab=data / "vocab.json", progress=False))
+
+
+@pytest.fixture(scope="module")
+def curve_run(data: Path, val_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted two-epoch run that validates at 3 points (and before the first step)."""
+    return pretrain(make_config(data, tmp_path_factory.mktemp("curves") / "run", val_data=str(val_data),
+                                val_points=3), progress=False)
+
+
+def test_validation_curve_rows(curve_run: Path, full_run: Path, val_data: Path) -> None:
+    from fgmm_lib.curves import CURVE_COLUMNS, read_curves
+
+    curve = read_curves(curve_run / "curves.csv", run="run")
+    assert list(curve.columns) == list(CURVE_COLUMNS)
+    # 8 steps of 8 clips: before step 1, then after round(8k/3) = 3, 5, 8 steps.
+    assert curve["step"].tolist() == [0, 3, 5, 8]
+    assert curve["samples_seen"].tolist() == [0, 24, 40, 64]
+    assert curve["epoch"].tolist() == pytest.approx([0, 0.75, 1.25, 2.0])
+    for column in ("val_t2v_r1", "val_t2v_r5", "val_t2v_r10"):
+        assert curve[column].between(0, 1).all()
+    assert (curve["val_t2v_r1"] <= curve["val_t2v_r5"]).all() and (curve["val_t2v_r5"] <= curve["val_t2v_r10"]).all()
+    assert curve["wall_s"].is_monotonic_increasing
+    info = json.loads((curve_run / "config.json").read_text())
+    assert info["validation_steps"] == [0, 3, 5, 8]
+    assert json.loads((curve_run / "compute.json").read_text())["val_wall_s"] > 0
+
+    # Validation changes no weight and no random state: the same run without it is bitwise equal.
+    assert_same_weights(full_run, curve_run)
+    assert [row["loss"] for row in read_log(curve_run)] == [row["loss"] for row in read_log(full_run)]
+
+    # The last point is the test protocol on the val split with the final weights.
+    from fgmm_lib.evaluate import evaluate
+
+    with warnings.catch_warnings():  # words of the clean captions that the tiny train split lacks
+        warnings.simplefilter("ignore")
+        metrics = evaluate(curve_run, val_data, split="val", probe_split="train", progress=False)
+    assert curve["val_t2v_r10"].iloc[-1] == pytest.approx(metrics["t2v"]["R@10"])
+    assert curve["val_t2v_r1"].iloc[-1] == pytest.approx(metrics["t2v"]["R@1"])
+
+
+def test_validation_every_samples(data: Path, val_data: Path, tmp_path: Path) -> None:
+    config = make_config(data, tmp_path / "run", val_data=str(val_data), val_every=20, max_steps=6)
+    assert train.validation_steps(config, 8) == [0, 3, 5, 8]  # first step at or past 20, 40, 60 samples; the end
+    run = pretrain(config, progress=False)
+    from fgmm_lib.curves import read_curves
+
+    assert read_curves(run / "curves.csv")["samples_seen"].tolist() == [0, 24, 40]  # stopped at step 6
+
+
+def test_resume_after_kill_gives_the_same_curve(curve_run: Path, data: Path, val_data: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed during step 6, after the step-5 validation: resumed from the epoch-1 checkpoint, the
+    curve rows and the weights equal the uninterrupted run's."""
+    from fgmm_lib.curves import read_curves
+
+    real_batch_loss = train.batch_loss
+    killed_at_step_6 = killed_at_call(6)
+    config = make_config(data, tmp_path / "run", val_data=str(val_data), val_points=3)
+    monkeypatch.setattr(train, "batch_loss", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, progress=False)
+    monkeypatch.setattr(train, "batch_loss", real_batch_loss)
+    assert read_curves(tmp_path / "run" / "curves.csv")["step"].tolist() == [0, 3, 5]
+
+    pretrain(config, resume=True, progress=False)
+    assert_same_weights(curve_run, tmp_path / "run")
+    resumed, full = read_curves(tmp_path / "run" / "curves.csv"), read_curves(curve_run / "curves.csv")
+    assert resumed[CURVE_VALUES].equals(full[CURVE_VALUES])
+    assert resumed["config_fingerprint"].tolist() == full["config_fingerprint"].tolist()
+
+
+def test_validation_on_test_split_is_refused(data: Path, val_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"val_split.*test split is read only by the final evaluation"):
+        make_config(data, tmp_path / "run", val_data=str(val_data), val_split="test")
+    with pytest.raises(ValueError, match="val_split"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "val_split": "dev"})
+
+
+def test_validation_data_is_checked_before_training(data: Path, tmp_path: Path) -> None:
+    other_vocab = generate_dataset(GenerationConfig(clips=48, frames=4, size=32, **CLEAN), tmp_path / "other",
+                                   vocab=data / "vocab.json", progress=False)
+    vocab = json.loads((other_vocab / "vocab.json").read_text())
+    words = vocab["words"] if isinstance(vocab, dict) else vocab
+    words.append("zzzextra")
+    (other_vocab / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match=r"other/vocab.json is another vocabulary"):
+        pretrain(make_config(data, tmp_path / "a", val_data=str(other_vocab)), progress=False)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+    other_shape = generate_dataset(GenerationConfig(clips=48, frames=4, size=24, **CLEAN), tmp_path / "shape",
+                                   vocab=data / "vocab.json", progress=False)
+    with pytest.raises(ValueError, match=r"shape/params.json: size=24.*size=32"):
+        pretrain(make_config(data, tmp_path / "b", val_data=str(other_shape)), progress=False)
+    with pytest.raises(FileNotFoundError, match="val_data .*missing does not exist"):
+        pretrain(make_config(data, tmp_path / "c", val_data=str(tmp_path / "missing")), progress=False)
+
+
+def test_curve_of_another_run_is_refused(curve_run: Path, tmp_path: Path) -> None:
+    from fgmm_lib.curves import read_curves
+
+    fingerprint = read_curves(curve_run / "curves.csv")["config_fingerprint"].iloc[0]
+    read_curves(curve_run / "curves.csv", run="run", fingerprint=fingerprint)
+    with pytest.raises(ValueError, match=r"curves.csv belongs to another run: its run is 'run', expected 'other'"):
+        read_curves(curve_run / "curves.csv", run="other")
+    with pytest.raises(ValueError, match="belongs to another run: its config_fingerprint"):
+        read_curves(curve_run / "curves.csv", fingerprint="0" * 16)
+    mixed = tmp_path / "mixed.csv"
+    text = (curve_run / "curves.csv").read_text()
+    mixed.write_text(text + text.splitlines()[-1].replace(fingerprint, "f" * 16) + "\n")
+    with pytest.raises(ValueError, match="mixes the rows of several runs"):
+        read_curves(mixed)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("samples_seen,val_t2v_r10\n0,0.1\n")
+    with pytest.raises(ValueError, match="lacks the column"):
+        read_curves(bad)
+
+
+def test_curve_gain() -> None:
+    import pandas as pd
+
+    from fgmm_lib.curves import curve_gain
+
+    flat = pd.DataFrame({"samples_seen": [0, 100, 200, 300, 400, 500], "val_t2v_r10": [0.1, 0.5, 0.6, 0.6, 0.6, 0.61]})
+    assert curve_gain(flat) == pytest.approx(0.01)  # 0.61 - value at 400
+    rising = pd.DataFrame({"samples_seen": [0, 250, 500], "val_t2v_r10": [0.0, 0.25, 0.5]})
+    assert curve_gain(rising) == pytest.approx(0.1)  # interpolated at 400: 0.4
+    assert curve_gain(rising, fraction=1.0) == pytest.approx(0.5)
+    # Two seeds: the gain of their mean curve.
+    seeds = pd.DataFrame({"samples_seen": [0, 500, 0, 500], "val_t2v_r10": [0.0, 0.4, 0.0, 0.6]})
+    assert curve_gain(seeds) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        curve_gain(pd.DataFrame({"samples_seen": [5], "val_t2v_r10": [0.2]}))
+    with pytest.raises(ValueError, match="fraction"):
+        curve_gain(flat, fraction=0)
+    with pytest.raises(ValueError, match="no column 'val_t2v_r10'"):
+        curve_gain(flat.rename(columns={"val_t2v_r10": "r10"}))
+    with pytest.raises(ValueError, match="validate earlier"):
+        curve_gain(pd.DataFrame({"samples_seen": [450, 500], "val_t2v_r10": [0.2, 0.3]}))
+
+
+@pytest.mark.parametrize(
+    ("scaling", "batch_size", "expected_lr", "expected_warmup"),
+    [
+        ("none", 8, 2e-3, 12),
+        ("none", 256, 2e-3, 0),
+        ("sqrt", 16, 1e-3, 6),
+        ("sqrt", 256, 4e-3, 0),
+        ("linear", 8, 2.5e-4, 12),
+        ("linear", 128, 4e-3, 1),
+    ],
+)
+def test_lr_and_warmup_follow_the_batch_size(scaling: str, batch_size: int, expected_lr: float,
+                                             expected_warmup: int) -> None:
+    config = TrainConfig(data="d", out="o", lr=2e-3, batch_size=batch_size, lr_scaling=scaling,
+                         reference_batch_size=64, warmup_samples=100)
+    assert train.peak_lr(config) == pytest.approx(expected_lr)
+    assert train.warmup_steps(config, total_steps=1000) == expected_warmup  # round(100 / batch_size)
+    assert train.warmup_steps(config, total_steps=3) == min(3, expected_warmup)
+    fraction = TrainConfig(data="d", out="o", warmup_fraction=0.1, batch_size=batch_size)
+    assert train.warmup_steps(fraction, total_steps=1000) == 100 and train.peak_lr(fraction) == 2e-3
+
+
+def test_lr_rule_is_recorded_and_used(data: Path, tmp_path: Path) -> None:
+    run = pretrain(make_config(data, tmp_path / "run", lr_scaling="linear", reference_batch_size=16,
+                               warmup_samples=16, max_steps=4), progress=False)
+    info = json.loads((run / "config.json").read_text())
+    compute = json.loads((run / "compute.json").read_text())
+    assert info["peak_lr"] == compute["peak_lr"] == pytest.approx(1e-3)  # 2e-3 x 8 / 16
+    assert info["warmup_steps"] == compute["warmup_steps"] == 2  # 16 samples of batch 8
+    assert [row["lr"] for row in read_log(run)] == pytest.approx([1e-3 * lr_factor(step, 8, 2) for step in range(4)])
+    with pytest.raises(ValueError, match="lr_scaling"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "lr_scaling": "cubic"})
+
+
+NEW_KEYS = ("lr_scaling", "reference_batch_size", "warmup_samples", "val_data", "val_split", "val_points",
+            "val_every")
+
+
+def test_runs_of_an_older_version_load_and_resume(full_run: Path, data: Path, tmp_path: Path) -> None:
+    """A run whose config.json and checkpoint predate the lr and validation fields."""
+    run = pretrain(make_config(data, tmp_path / "old", max_steps=5), progress=False)
+    info = json.loads((run / "config.json").read_text())
+    for key in NEW_KEYS:
+        del info["train"][key]
+    (run / "config.json").write_text(json.dumps(info))
+    checkpoint = checkpoint_of(run)
+    for key in NEW_KEYS:
+        del checkpoint["train_config"][key]
+    torch.save(checkpoint, run / "checkpoint.pt")
+
+    assert TrainConfig.from_dict(info["train"]) == make_config(data, run, max_steps=5)
+    _, _, config, _ = load_run(run)
+    assert config.lr_scaling == "none" and config.val_data == ""
+    pretrain(make_config(data, run), resume=True, progress=False)
+    assert_same_weights(full_run, run)
