@@ -1,4 +1,4 @@
-"""The ``fgmm`` command line: generate, pretrain, evaluate, import-*, bench-loss, bench-import, bench-ddp.
+"""The ``fgmm`` command line: generate, pretrain, evaluate, import-*, bench-loss, bench-import, bench-ddp, bench-train.
 
 Options of ``generate`` and ``pretrain`` are derived from the fields of
 :class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`, so the command
@@ -220,6 +220,15 @@ def _cmd_bench_ddp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from fgmm_lib.bench_train import bench_train
+
+    table = bench_train(out_dir=args.out, steps=args.steps, threads=args.threads, quick=args.quick,
+                        progress=not args.quiet)
+    print(table.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fgmm`` command."""
     from fgmm_lib.generate import GenerationConfig
@@ -289,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     ddp.add_argument("--memory-budget-gib", type=float, default=1.0, help="per-rank budget of the batch limits")
     ddp.add_argument("--quick", action="store_true", help="a tiny smoke run")
     ddp.set_defaults(func=_cmd_bench_ddp)
+
+    bench_train = sub.add_parser("bench-train", help="samples/s of training steps, where a step's time goes, 1x2 vs 2x1")
+    bench_train.add_argument("--out", default="results/bench", help="folder for train.csv")
+    bench_train.add_argument("--steps", type=int, default=6, help="timed steps per configuration (after one warm-up)")
+    bench_train.add_argument("--threads", type=int, default=2, help="threads of the 1-process runs")
+    bench_train.add_argument("--quick", action="store_true", help="a tiny smoke run")
+    bench_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench_train.set_defaults(func=_cmd_bench_train)
     return parser
 
 

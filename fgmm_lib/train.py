@@ -226,7 +226,11 @@ def batch_loss(model: DualEncoder, loss_module: PairLoss, batch: dict[str, Tenso
     always computed in float32. A loss that ``needs_candidates`` (MIL-NCE) gets the K candidate
     narrations of every clip.
     """
-    outputs = encode_batch(model, loss_module, batch, mixed_precision)
+    return loss_of_outputs(loss_module, encode_batch(model, loss_module, batch, mixed_precision))
+
+
+def loss_of_outputs(loss_module: PairLoss, outputs: dict[str, Tensor]) -> Tensor:
+    """The loss of what :func:`encode_batch` returned."""
     if loss_module.needs_candidates:
         return loss_module(outputs["video_global"], outputs["text_global"])
     return loss_module(outputs["video_tokens"], outputs["video_global"], outputs["text_tokens"],

@@ -106,3 +106,21 @@ def test_bad_arguments_are_named(tmp_path):
         bench.bench_loss(out_dir=tmp_path, batch_sizes=(0,), progress=False)
     with pytest.raises(ValueError, match="repeats"):
         bench.bench_loss(out_dir=tmp_path, repeats=0, progress=False)
+
+
+def test_bench_train_quick_writes_steps_phases_and_parallel(tmp_path):
+    from fgmm_lib.bench_train import COLUMNS, PHASES, bench_train
+
+    table = bench_train(out_dir=tmp_path, quick=True, progress=False)
+    on_disk = pd.read_csv(tmp_path / "train.csv")
+    assert list(on_disk.columns) == COLUMNS and len(on_disk) == len(table)
+    steps = on_disk[on_disk["measure"] == "step"]
+    assert set(steps["loss"]) == {"coarse", "max"} and (steps["samples_per_s"] > 0).all()
+    phases = on_disk[on_disk["measure"] == "phase"]
+    for loss, group in phases.groupby("loss"):
+        assert list(group["phase"]) == list(PHASES)
+        assert group["share"].sum() == pytest.approx(1.0, abs=1e-6)
+    parallel = on_disk[on_disk["measure"] == "parallel"]
+    assert list(parallel["phase"]) == ["1x2", "2x1"] and (parallel["samples_per_s"] > 0).all()
+    with pytest.raises(ValueError, match="steps"):
+        bench_train(out_dir=tmp_path, steps=0)
