@@ -8,7 +8,11 @@ same way.
 Tables:
     :func:`metrics_table`, :func:`recall_at_k_table`, :func:`flatten_metrics`, :func:`load_runs`,
     :func:`summarise_over_seeds`, :func:`comparison_table`, :func:`mean_std_table`,
-    :func:`best_losses`, :func:`markdown_table`.
+    :func:`interval_table`, :func:`best_losses`, :func:`attribute_table`,
+    :func:`evaluation_interval_table`, :func:`markdown_table`.
+Intervals and paired differences (STUDY.md section 7, "Powered"):
+    :func:`t_quantile_975`, :func:`t_interval`, :func:`paired_differences`,
+    :func:`paired_difference_table`, :func:`tie_or_difference`.
 Verdicts:
     :func:`batch_size_verdict`, :func:`verdict_answer`.
 The report (STUDY.md section 6):
@@ -31,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from fgmm_lib.losses import AGGREGATIONS, LOSSES
-from fgmm_lib.results import (COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, RUN_NAME, Metric, lookup,
-                              parse_run_name)
+from fgmm_lib.results import (ATTRIBUTE_METRICS, COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, RUN_NAME, Metric,
+                              chance_path, interval, lookup, parse_run_name)
 
 #: Every loss of the study, in the order tables and legends list them (coarse baselines first).
 LOSS_ORDER = LOSSES
@@ -57,17 +61,15 @@ def ordered_losses(losses: Sequence[str]) -> list[str]:
 
 def metric_label(name: str) -> str:
     """Human-readable label of a metric column (the column name itself if it is not a known metric)."""
-    return METRICS[name].label if name in METRICS else name.replace("_", " ")
+    known = {**METRICS, **ATTRIBUTE_METRICS}
+    return known[name].label if name in known else name.replace("_", " ")
 
 
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _chance_path(path: tuple[str, ...]) -> tuple[str, ...]:
-    """Where a metric's chance level sits: ``t2v.chance.R@1``, ``probe.chance``, ``pointing.chance``."""
-    task, key = path[0], path[-1]
-    return (task, "chance", key) if key.startswith("R@") else (task, "chance")
+_chance_path = chance_path
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
@@ -96,8 +98,10 @@ def _metric_value(metrics: Mapping[str, Any], name: str, metric: Metric) -> floa
 def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics", details: Mapping[str, Any] | None = None,
                     compute: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One flat row of a run's results: run, loss, batch_size, seed, every metric of :data:`METRICS`,
-    their chance levels (``<metric>_chance``), the temperatures (``<name>_temperature``) and every
-    number of its compute record (``compute_<key>``).
+    the attribute retrievals of :data:`fgmm_lib.results.ATTRIBUTE_METRICS` the record holds, their
+    chance levels (``<metric>_chance``), the run's 95% bootstrap intervals over queries or test
+    clips (``<metric>_ci95_low``, ``<metric>_ci95_high``) where evaluation stored them, the
+    temperatures (``<name>_temperature``) and every number of its compute record (``compute_<key>``).
 
     ``metrics`` is a metrics file (flat, :func:`fgmm_lib.results.write_metrics`) or a whole
     evaluation record; chance levels and temperatures come from ``details`` (the whole record)
@@ -127,10 +131,17 @@ def flatten_metrics(metrics: Mapping[str, Any], source: str = "metrics", details
                            "seed": int(identity["seed"])}
     for key, metric in METRICS.items():
         row[key] = _metric_value(metrics, key, metric)
-    for key, metric in METRICS.items():
+    for key, metric in ATTRIBUTE_METRICS.items():
+        value = _number(lookup(record, metric.path))
+        if not math.isnan(value):
+            row[key] = value
+    for key, metric in {**METRICS, **ATTRIBUTE_METRICS}.items():
         chance = _number(lookup(record, _chance_path(metric.path)))
         if not math.isnan(chance):
             row[f"{key}_chance"] = chance
+        bounds = interval(record, metric.path)
+        if bounds is not None:
+            row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = bounds
     temperatures = record.get("temperatures")
     if isinstance(temperatures, Mapping):
         for key, value in temperatures.items():
@@ -186,10 +197,14 @@ def load_runs(metrics_dir: str | Path = METRICS_DIR, compute_dir: str | Path | N
 
 def summarise_over_seeds(runs: pd.DataFrame, by: Sequence[str] = ("loss", "batch_size"),
                          metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean, sample standard deviation (NaN for a single seed) and count over seeds, long format.
+    """Mean, sample standard deviation (NaN for a single seed), count and 95% t-interval of the
+    mean over seeds, long format.
 
-    Returns columns ``*by, metric, mean, std, n``; metrics a run lacks (NaN) are left out of
-    its group, and a (group, metric) with no value at all is dropped.
+    Returns columns ``*by, metric, mean, std, n, ci95_low, ci95_high``; the interval is
+    ``mean ± t(0.975, n - 1) std / sqrt(n)`` (:func:`t_interval`, NaN for a single seed).
+    ``metrics`` defaults to :data:`METRICS` (pass the attribute retrievals of
+    :data:`fgmm_lib.results.ATTRIBUTE_METRICS` to summarise those too); metrics a run lacks (NaN)
+    are left out of its group, and a (group, metric) with no value at all is dropped.
     """
     by = list(by)
     missing = [column for column in by if column not in runs.columns]
@@ -199,6 +214,9 @@ def summarise_over_seeds(runs: pd.DataFrame, by: Sequence[str] = ("loss", "batch
     long = runs.melt(id_vars=by, value_vars=names, var_name="metric", value_name="value").dropna(subset=["value"])
     summary = (long.groupby(by + ["metric"], sort=False)["value"]
                .agg(mean="mean", std="std", n="count").reset_index())
+    bounds = [t_interval(m, s, int(n)) for m, s, n in zip(summary["mean"], summary["std"], summary["n"])]
+    summary["ci95_low"] = [low for low, _ in bounds]
+    summary["ci95_high"] = [high for _, high in bounds]
     metric_order = {name: position for position, name in enumerate(names)}
     loss_order = {loss: position for position, loss in enumerate(ordered_losses(summary["loss"]))} \
         if "loss" in by else {}
@@ -211,6 +229,124 @@ def summarise_over_seeds(runs: pd.DataFrame, by: Sequence[str] = ("loss", "batch
         return column
 
     return summary.sort_values(["metric"] + by, key=sort_key).reset_index(drop=True)
+
+
+#: The 0.975 quantile of Student's t distribution for 1 to 30 degrees of freedom (the two-sided 95%
+#: interval); scipy is not a dependency and ``torch.distributions.StudentT`` has no ``icdf``.
+T_975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+         2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+         2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+         2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+         2.045229642, 2.042272456)
+
+_Z_975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: :data:`T_975` up to 30,
+    beyond it the Cornish-Fisher expansion in 1/df around the normal quantile (error < 1e-6)."""
+    if isinstance(df, bool) or not isinstance(df, (int, np.integer)) or df < 1:
+        raise ValueError(f"degrees of freedom must be a positive int, got {df!r}")
+    if df <= len(T_975):
+        return T_975[int(df) - 1]
+    z = _Z_975
+    terms = ((z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+             (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+             (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
+    return z + sum(term / df ** power for power, term in enumerate(terms, start=1))
+
+
+def t_interval(mean: float, std: float, n: int) -> tuple[float, float]:
+    """95% t-interval of a mean over ``n`` values with sample standard deviation ``std``:
+    ``mean ± t_quantile_975(n - 1) * std / sqrt(n)``; (NaN, NaN) for fewer than 2 values."""
+    if n < 2 or not (math.isfinite(mean) and math.isfinite(std)):
+        return math.nan, math.nan
+    half = t_quantile_975(int(n) - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _higher_is_better(metric: str) -> bool:
+    known = {**METRICS, **ATTRIBUTE_METRICS}
+    return known[metric].higher_is_better if metric in known else True
+
+
+def tie_or_difference(interval: Sequence[float], margin: float = 0.03, higher_is_better: bool = True) -> str:
+    """The verdict of a 95% interval of a difference (this minus the reference).
+
+    ``"tie"`` when the whole interval lies within ``[-margin, margin]`` (an equivalence: checked
+    first, so a tight interval that excludes 0 by less than the margin is a tie); else
+    ``"better"`` or ``"worse"`` when it excludes 0 (mirrored where lower is better, as for ranks);
+    else ``"undecided"`` (too wide to tell, or NaN: fewer than two pairs).
+    """
+    low, high = (float(value) for value in interval)
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise ValueError(f"margin must be a non-negative number, got {margin!r}")
+    if math.isnan(low) or math.isnan(high):
+        return "undecided"
+    if low > high:
+        raise ValueError(f"the interval must be [low, high] with low <= high, got {list(interval)}")
+    if -margin <= low and high <= margin:
+        return "tie"
+    if low > 0 or high < 0:
+        return "better" if (low > 0) == higher_is_better else "worse"
+    return "undecided"
+
+
+def paired_differences(runs: pd.DataFrame, metric: str, reference: Sequence[Any] = ("coarse", 256),
+                       by: Sequence[str] = ("loss", "batch_size"), pair_on: str = "seed",
+                       margin: float = 0.03) -> pd.DataFrame:
+    """Paired differences of ``metric`` against a reference group: same seed, same data.
+
+    For each group of ``by`` other than ``reference`` (its values of ``by``, e.g.
+    ``("coarse", 256)``), the runs are paired with the reference's runs on ``pair_on`` (the seed:
+    the same initial weights draw and batch order on the same data); the differences
+    ``run - reference run`` give ``n`` (pairs), ``mean``, ``std`` and a 95% t-interval
+    (:func:`t_interval`), and ``verdict`` is :func:`tie_or_difference` of that interval (for a
+    metric where lower is better, "better" means a lower value). Runs without a partner, or
+    where either side lacks the metric, are left out.
+
+    Returns columns ``*by, metric, reference, n, mean, std, ci95_low, ci95_high, verdict, seeds``
+    (``reference`` as text such as ``"coarse b256"``); empty when the reference has no run.
+
+    Raises:
+        ValueError: ``runs`` lacks a column of ``by``, ``pair_on`` or ``metric``, or
+            ``reference`` does not have one value per column of ``by``.
+    """
+    by = list(by)
+    missing = [column for column in (*by, pair_on, metric) if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table has no column(s) {missing}; it has {list(runs.columns)}")
+    reference = tuple(reference)
+    if len(reference) != len(by):
+        raise ValueError(f"reference {reference!r} must give one value per column of {by}")
+    columns = [*by, "metric", "reference", "n", "mean", "std", "ci95_low", "ci95_high", "verdict", "seeds"]
+    label = " ".join(f"b{value}" if column == "batch_size" else str(value) for column, value in zip(by, reference))
+    valid = runs.dropna(subset=[metric])
+    is_reference = np.logical_and.reduce([valid[column] == value for column, value in zip(by, reference)])
+    base = valid[is_reference].set_index(pair_on)[metric]
+    if base.empty:
+        return pd.DataFrame(columns=columns)
+    if base.index.duplicated().any():
+        raise ValueError(f"the reference {label} has several runs with the same {pair_on}: cannot pair them")
+    higher = _higher_is_better(metric)
+    rows = []
+    for key, group in valid[~is_reference].groupby(by, sort=False):
+        values = group.set_index(pair_on)[metric]
+        common = [seed for seed in values.index if seed in base.index]
+        if not common:
+            continue
+        differences = np.array([float(values[seed]) - float(base[seed]) for seed in common])
+        mean = float(differences.mean())
+        std = float(differences.std(ddof=1)) if len(differences) > 1 else math.nan
+        low, high = t_interval(mean, std, len(differences))
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append([*key, metric, label, len(differences), mean, std, low, high,
+                     tie_or_difference((low, high), margin, higher), ",".join(str(seed) for seed in sorted(common))])
+    table = pd.DataFrame(rows, columns=columns)
+    if "loss" in by and not table.empty:
+        order = {loss: position for position, loss in enumerate(ordered_losses(table["loss"]))}
+        table = table.sort_values(by, key=lambda column: column.map(order) if column.name == "loss" else column)
+    return table.reset_index(drop=True)
 
 
 def comparison_table(summary: pd.DataFrame, batch_size: int) -> pd.DataFrame:
@@ -250,16 +386,23 @@ def _mean_std(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def mean_std_table(summary: pd.DataFrame, index: str = "loss", digits: int = 3) -> pd.DataFrame:
-    """Wide table of "mean ± std" strings: one row per ``index`` value, one column per metric label."""
-    cells = summary.assign(value=[_mean_std(m, s, digits) for m, s in zip(summary["mean"], summary["std"])])
+def _wide_cells(cells: pd.DataFrame, index: str) -> pd.DataFrame:
+    """The text cells (column ``value``) of a long table, one row per ``index`` value (losses in
+    the study's order) and one column per metric label (known metrics first, in their order)."""
     wide = cells.pivot(index=index, columns="metric", values="value")
-    metric_columns = [m for m in METRICS if m in wide.columns] + sorted(set(wide.columns) - set(METRICS))
+    known = [*METRICS, *ATTRIBUTE_METRICS]
+    metric_columns = [m for m in known if m in wide.columns] + sorted(set(wide.columns) - set(known))
     rows = ordered_losses(wide.index) if index == "loss" else sorted(wide.index)
     wide = wide.loc[rows, metric_columns].fillna("–")
     wide.columns = [metric_label(m) for m in metric_columns]
     wide.columns.name = None
     return wide
+
+
+def mean_std_table(summary: pd.DataFrame, index: str = "loss", digits: int = 3) -> pd.DataFrame:
+    """Wide table of "mean ± std" strings: one row per ``index`` value, one column per metric label."""
+    cells = summary.assign(value=[_mean_std(m, s, digits) for m, s in zip(summary["mean"], summary["std"])])
+    return _wide_cells(cells, index)
 
 
 def best_losses(summary: pd.DataFrame) -> pd.DataFrame:
@@ -354,6 +497,81 @@ def recall_at_k_table(metrics: Mapping[str, Any], tasks: Sequence[str] = ("t2v",
 
 
 
+#: The metrics on which the report compares losses by paired differences (questions 1 and 2).
+PAIRED_METRICS = ("t2v_R@10", "t2v_R@1", "action_top1")
+
+
+def _interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def interval_table(summary: pd.DataFrame, index: str = "loss", digits: int = 3,
+                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Wide table of "mean [95% t-interval over seeds]" strings of a :func:`summarise_over_seeds`
+    table: one row per ``index`` value, one column per metric label (``metrics``: all of them)."""
+    if metrics is not None:
+        summary = summary[summary["metric"].isin(list(metrics))]
+    cells = summary.assign(value=[_interval_text(m, lo, hi, digits) for m, lo, hi
+                                  in zip(summary["mean"], summary["ci95_low"], summary["ci95_high"])])
+    return _wide_cells(cells, index)
+
+
+def paired_difference_table(runs: pd.DataFrame, reference: Sequence[Any], metrics: Sequence[str] = PAIRED_METRICS,
+                            by: Sequence[str] = ("loss", "batch_size"), margin: float = 0.03) -> pd.DataFrame:
+    """:func:`paired_differences` of several metrics against one reference, one row per group and
+    metric: ``*by, metric (label), n, difference [95% interval], verdict``."""
+    parts = [paired_differences(runs, metric, reference, by=by, margin=margin)
+             for metric in metrics if metric in runs.columns]
+    parts = [part for part in parts if not part.empty]
+    columns = [*by, "metric", "n", "difference [95% CI]", "verdict"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(parts, ignore_index=True)
+    table["difference [95% CI]"] = [_interval_text(m, lo, hi) for m, lo, hi
+                                    in zip(table["mean"], table["ci95_low"], table["ci95_high"])]
+    table["metric"] = [metric_label(m) for m in table["metric"]]
+    return table[columns]
+
+
+def evaluation_interval_table(runs: pd.DataFrame, metrics: Sequence[str] = PAIRED_METRICS) -> pd.DataFrame:
+    """Per loss and batch size, the mean over seeds of each run's bootstrap half-width
+    (``(ci95_high - ci95_low) / 2``, over queries or test clips) of ``metrics``: how precisely one
+    run's evaluation set measures it (STUDY.md section 7 asks for about ±0.03)."""
+    present = [m for m in metrics if f"{m}_ci95_low" in runs.columns]
+    if runs.empty or not present:
+        return pd.DataFrame(columns=["loss", "batch_size"])
+    half = pd.DataFrame({metric_label(m): (runs[f"{m}_ci95_high"] - runs[f"{m}_ci95_low"]) / 2 for m in present})
+    half[["loss", "batch_size"]] = runs[["loss", "batch_size"]]
+    return half.groupby(["loss", "batch_size"], sort=False).mean().reset_index()
+
+
+#: The attribute columns of :func:`attribute_table`: what the encoders learned (STUDY.md section 7).
+ATTRIBUTE_COLUMNS = ("action_top1", "colour_top1", "digit_top1",
+                     "t2v_colour_R@1", "t2v_digit_R@1", "t2v_action_R@1")
+
+
+def attribute_table(runs: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
+    """Per loss (at ``batch_size``, else every batch size), the probe top-1 and the attribute-level
+    text→video R@1 of each attribute as "mean [95% t-interval over seeds]", with a last row of
+    chance levels (mean over the runs)."""
+    present = [m for m in ATTRIBUTE_COLUMNS if m in runs.columns and runs[m].notna().any()]
+    if runs.empty or not present:
+        return pd.DataFrame()
+    rows = runs if batch_size is None else runs[runs["batch_size"] == batch_size]
+    by = ["loss"] if batch_size is not None else ["loss", "batch_size"]
+    summary = summarise_over_seeds(rows, by=by, metrics=present)
+    if batch_size is None:
+        summary = summary.assign(loss=[f"{loss} b{batch}" for loss, batch in zip(summary["loss"], summary["batch_size"])])
+    table = interval_table(summary, metrics=present)
+    chance = {metric_label(m): f"{rows[f'{m}_chance'].mean():.3f}" for m in present if f"{m}_chance" in rows.columns}
+    table.loc["chance"] = [chance.get(column, "–") for column in table.columns]
+    return table
+
+
 # --------------------------------------------------------------------------------------------
 # The report: each question of STUDY.md section 6 answered from the results folder
 # --------------------------------------------------------------------------------------------
@@ -417,11 +635,26 @@ def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size:
     comparison = comparison_table(summary, batch)
     inventory = ", ".join(f"`{loss}` ({count} runs)" for loss, count in runs["loss"].value_counts(sort=False).items())
     seeds = sorted(runs.loc[runs["batch_size"] == batch, "seed"].unique())
+    headline = comparison[comparison["metric"].isin(list(METRICS))]
     report.add(f"{len(runs)} evaluated runs: {inventory}. At batch size {batch} "
                f"(seeds {', '.join(map(str, seeds))}), mean ± std over seeds:")
-    report.table(mean_std_table(comparison))
+    report.table(mean_std_table(headline))
+    report.add("Mean and 95% t-interval over seeds:")
+    report.table(interval_table(headline))
     report.add("The best loss on each metric:")
-    report.table(best_losses(comparison))
+    report.table(best_losses(headline))
+    if "coarse" in set(runs.loc[runs["batch_size"] == batch, "loss"]):
+        paired = paired_difference_table(runs[runs["batch_size"] == batch], ("coarse", batch))
+        if not paired.empty:
+            report.add(f"Paired differences against `coarse` at batch {batch} (same seed, same data; mean and 95% "
+                       f"t-interval over seeds). A tie means the interval lies within ±0.03, better or worse that "
+                       f"it excludes 0, undecided neither:")
+            report.table(paired, index=False)
+    precision = evaluation_interval_table(runs[runs["batch_size"] == batch])
+    if not precision.empty:
+        report.add("Precision of one run's evaluation: mean half-width of its 95% bootstrap interval (over queries "
+                   "for retrieval, over test clips for the probe):")
+        report.table(precision, index=False)
     comparison.attrs["batch_size"] = batch
     return comparison
 
@@ -434,9 +667,11 @@ def verdict_answer(verdict: pd.DataFrame) -> str:
     return "partly" if matched else "no"
 
 
-def report_batch_ablation(report: Report) -> pd.DataFrame:
+def report_batch_ablation(report: Report, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Question 2: the batch-size sweep (``ablation/batch_size.csv`` and its PNG) and the verdict
-    of :func:`batch_size_verdict` as yes, partly or no. Returns the verdict (empty if none)."""
+    of :func:`batch_size_verdict` as yes, partly or no. Given the ``runs`` (:func:`load_runs`), it
+    also answers by paired differences (:func:`report_paired_batch`). Returns the verdict (empty
+    if none)."""
     report.add("## 2. Batch-size ablation")
     ablation_csv = report.results / "ablation" / "batch_size.csv"
     ablation_png = ablation_csv.with_suffix(".png")
@@ -451,6 +686,8 @@ def report_batch_ablation(report: Report) -> pd.DataFrame:
     verdict = batch_size_verdict(ablation)
     if verdict.empty:
         report.add("No verdict: it needs runs of both `attention` and `coarse` at two batch sizes or more.")
+        if runs is not None and not runs.empty:
+            report_paired_batch(report, runs)
         return verdict
     matched, total = int(verdict["matches"].sum()), len(verdict)
     small, large = int(verdict["attention batch"].iloc[0]), int(verdict["coarse batch"].iloc[0])
@@ -458,7 +695,47 @@ def report_batch_ablation(report: Report) -> pd.DataFrame:
                f"on {matched} of {total} retrieval metrics it is not worse beyond the larger standard deviation "
                f"over seeds.")
     report.table(verdict, index=False)
+    if runs is not None and not runs.empty:
+        report_paired_batch(report, runs)
     return verdict
+
+
+def report_paired_batch(report: Report, runs: pd.DataFrame, metrics: Sequence[str] = PAIRED_METRICS,
+                        margin: float = 0.03) -> pd.DataFrame:
+    """Question 2 by paired differences: every loss at every batch size against `coarse` at its
+    largest batch size (same seed, same data), on ``metrics``, with the verdict of
+    :func:`tie_or_difference`. Returns the :func:`paired_difference_table` (empty without coarse)."""
+    coarse = runs[runs["loss"] == "coarse"] if not runs.empty else runs
+    if coarse.empty:
+        report.add("No paired differences: there is no `coarse` run to compare with.")
+        return pd.DataFrame()
+    large = int(coarse["batch_size"].max())
+    table = paired_difference_table(runs, ("coarse", large), metrics=metrics, margin=margin)
+    if table.empty:
+        report.add(f"No paired differences: no run shares a seed with `coarse` at batch {large}.")
+        return table
+    report.add(f"Paired differences against `coarse` at batch {large} (same seed, same data; mean and 95% "
+               f"t-interval over seeds; tie: within ±{margin:g}; better / worse: excludes 0; else undecided):")
+    report.table(table, index=False)
+    return table
+
+
+def report_attributes(report: Report, runs: pd.DataFrame, study_batch_size: int | None = None) -> pd.DataFrame:
+    """What the encoders learned, per attribute (STUDY.md section 7, "Honest about the regime"): the
+    :func:`attribute_table` at the study's batch size. Returns it (empty without attribute metrics)."""
+    report.add("## What the encoders learned, per attribute")
+    table = pd.DataFrame() if runs.empty else attribute_table(
+        runs, comparison_batch_size(runs["batch_size"], study_batch_size))
+    if table.empty:
+        report.add("Not measured: the metrics hold no per-attribute probe or retrieval (evaluate again).")
+        return table
+    batch = comparison_batch_size(runs["batch_size"], study_batch_size)
+    report.add(f"At batch size {batch}, mean and 95% t-interval over seeds. Probes: linear probe top-1 of each "
+               f"attribute on the global video embedding. Retrieval: the caption queries' R@1 where any clip with "
+               f"the caption's value of that one attribute counts as a hit. An encoder that learned only colour "
+               f"is far above chance on colour and near it on digit and action.")
+    report.table(table)
+    return table
 
 
 #: The compute columns the report tabulates and plots against (question 5).

@@ -24,7 +24,8 @@ pooled feature every loss trains (``coarse`` and ``milnce`` only ever see it), s
 probed on the same kind of feature.
 
 Public API: :func:`embed_dataset`, :func:`pair_score_matrix`, :func:`retrieval_metrics`,
-:func:`best_relevant_ranks`, :func:`random_ranking_hit_rate`, :func:`linear_probe`,
+:func:`best_relevant_ranks`, :func:`random_ranking_hit_rate`, :func:`bootstrap_interval`,
+:func:`attribute_relevance`, :func:`attribute_retrieval`, :func:`linear_probe`,
 :func:`cell_hit_mask`, :func:`pointing_accuracy`, :func:`digit_phrase_indices`,
 :func:`still_frame_indices` and :func:`evaluate` (what ``fgmm evaluate`` runs).
 
@@ -60,6 +61,9 @@ __all__ = [
     "retrieval_metrics",
     "best_relevant_ranks",
     "random_ranking_hit_rate",
+    "bootstrap_interval",
+    "attribute_relevance",
+    "attribute_retrieval",
     "linear_probe",
     "cell_hit_mask",
     "pointing_accuracy",
@@ -315,6 +319,109 @@ def random_ranking_hit_rate(relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) ->
     return result
 
 
+def _query_hits(scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Tensor]:
+    """Per-query hit of each R@K, ``{"R@K": [Q] float64}``: 1 where a correct answer is among the
+    top K, 0 where none is; their mean is the R@K of :func:`retrieval_metrics`.
+
+    A tie at the best relevant score counts as a random order (as in :func:`best_relevant_ranks`):
+    the entry is then the probability of a hit, ``1 - binom(g, m) / binom(g + h, m)`` with ``g``
+    irrelevant and ``h`` relevant items tied, and ``m`` = K minus the irrelevant items scored higher.
+    """
+    _check_retrieval_inputs(scores, relevant)
+    ks = _check_ks(ks)
+    scores = scores.detach().to("cpu", torch.float64)
+    relevant = relevant.detach().cpu()
+    best = scores.masked_fill(~relevant, float("-inf")).amax(dim=1, keepdim=True)
+    higher = ((scores > best) & ~relevant).sum(dim=1).tolist()
+    tied_irrelevant = ((scores == best) & ~relevant).sum(dim=1).tolist()
+    tied_relevant = ((scores == best) & relevant).sum(dim=1).tolist()
+    result = {}
+    for k in ks:
+        hits = []
+        for above, g, h in zip(higher, tied_irrelevant, tied_relevant):
+            m = k - above
+            hits.append(0.0 if m <= 0 else 1.0 if m > g else 1.0 - math.comb(g, m) / math.comb(g + h, m))
+        result[f"R@{k}"] = torch.tensor(hits, dtype=torch.float64)
+    return result
+
+
+#: Resamples and seed of every bootstrap interval of :func:`evaluate`.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_interval(values: Tensor | Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]`` of the mean of ``values`` (one per query or clip).
+
+    ``resamples`` times, ``len(values)`` values are drawn with replacement (a numpy generator
+    seeded with ``seed``, so the interval is reproducible) and averaged; the interval runs from
+    the ``(1 - level) / 2`` to the ``(1 + level) / 2`` quantile of those means (linear
+    interpolation). A single value gives ``[value, value]``.
+    """
+    data = np.asarray(values.tolist() if isinstance(values, Tensor) else values, dtype=np.float64).reshape(-1)
+    if data.size == 0:
+        raise ValueError("bootstrap_interval needs at least one value")
+    if not np.isfinite(data).all():
+        raise ValueError("bootstrap_interval: the values hold NaN or infinite entries")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive int, got {resamples!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    rng = np.random.default_rng(int(seed))
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return [float(low), float(high)]
+
+
+def _retrieval_with_intervals(scores: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """:func:`retrieval_metrics` of ``scores [Q, C]`` with the exact chance level, the query and
+    corpus sizes, and ``"ci95": {"R@K": [lo, hi]}``, a bootstrap over queries."""
+    result: dict[str, Any] = retrieval_metrics(scores, relevant, ks)
+    hits = _query_hits(scores, relevant, ks)
+    result.update(queries=int(scores.shape[0]), corpus=int(scores.shape[1]),
+                  chance=random_ranking_hit_rate(relevant, ks),
+                  ci95={name: bootstrap_interval(values) for name, values in hits.items()})
+    return result
+
+
+def attribute_relevance(query_values: Tensor, clip_values: Tensor) -> Tensor:
+    """``[Q, C]`` bool: True where clip c has the attribute value of query q (one attribute only)."""
+    return query_values.reshape(-1, 1) == clip_values.reshape(1, -1)
+
+
+def attribute_retrieval(scores: Tensor, relevant: Tensor, attributes: dict[str, Tensor],
+                        ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, Any]]:
+    """Attribute-level retrieval: the same ranking, judged on one attribute at a time.
+
+    Args:
+        scores: ``[Q, C]`` scores of the caption queries against the clips.
+        relevant: ``[Q, C]`` bool, the clips each caption query is a correct answer for.
+        attributes: per attribute name, ``[C]`` integer value of each clip (e.g. its colour).
+
+    The attribute value of a query is the one that all its relevant clips share; a hit at K is
+    then any clip among the top K with that value, whatever its other attributes (the ranking is
+    the caption's full one; only what counts as correct changes). An attribute whose value is not
+    shared by every relevant clip of some query is left out (the query does not name one value).
+
+    Returns per attribute the keys of :func:`retrieval_metrics` with ``chance``, ``queries``,
+    ``corpus`` and ``ci95`` (bootstrap over queries).
+    """
+    _check_retrieval_inputs(scores, relevant)
+    result = {}
+    for name, values in attributes.items():
+        values = torch.as_tensor(values).long().reshape(-1)
+        if values.shape[0] != scores.shape[1]:
+            raise ValueError(f"attribute {name!r} has {values.shape[0]} values for {scores.shape[1]} clips")
+        low = values.unsqueeze(0).masked_fill(~relevant, torch.iinfo(torch.long).max).amin(dim=1)
+        high = values.unsqueeze(0).masked_fill(~relevant, torch.iinfo(torch.long).min).amax(dim=1)
+        if bool((low != high).any()):
+            continue
+        result[name] = _retrieval_with_intervals(scores, attribute_relevance(low, values), ks)
+    return result
+
+
+
 # --------------------------------------------------------------------------------------------
 # Linear probe
 # --------------------------------------------------------------------------------------------
@@ -381,7 +488,7 @@ def linear_probe(
     Returns ``{"top1": micro top-1 accuracy on the test set (torchmetrics MulticlassAccuracy,
     average="micro"), "confusion": [[..]] (rows = true class, columns = predicted;
     torchmetrics MulticlassConfusionMatrix), "weight_decay": the chosen decay, "train_size",
-    "test_size"}``.
+    "test_size", "predicted": [the predicted class of each test clip]}``.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
@@ -425,6 +532,7 @@ def linear_probe(
         "weight_decay": chosen_decay,
         "train_size": int(train_x.shape[0]),
         "test_size": int(test_x.shape[0]),
+        "predicted": predicted.long().tolist(),
     }
 
 
@@ -678,25 +786,54 @@ def _probe_rows(probe_set: Any, test_set: Any, data: Path) -> tuple[np.ndarray, 
     return train_keep, test_keep
 
 
+#: The attributes of a Narrated Digits clip that the linear probes read, each with its class count.
+PROBE_ATTRIBUTES = ("action", "colour", "digit")
+
+
+def _attribute_classes() -> dict[str, int]:
+    from fgmm_lib.data import ACTIONS, COLOURS, DIGIT_WORDS
+
+    return {"action": len(ACTIONS), "colour": len(COLOURS), "digit": len(DIGIT_WORDS)}
+
+
+def _one_probe(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_rows: Tensor, test_rows: Tensor,
+               attribute: str, classes: int) -> dict[str, Any]:
+    """A linear probe of ``attribute`` on the global video embeddings, with the chance level and a
+    bootstrap interval over the test clips of its top-1."""
+    probe = linear_probe(
+        probe_train["video_global"][train_rows], probe_train[attribute][train_rows],
+        test["video_global"][test_rows], test[attribute][test_rows], num_classes=classes,
+    )
+    correct = torch.tensor(probe["predicted"]) == test[attribute][test_rows]
+    return {**{key: value for key, value in probe.items() if key != "predicted"},
+            "chance": 1.0 / classes, "ci95": bootstrap_interval(correct.double())}
+
+
 def _probe_task(probe_train: dict[str, Tensor], test: dict[str, Tensor], train_keep: np.ndarray,
-                test_keep: np.ndarray, classes: int) -> dict[str, Any]:
+                test_keep: np.ndarray, classes: int, fields: frozenset[str] | set[str] = frozenset()
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The action probe (``probe``) and one probe per attribute the folder has (``probe_attributes``)."""
     train_rows = torch.from_numpy(np.nonzero(train_keep)[0])
     test_rows = torch.from_numpy(np.nonzero(test_keep)[0])
-    probe = linear_probe(
-        probe_train["video_global"][train_rows], probe_train["action"][train_rows],
-        test["video_global"][test_rows], test["action"][test_rows],
-        num_classes=classes,
-    )
-    return {
-        "action_top1": probe["top1"],
+    action = _one_probe(probe_train, test, train_rows, test_rows, "action", classes)
+    probe = {
+        "action_top1": action["top1"],
         "chance": 1.0 / classes,
-        "confusion": probe["confusion"],
-        "weight_decay": probe["weight_decay"],
-        "train_clips": probe["train_size"],
-        "test_clips": probe["test_size"],
+        "ci95": {"action_top1": action["ci95"]},
+        "confusion": action["confusion"],
+        "weight_decay": action["weight_decay"],
+        "train_clips": action["train_size"],
+        "test_clips": action["test_size"],
         "dropped_train_clips": int((~train_keep).sum()),
         "dropped_test_clips": int((~test_keep).sum()),
     }
+    attributes = {"action": {key: action[key] for key in ("top1", "chance", "ci95", "weight_decay")}}
+    for attribute, count in _attribute_classes().items():
+        if attribute == "action" or attribute not in fields:
+            continue
+        result = _one_probe(probe_train, test, train_rows, test_rows, attribute, count)
+        attributes[attribute] = {key: result[key] for key in ("top1", "chance", "ci95", "weight_decay")}
+    return probe, attributes
 
 
 def _encode_texts(model: Any, vocab: Any, texts: Sequence[str], max_words: int, device: str,
@@ -720,11 +857,12 @@ def _encode_texts(model: Any, vocab: Any, texts: Sequence[str], max_words: int, 
 
 def _caption_retrieval(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str, Tensor],
                        caption_lists: list[list[str]], several: bool, max_words: int,
-                       device: str) -> dict[str, Any]:
+                       device: str, fields: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """The distinct clean captions query the split's clips; a clip answers every caption it has.
 
     With one caption per clip (``several`` False) the queries are the embeddings of the clips'
-    own captions; with several, the distinct captions are encoded as queries.
+    own captions; with several, the distinct captions are encoded as queries. The same ranking
+    is also judged per attribute of ``fields`` (:func:`attribute_retrieval`).
     """
     if several:
         queries, _ = _unique_first([c for texts in caption_lists for c in texts])
@@ -737,8 +875,9 @@ def _caption_retrieval(model: Any, loss_module: PairLoss, vocab: Any, test: dict
         loss_module, test["video_tokens"], test["video_global"], *embedded, device=device,
     )  # [clips, queries]
     relevant = torch.tensor([[q in texts for texts in caption_lists] for q in queries], dtype=torch.bool)
-    result = retrieval_metrics(scores.T.contiguous(), relevant)
-    result.update(queries=len(queries), corpus=len(caption_lists), chance=random_ranking_hit_rate(relevant))
+    result = _retrieval_with_intervals(scores.T.contiguous(), relevant)
+    present = [a for a in PROBE_ATTRIBUTES if a in fields]
+    result["attributes"] = attribute_retrieval(scores.T.contiguous(), relevant, {a: test[a] for a in present})
     return result
 
 
@@ -756,9 +895,7 @@ def _text_to_image(model: Any, loss_module: PairLoss, vocab: Any, test: dict[str
         *_encode_texts(model, vocab, queries, max_words, device), device=device,
     )  # [clips, queries]
     relevant = torch.stack([(test["colour"] == c) & (test["digit"] == d) for c, d in pairs])
-    result = retrieval_metrics(scores.T.contiguous(), relevant)
-    result.update(queries=len(queries), corpus=len(colours), chance=random_ranking_hit_rate(relevant))
-    return result
+    return _retrieval_with_intervals(scores.T.contiguous(), relevant)
 
 
 def _pointing_task(model: Any, loss_module: PairLoss, test: dict[str, Tensor], captions: list[str],
@@ -851,12 +988,35 @@ def evaluate(
 
         {"run", "data", "loss", "split", "probe_split", "clips", "finished",
          "temperatures": {"attn", "weight"} (the run's tau_a and tau_w, as used for scoring),
-         "probe": {"action_top1", "chance", "confusion", "weight_decay", "train_clips",
-                   "test_clips", "dropped_train_clips", "dropped_test_clips"},
-         "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K}},
-         "t2i": {same keys},
+         "probe": {"action_top1", "chance", "ci95": {"action_top1": [lo, hi]}, "confusion",
+                   "weight_decay", "train_clips", "test_clips", "dropped_train_clips",
+                   "dropped_test_clips"},
+         "probe_attributes": {"action" | "colour" | "digit": {"top1", "chance", "ci95": [lo, hi],
+                                                             "weight_decay"}},
+         "t2v": {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance": {R@K},
+                 "ci95": {R@K: [lo, hi]},
+                 "attributes": {"action" | "colour" | "digit": {the same keys but "attributes"}}},
+         "t2i": {the keys of t2v but "attributes"},
          "pointing": {"accuracy", "chance", "clips"},
          "skipped": {task: why it did not run}}
+
+    What the encoders learned, per attribute (STUDY.md section 7, "Honest about the regime"):
+
+    - ``probe_attributes``: one linear probe per attribute the folder labels (``action`` always
+      with the probe, ``colour`` and ``digit`` where ``meta.jsonl`` has them), the protocol of the
+      action probe (:func:`linear_probe` on the global video embeddings, trained on
+      ``probe_split``, micro top-1 on the same clean clips of ``split``); chance is 1 / classes
+      (8 actions, 8 colours, 10 digits);
+    - ``t2v["attributes"]``: the caption queries' ranking of the clips judged on one attribute at
+      a time (:func:`attribute_retrieval`): a hit at K for attribute ``a`` is any clip among the
+      caption's top K with the caption's value of ``a`` ("the red seven moves left" is answered,
+      for ``colour``, by every red clip). R@1 is then the fraction of queries whose best clip has
+      the right value; chance is the exact hit rate of a random ranking for that relevance.
+
+    Intervals: ``ci95`` are 95% percentile bootstrap intervals (:func:`bootstrap_interval`,
+    :data:`BOOTSTRAP_RESAMPLES` resamples, seed :data:`BOOTSTRAP_SEED`) over the queries for
+    retrieval, over the test clips for the probes. They hold the evaluation set's sampling error
+    for this one run, not the spread over seeds.
 
     A task whose fields the folder lacks is None and listed in ``"skipped"`` (pointing needs
     boxes, the probe action labels, ...). Caption retrieval is ``t2v`` on a folder of clips and
@@ -901,18 +1061,19 @@ def evaluate(
                          stills=stills)
     max_words = int(test_set.params.max_words)
     temperatures = loss_module.logged_temperatures()
-    tasks: dict[str, Any] = {"probe": None, "t2v": None, "t2i": None, "pointing": None}
+    tasks: dict[str, Any] = {"probe": None, "probe_attributes": None, "t2v": None, "t2i": None, "pointing": None}
     if probe_set is not None:
         probe_train = embed_dataset(model, _RepeatFrames(probe_set, clip_frames), batch_size=batch_size,
                                     progress=progress, stills=False)
         classes = (len(ACTIONS) if "digit" in fields
                    else len(test_set.params.extra.get("classes") or ())
                    or int(max(probe_train["action"].max(), test["action"].max())) + 1)
-        tasks["probe"] = _probe_task(probe_train, test, train_keep, test_keep, classes)
+        tasks["probe"], tasks["probe_attributes"] = _probe_task(probe_train, test, train_keep, test_keep, classes,
+                                                                fields)
     caption_task = "t2i" if images else "t2v"
     if caption_task not in skipped:
         tasks[caption_task] = _caption_retrieval(model, loss_module, vocab, test, caption_lists,
-                                                 "captions" in fields, max_words, device_name)
+                                                 "captions" in fields, max_words, device_name, fields)
     if stills:
         tasks["t2i"] = _text_to_image(model, loss_module, vocab, test, max_words, device_name)
     if "pointing" not in skipped:

@@ -8,7 +8,9 @@ three files, so that ``dvc metrics show`` lists only the numbers a reader compar
   :func:`write_metrics`; a metric the run does not have (pointing for the losses without
   attention) is null;
 - ``results/metrics/details/<run>.json`` (:func:`details_path`): the whole record (chance levels,
-  the probe's confusion matrix, query and corpus sizes, temperatures, the evaluated split);
+  95% bootstrap intervals (:func:`interval`), the per-attribute retrieval of
+  :data:`ATTRIBUTE_METRICS`, the probe's confusion matrix, query and corpus sizes, temperatures,
+  the evaluated split);
 - ``results/compute/<run>.json`` (:func:`compute_path`): the run's compute record with its loss,
   batch size and seed (``evaluate(..., compute_out=...)``).
 
@@ -30,6 +32,9 @@ from fgmm_lib.runs import write_json
 __all__ = [
     "Metric",
     "METRICS",
+    "ATTRIBUTE_METRICS",
+    "chance_path",
+    "interval",
     "RUN_NAME",
     "METRICS_DIR",
     "DETAILS_DIR",
@@ -70,7 +75,39 @@ METRICS: dict[str, Metric] = {
     "t2i_median_rank": Metric(("t2i", "median_rank"), "text→image median rank", higher_is_better=False,
                               unit_interval=False),
     "pointing": Metric(("pointing", "accuracy"), "pointing accuracy"),
+    "colour_top1": Metric(("probe_attributes", "colour", "top1"), "colour top-1 (linear probe)"),
+    "digit_top1": Metric(("probe_attributes", "digit", "top1"), "digit top-1 (linear probe)"),
 }
+
+#: Caption retrieval judged on one attribute (``t2v.attributes.<attribute>``, see
+#: :func:`fgmm_lib.evaluate.attribute_retrieval`): kept in the details file only, so that the
+#: metrics files stay narrow; :func:`fgmm_lib.analysis.load_runs` reads them from there.
+ATTRIBUTE_METRICS: dict[str, Metric] = {
+    f"t2v_{attribute}_R@{k}": Metric(("t2v", "attributes", attribute, f"R@{k}"),
+                                     f"text→video R@{k}, {attribute} only")
+    for attribute in ("colour", "digit", "action") for k in (1, 10)
+}
+
+
+def chance_path(path: Sequence[str]) -> tuple[str, ...]:
+    """Where a metric's chance level sits beside it: ``t2v.chance.R@1`` for ``t2v.R@1``,
+    ``probe.chance`` for ``probe.action_top1``, ``probe_attributes.colour.chance``, ..."""
+    *parent, key = path
+    return (*parent, "chance", key) if key.startswith("R@") else (*parent, "chance")
+
+
+def interval(record: Mapping[str, Any], path: Sequence[str]) -> tuple[float, float] | None:
+    """The 95% bootstrap interval evaluation stored beside a metric (``t2v.ci95.R@10``,
+    ``probe.ci95.action_top1``, ``probe_attributes.colour.ci95``), or None where there is none."""
+    *parent, key = path
+    found = lookup(record, (*parent, "ci95"))
+    if isinstance(found, Mapping):
+        found = found.get(key)
+    if isinstance(found, (list, tuple)) and len(found) == 2:
+        low, high = (_finite(value) for value in found)
+        if low is not None and high is not None:
+            return low, high
+    return None
 
 RUN_NAME = re.compile(r"^(?P<loss>[a-z]+)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
 METRICS_DIR = Path("results/metrics")

@@ -12,7 +12,10 @@ from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
 from fgmm_lib.losses import AGGREGATIONS, build_loss
 from fgmm_lib.evaluate import (
+    _query_hits,
+    attribute_retrieval,
     best_relevant_ranks,
+    bootstrap_interval,
     cell_hit_mask,
     embed_dataset,
     evaluate,
@@ -156,6 +159,65 @@ def test_retrieval_metrics_reject_bad_input() -> None:
         retrieval_metrics(torch.full((1, 2), float("nan")), torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="ks"):
         retrieval_metrics(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), ks=(0,))
+
+
+def test_query_hits_are_the_hits_behind_r_at_k() -> None:
+    hits = _query_hits(HAND_SCORES, HAND_RELEVANT, ks=(1, 4, 6))  # best relevant ranks 4, 1, 6
+    assert hits["R@1"].tolist() == [0.0, 1.0, 0.0]
+    assert hits["R@4"].tolist() == [1.0, 1.0, 0.0]
+    assert hits["R@6"].tolist() == [1.0, 1.0, 1.0]
+    generator = torch.Generator().manual_seed(5)
+    scores = torch.randn(23, 31, generator=generator)
+    relevant = torch.rand(23, 31, generator=generator) < 0.1
+    relevant[:, 3] = True
+    metrics = retrieval_metrics(scores, relevant)
+    for key, values in _query_hits(scores, relevant).items():
+        assert float(values.mean()) == pytest.approx(metrics[key])
+    # A tie at the best relevant score: the hit probability of a random order of the tied items.
+    tied = _query_hits(torch.tensor([[0.9, 0.5, 0.5, 0.5]]), torch.tensor([[False, True, False, False]]), ks=(1, 2, 3))
+    assert [float(tied[f"R@{k}"]) for k in (1, 2, 3)] == pytest.approx([0.0, 1 / 3, 2 / 3])
+
+
+def test_bootstrap_interval_is_a_seeded_percentile_interval() -> None:
+    values = [0.0, 1.0] * 50 + [1.0] * 20  # mean 0.5833
+    low, high = bootstrap_interval(values, resamples=1000, seed=0)
+    rng = np.random.default_rng(0)
+    data = np.asarray(values)
+    means = [data[rng.integers(0, len(data), size=len(data))].mean() for _ in range(1000)]
+    assert [low, high] == pytest.approx(list(np.quantile(means, [0.025, 0.975])))
+    assert low < np.mean(values) < high
+    half_width = 1.96 * math.sqrt(np.mean(values) * (1 - np.mean(values)) / len(values))  # normal approximation
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert bootstrap_interval(values) == [low, high]  # reproducible
+    assert bootstrap_interval([0.25]) == [0.25, 0.25]
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_interval([])
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_interval([1.0], resamples=0)
+
+
+def test_attribute_retrieval_judges_the_ranking_on_one_attribute() -> None:
+    # Clips:   0 red-7, 1 red-3, 2 blue-7, 3 blue-3; queries "red 7" (clip 0) and "blue 3" (clip 3).
+    colour = torch.tensor([0, 0, 1, 1])
+    digit = torch.tensor([7, 3, 7, 3])
+    relevant = torch.tensor([[True, False, False, False], [False, False, False, True]])
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.0],   # "red 7": red-3 first, blue-7 second, red-7 third
+                           [0.8, 0.1, 0.7, 0.6]])  # "blue 3": red-7, blue-7, blue-3, red-3
+    result = attribute_retrieval(scores, relevant, {"colour": colour, "digit": digit})
+    assert result["colour"]["R@1"] == 0.5  # query 1's best clip is red (right), query 2's red (wrong)
+    assert result["digit"]["R@1"] == 0.0  # 3 for "red 7", 7 for "blue 3"
+    colour_ranks = [1, 2]  # first red clip for query 1, first blue clip (blue-7) for query 2
+    digit_ranks = [2, 3]  # first 7 (blue-7) for query 1, first 3 (blue-3) for query 2
+    assert result["colour"]["median_rank"] == pytest.approx(np.median(colour_ranks))
+    assert result["digit"]["mean_rank"] == pytest.approx(np.mean(digit_ranks))
+    assert result["colour"]["chance"]["R@1"] == pytest.approx(0.5)  # 2 of 4 clips share each colour
+    assert result["digit"]["ci95"]["R@1"] == [0.0, 0.0]
+    assert result["colour"]["queries"] == 2 and result["colour"]["corpus"] == 4
+    # A query answered by clips of two colours names no single colour: the attribute is left out.
+    both = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    assert set(attribute_retrieval(scores, both, {"colour": colour, "digit": digit})) == {"digit"}
+    with pytest.raises(ValueError, match="3 values for 4 clips"):
+        attribute_retrieval(scores, relevant, {"colour": colour[:3]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,10 +483,10 @@ def test_digit_phrase_indices_and_clean_probe_rows() -> None:
 
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
 EXPECTED_KEYS = {
-    "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "t2v", "t2i", "pointing",
-    "finished", "skipped",
+    "run", "data", "loss", "split", "probe_split", "clips", "temperatures", "probe", "probe_attributes", "t2v",
+    "t2i", "pointing", "finished", "skipped",
 }
-RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance"}
+RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "queries", "corpus", "chance", "ci95"}
 
 
 @pytest.fixture(scope="module")
@@ -487,9 +549,21 @@ def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> Non
     assert metrics["t2v"]["queries"] == captions.nunique() and metrics["t2v"]["corpus"] == len(test_split)
     colour_digit = set(zip(test_split.meta["colour"], test_split.meta["digit"]))
     assert metrics["t2i"]["queries"] == len(colour_digit) and metrics["t2i"]["corpus"] == len(test_split)
+    assert set(metrics["t2i"]) == RETRIEVAL_KEYS and set(metrics["t2v"]) == RETRIEVAL_KEYS | {"attributes"}
     for task in ("t2v", "t2i"):
-        assert set(metrics[task]) == RETRIEVAL_KEYS
         _assert_at_chance(metrics[task])
+        for k in ("R@1", "R@10"):
+            low, high = metrics[task]["ci95"][k]
+            assert low <= metrics[task][k] <= high
+    attributes = metrics["t2v"]["attributes"]
+    assert set(attributes) == {"action", "colour", "digit"}
+    for values in attributes.values():
+        assert set(values) == RETRIEVAL_KEYS
+        assert values["queries"] == metrics["t2v"]["queries"]
+        # Not tested against chance: an untrained encoder ranks the clips almost alike for every
+        # query, so the queries' attribute hits are far from independent.
+        assert values["ci95"]["R@10"][0] <= values["R@10"] <= values["ci95"]["R@10"][1]
+    assert attributes["colour"]["chance"]["R@1"] > metrics["t2v"]["chance"]["R@1"]  # more clips count as hits
 
     probe = metrics["probe"]
     assert probe["chance"] == pytest.approx(1 / 8)
@@ -497,6 +571,14 @@ def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> Non
     confusion = torch.tensor(probe["confusion"])
     assert confusion.shape == (8, 8) and int(confusion.sum()) == len(test_split)
     assert probe["action_top1"] == pytest.approx(float(confusion.diag().sum()) / len(test_split))
+    assert probe["ci95"]["action_top1"][0] <= probe["action_top1"] <= probe["ci95"]["action_top1"][1]
+    per_attribute = metrics["probe_attributes"]
+    assert set(per_attribute) == {"action", "colour", "digit"}
+    assert per_attribute["action"]["top1"] == probe["action_top1"]
+    for attribute, classes in (("action", 8), ("colour", 8), ("digit", 10)):
+        assert per_attribute[attribute]["chance"] == pytest.approx(1 / classes)
+        low, high = per_attribute[attribute]["ci95"]
+        assert 0.0 <= low <= per_attribute[attribute]["top1"] <= high <= 1.0
     if loss == "coarse":
         assert metrics["pointing"] is None
     else:

@@ -197,10 +197,11 @@ def test_batch_ablation_notebook_writes_tables_and_plot(ablation):
     executed, out = ablation
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == len(IN_PROCESS_RUNS) + 1
-    assert {"run", "loss", "batch_size", "seed", "t2v_R@1", "t2i_R@10", "action_top1", "pointing"} <= set(runs.columns)
+    assert {"run", "loss", "batch_size", "seed", "t2v_R@1", "t2i_R@10", "action_top1", "pointing", "colour_top1",
+            "t2v_digit_R@1", "t2v_R@10_ci95_low"} <= set(runs.columns)
     assert NOTEBOOK_EVALUATED in set(runs["run"])
     summary = pd.read_csv(out / "batch_size.csv")
-    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n"]
+    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n", "ci95_low", "ci95_high"]
     coarse = summary[(summary["loss"] == "coarse") & (summary["batch_size"] == 4) & (summary["metric"] == "t2v_R@1")]
     expected = runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 4)]["t2v_R@1"]
     assert coarse["n"].item() == 2 and coarse["mean"].item() == pytest.approx(expected.mean())

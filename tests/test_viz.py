@@ -40,15 +40,26 @@ def close_figures():
 def metrics_record(loss: str, batch_size: int, seed: int, rng: np.random.Generator) -> dict:
     """An evaluation record shaped like fgmm_lib.evaluate.evaluate's, with random values."""
     def retrieval() -> dict:
-        return {"R@1": float(rng.uniform(0, 0.5)), "R@5": float(rng.uniform(0.5, 0.8)), "R@10": float(rng.uniform(0.8, 1)),
-                "median_rank": float(rng.integers(1, 20)), "mean_rank": 5.0, "queries": 10, "corpus": 40,
-                "chance": {"R@1": 0.1, "R@5": 0.4, "R@10": 0.7}}
+        values = {"R@1": float(rng.uniform(0, 0.5)), "R@5": float(rng.uniform(0.5, 0.8)),
+                  "R@10": float(rng.uniform(0.8, 1)), "median_rank": float(rng.integers(1, 20)), "mean_rank": 5.0,
+                  "queries": 10, "corpus": 40, "chance": {"R@1": 0.1, "R@5": 0.4, "R@10": 0.7}}
+        values["ci95"] = {k: [values[k] - 0.05, values[k] + 0.04] for k in ("R@1", "R@5", "R@10")}
+        return values
 
+    def probe(chance: float) -> dict:
+        top1 = float(rng.uniform())
+        return {"top1": top1, "chance": chance, "ci95": [top1 - 0.02, top1 + 0.03], "weight_decay": 0.01}
+
+    action = probe(0.125)
+    t2v = retrieval()
+    t2v["attributes"] = {attribute: retrieval() for attribute in ("colour", "digit", "action")}
     return {
         "run": f"runs/{loss}-b{batch_size}-s{seed}", "loss": loss, "split": "test", "clips": 40,
         "temperatures": {"attn": 0.1, "weight": 0.2},
-        "probe": {"action_top1": float(rng.uniform()), "chance": 0.125, "confusion": np.eye(8, dtype=int).tolist()},
-        "t2v": retrieval(), "t2i": retrieval(),
+        "probe": {"action_top1": action["top1"], "chance": 0.125, "ci95": {"action_top1": action["ci95"]},
+                  "confusion": np.eye(8, dtype=int).tolist()},
+        "probe_attributes": {"action": action, "colour": probe(0.125), "digit": probe(0.1)},
+        "t2v": t2v, "t2i": retrieval(),
         "pointing": None if loss in ("coarse", "milnce") else {"accuracy": float(rng.uniform()), "chance": 0.2},
     }
 
@@ -99,6 +110,12 @@ def test_flatten_metrics_reads_every_metric_chance_and_compute():
     assert "t2v_median_rank_chance" not in row
     assert row["compute_flops_per_step"] == 8e6 and "compute_device" not in row
     assert row["attn_temperature"] == 0.1 and row["weight_temperature"] == 0.2
+    assert row["colour_top1"] == record["probe_attributes"]["colour"]["top1"] and row["digit_top1_chance"] == 0.1
+    assert row["t2v_digit_R@1"] == record["t2v"]["attributes"]["digit"]["R@1"] and row["t2v_digit_R@1_chance"] == 0.1
+    assert (row["t2v_R@10_ci95_low"], row["t2v_R@10_ci95_high"]) == tuple(record["t2v"]["ci95"]["R@10"])
+    assert (row["action_top1_ci95_low"], row["action_top1_ci95_high"]) == tuple(record["probe"]["ci95"]["action_top1"])
+    assert row["colour_top1_ci95_high"] == record["probe_attributes"]["colour"]["ci95"][1]
+    assert set(flat) == set(results.METRICS) and "t2v_digit_R@1" not in flat  # attribute retrieval: details only
 
     coarse = results.headline_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
     assert coarse["pointing"] is None
@@ -134,10 +151,10 @@ def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
 
 
 def test_summarise_over_seeds_matches_a_plain_computation(runs):
-    summary = analysis.summarise_over_seeds(runs)
-    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n"]
+    summary = analysis.summarise_over_seeds(runs, metrics=[*analysis.METRICS, *results.ATTRIBUTE_METRICS])
+    assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n", "ci95_low", "ci95_high"]
     for (loss, batch_size), group in runs.groupby(["loss", "batch_size"]):
-        for name in ("t2v_R@1", "action_top1", "t2i_median_rank"):
+        for name in ("t2v_R@1", "action_top1", "t2i_median_rank", "t2v_colour_R@1"):
             values = [float(v) for v in group[name]]
             mean = sum(values) / len(values)
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
@@ -146,10 +163,94 @@ def test_summarise_over_seeds_matches_a_plain_computation(runs):
             assert row["mean"].iloc[0] == pytest.approx(mean)
             assert row["std"].iloc[0] == pytest.approx(std)
             assert row["n"].iloc[0] == 3
+            half = 4.302652730 * std / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+            assert row["ci95_low"].iloc[0] == pytest.approx(mean - half)
+            assert row["ci95_high"].iloc[0] == pytest.approx(mean + half)
     # coarse has no pointing: no row rather than a NaN mean
     assert summary[(summary["loss"] == "coarse") & (summary["metric"] == "pointing")].empty
     with pytest.raises(ValueError, match="no column"):
         analysis.summarise_over_seeds(runs, by=("loss", "width"))
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t, by Simpson's rule on its density (t >= 0)."""
+    grid = np.linspace(0.0, t, 200_001)
+    density = np.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) \
+        * (1 + grid ** 2 / df) ** (-(df + 1) / 2)
+    step = grid[1] - grid[0]
+    return 0.5 + step / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+
+
+def test_t_quantiles_are_the_975_quantiles():
+    assert analysis.t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-8)  # Cauchy
+    assert analysis.t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-8)
+    for df in (*range(3, 31), 31, 40, 100, 1000):
+        assert _t_cdf(analysis.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-7), df
+    assert analysis.t_quantile_975(10 ** 6) == pytest.approx(1.959964, abs=1e-5)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        analysis.t_quantile_975(0)
+    assert all(math.isnan(v) for v in analysis.t_interval(0.5, 0.1, 1))
+
+
+def test_tie_or_difference():
+    assert analysis.tie_or_difference((-0.02, 0.025)) == "tie"
+    assert analysis.tie_or_difference((0.005, 0.02)) == "tie"  # within the margin, though it excludes 0
+    assert analysis.tie_or_difference((0.01, 0.2)) == "better"
+    assert analysis.tie_or_difference((-0.2, -0.01)) == "worse"
+    assert analysis.tie_or_difference((-0.2, -0.01), higher_is_better=False) == "better"  # ranks
+    assert analysis.tie_or_difference((-0.05, 0.02)) == "undecided"
+    assert analysis.tie_or_difference((-0.05, 0.02), margin=0.05) == "tie"
+    assert analysis.tie_or_difference((math.nan, math.nan)) == "undecided"
+    with pytest.raises(ValueError, match="low <= high"):
+        analysis.tie_or_difference((0.1, -0.1))
+
+
+def test_paired_differences_match_a_plain_computation(runs):
+    table = analysis.paired_differences(runs, "t2v_R@10", reference=("coarse", 16))
+    assert len(table) == 5  # coarse b4, max b4 and b16, attention b4 and b16
+    assert list(table["loss"]) == ["coarse", "max", "max", "attention", "attention"]
+    for _, row in table.iterrows():
+        differences = []
+        for seed in (0, 1, 2):
+            value = runs[(runs["loss"] == row["loss"]) & (runs["batch_size"] == row["batch_size"]) & (runs["seed"] == seed)]
+            base = runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 16) & (runs["seed"] == seed)]
+            differences.append(float(value["t2v_R@10"].iloc[0]) - float(base["t2v_R@10"].iloc[0]))
+        mean = sum(differences) / 3
+        std = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+        assert row["n"] == 3 and row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+        assert row["ci95_low"] == pytest.approx(mean - 4.302652730 * std / math.sqrt(3))
+        assert row["ci95_high"] == pytest.approx(mean + 4.302652730 * std / math.sqrt(3))
+        assert row["verdict"] == analysis.tie_or_difference((row["ci95_low"], row["ci95_high"]))
+        assert row["reference"] == "coarse b16" and row["seeds"] == "0,1,2"
+    # Only shared seeds pair; a reference without runs gives an empty table.
+    fewer = runs[~((runs["loss"] == "max") & (runs["seed"] == 2))]
+    assert set(analysis.paired_differences(fewer, "t2v_R@10", ("coarse", 16))
+               .query("loss == 'max'")["n"]) == {2}
+    assert analysis.paired_differences(runs, "t2v_R@10", ("coarse", 256)).empty
+    with pytest.raises(ValueError, match="one value per column"):
+        analysis.paired_differences(runs, "t2v_R@10", ("coarse",))
+    with pytest.raises(ValueError, match="no column"):
+        analysis.paired_differences(runs, "nothing", ("coarse", 16))
+    twice = pd.concat([runs, runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 16)]])
+    with pytest.raises(ValueError, match="same seed"):
+        analysis.paired_differences(twice, "t2v_R@10", ("coarse", 16))
+    table = analysis.paired_difference_table(runs, ("coarse", 16))
+    assert len(table) == 15 and set(table["verdict"]) <= {"tie", "better", "worse", "undecided"}
+
+
+def test_attribute_and_interval_tables(runs):
+    table = analysis.attribute_table(runs, 16)
+    assert list(table.index) == ["coarse", "max", "attention", "chance"]
+    assert "colour top-1 (linear probe)" in table.columns and "text→video R@1, digit only" in table.columns
+    assert table.loc["chance", "digit top-1 (linear probe)"] == "0.100"
+    summary = analysis.summarise_over_seeds(runs)
+    row = summary[(summary["loss"] == "max") & (summary["batch_size"] == 16) & (summary["metric"] == "t2v_R@10")]
+    wide = analysis.interval_table(analysis.comparison_table(summary, 16), metrics=["t2v_R@10"])
+    assert wide.loc["max", "text→video R@10"] == (f"{row['mean'].item():.3f} [{row['ci95_low'].item():.3f}, "
+                                                  f"{row['ci95_high'].item():.3f}]")
+    precision = analysis.evaluation_interval_table(runs)
+    assert precision["text→video R@10"].tolist() == pytest.approx([0.045] * 6)
+    assert precision["action top-1 (linear probe)"].tolist() == pytest.approx([0.025] * 6)
 
 
 def test_comparison_tables(runs):
@@ -457,8 +558,10 @@ def test_report_sections_answer_from_the_results_folder(tmp_path, runs):
     assert analysis.report_batch_ablation(report).empty  # no ablation/batch_size.csv
     summary = analysis.summarise_over_seeds(runs)
     viz.save_table(summary, tmp_path / "ablation" / "batch_size.csv")
-    verdict = analysis.report_batch_ablation(report)
+    verdict = analysis.report_batch_ablation(report, runs)
     assert not verdict.empty
+    attributes = analysis.report_attributes(report, runs, 16)
+    assert list(attributes.index) == ["coarse", "max", "attention", "chance"]
     assert analysis.report_compute(report, runs) == ["compute_flops_per_step", "compute_wall_s"]
     analysis.report_attention(report)
     temperatures = analysis.report_temperatures(report, runs)
@@ -469,10 +572,14 @@ def test_report_sections_answer_from_the_results_folder(tmp_path, runs):
     text = report.markdown()
     assert shown == report.blocks and "## 1. The losses compared" in text
     assert f"match `coarse` at batch 16? {analysis.verdict_answer(verdict)}**" in text
+    assert "Paired differences against `coarse` at batch 16" in text and "Mean and 95% t-interval" in text
+    assert "## What the encoders learned, per attribute" in text and "mean half-width" in text
+    assert "text→video R@1, colour only" not in text.split("## 2.")[0]  # the comparison keeps the headline metrics
     assert "Not answered: " in text and "attention/pointing.csv" in text
     empty = analysis.Report(tmp_path / "nothing")
     assert analysis.report_loss_comparison(empty, pd.DataFrame(), 8).empty
     assert analysis.report_compute(empty, pd.DataFrame()) == []
+    assert analysis.report_attributes(empty, pd.DataFrame()).empty
     assert analysis.answered_questions(tmp_path / "nothing", pd.DataFrame())["answered"].eq("no").all()
 
 
