@@ -29,9 +29,9 @@ repro: setup  ## run the whole study with DVC (results land in results/)
 # --force runs every stage afresh rather than restoring directories from the run cache, which a
 # temporary experiment may not hold.
 QUICK := -S data_pretrain.clips=200 -S data_eval.clips=150 -S train.epochs=1 -S train.dim=32 \
-	-S train.width=0.5 -S 'study.seeds=[0]' -S 'ablation.losses=[attention]' \
-	-S 'ablation.batch_sizes=[32]' -S 'ablation.seeds=[0]' -S bench.cpu_sweep=false -S bench.quick=true -S bench_train.steps=1 \
-	-S bench_import.videos=1 -S bench_ddp.steps=2
+	-S train.width=0.5 -S 'study.losses=[coarse,mean,max,attention]' -S 'study.seeds=[0]' \
+	-S 'ablation.losses=[attention]' -S 'ablation.batch_sizes=[32]' -S 'ablation.seeds=[0]' \
+	-S bench.cpu_sweep=false -S bench.quick=true -S bench_train.quick=true -S bench_ddp.quick=true
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)
