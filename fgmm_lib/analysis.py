@@ -14,10 +14,19 @@ Intervals and paired differences (STUDY.md section 7, "Powered"):
     :func:`t_quantile_975`, :func:`t_interval`, :func:`paired_differences`,
     :func:`paired_difference_table`, :func:`tie_or_difference`.
 Verdicts:
-    :func:`batch_size_verdict`, :func:`verdict_answer`.
+    :func:`headline_answer`.
 The report (STUDY.md section 6):
     :class:`Report` and one ``report_*`` function per question, :func:`compute_table`,
     :func:`answered_questions`.
+Sweeps (one CSV row per run, :data:`SWEEP_LABELS`): :func:`load_sweep`, :func:`load_sweep_if_any`,
+    :func:`sweep_table`,
+    :func:`noise_table`, :func:`noise_drops` (question 3), :func:`temperature_surface`,
+    :func:`best_temperatures`, :func:`learnable_temperatures` (question 7), :func:`lr_rule_table`
+    (the learning-rate rule of section 7), and their sections :func:`report_noise`,
+    :func:`report_width`, :func:`report_temperature`, :func:`report_lr_rule`.
+Convergence, compute to a target and the headline question: :func:`report_convergence`,
+    :func:`report_time_to_target`, :func:`welch_interval`, :func:`headline_answer`,
+    :func:`report_headline`.
 Attention (question 6):
     :func:`attention_examples` (a run's attention on some clips, for
     :func:`fgmm_lib.viz.plot_attention_maps`), :func:`pointing_table` (read from the metrics files).
@@ -35,8 +44,28 @@ import numpy as np
 import pandas as pd
 
 from fgmm_lib.losses import AGGREGATIONS, LOSSES
-from fgmm_lib.results import (ATTRIBUTE_METRICS, COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, RUN_NAME, Metric,
+from fgmm_lib.curves import TIME_TO_TARGET_COLUMNS, _require_columns
+from fgmm_lib.sweep import _fixed_temperatures, best_temperatures, temperature_surface
+from fgmm_lib.results import (ATTRIBUTE_METRICS, COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, Metric,
                               chance_path, interval, lookup, parse_run_name)
+
+__all__ = [
+    "LOSS_ORDER", "RETRIEVAL_METRICS", "COST_LABELS", "ordered_losses", "metric_label", "metrics_table",
+    "flatten_metrics", "load_runs", "summarise_over_seeds", "T_975", "t_quantile_975", "t_interval",
+    "tie_or_difference", "paired_differences", "comparison_table", "comparison_batch_size", "mean_std_table",
+    "best_losses", "markdown_table", "recall_at_k_table", "PAIRED_METRICS",
+    "interval_table", "paired_difference_table", "evaluation_interval_table", "ATTRIBUTE_COLUMNS",
+    "attribute_table", "Report", "load_runs_if_any", "report_loss_comparison",
+    "report_batch_ablation", "report_paired_batch", "report_attributes", "REPORT_COSTS", "compute_table",
+    "report_compute", "report_attention", "report_temperatures", "QUESTIONS", "has_evidence",
+    "answered_questions", "report_status", "phrase_labels", "attention_example", "attention_examples",
+    "pointing_table", "sweep_by_loss", "SWEEP_LABELS", "SWEEP_FILES", "HEADLINE_METRIC", "load_sweep",
+    "load_sweep_if_any",
+    "sweep_table", "noise_table", "noise_drops", "report_noise", "report_width", "temperature_surface",
+    "best_temperatures", "learnable_temperatures", "report_temperature", "LR_RULE_MARGIN", "lr_rule_table",
+    "report_lr_rule", "report_convergence", "time_to_target_summary", "report_time_to_target", "FINE_GRAINED_LOSSES", "HEADLINE_VERDICTS",
+    "welch_interval", "headline_answer", "headline_sentence", "report_headline",
+]
 
 #: Every loss of the study, in the order tables and legends list them (coarse baselines first).
 LOSS_ORDER = LOSSES
@@ -180,7 +209,7 @@ def load_runs(metrics_dir: str | Path = METRICS_DIR, compute_dir: str | Path | N
     files = sorted(folder.glob("*.json"))
     if not files:
         raise FileNotFoundError(f"metrics folder {folder} holds no *.json metrics file")
-    details_folder = Path(details_dir) if details_dir is not None else folder / DETAILS_DIR.relative_to(METRICS_DIR)
+    details_folder = Path(details_dir) if details_dir is not None else folder.parent / DETAILS_DIR.relative_to(METRICS_DIR.parent)
     compute_folder = Path(compute_dir) if compute_dir is not None else folder.parent / COMPUTE_DIR.name
     rows = []
     for path in files:
@@ -428,41 +457,6 @@ def best_losses(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("metric")
 
 
-def batch_size_verdict(summary: pd.DataFrame, small_loss: str = "attention", large_loss: str = "coarse",
-                       metrics: Sequence[str] = RETRIEVAL_METRICS) -> pd.DataFrame:
-    """Does ``small_loss`` at its smallest batch size match ``large_loss`` at its largest one?
-
-    Per metric: the two means and standard deviations over seeds, and ``matches`` = True when
-    the small-batch mean is at least the large-batch mean minus the larger of the two standard
-    deviations (0 for a single seed), i.e. not worse beyond seed noise (for a metric where lower
-    is better, the comparison is mirrored). The paper's claim holds where it matches.
-
-    Returns an empty table when either loss or a second batch size is missing.
-    """
-    columns = ["metric", f"{small_loss} batch", f"{small_loss} mean", f"{small_loss} std",
-               f"{large_loss} batch", f"{large_loss} mean", f"{large_loss} std", "matches"]
-    small = summary[summary["loss"] == small_loss]
-    large = summary[summary["loss"] == large_loss]
-    if small.empty or large.empty:
-        return pd.DataFrame(columns=columns)
-    small_batch, large_batch = int(small["batch_size"].min()), int(large["batch_size"].max())
-    if small_batch >= large_batch:
-        return pd.DataFrame(columns=columns)
-    rows = []
-    for name in metrics:
-        a = small[(small["batch_size"] == small_batch) & (small["metric"] == name)]
-        b = large[(large["batch_size"] == large_batch) & (large["metric"] == name)]
-        if a.empty or b.empty:
-            continue
-        a_mean, a_std = float(a["mean"].iloc[0]), float(a["std"].fillna(0.0).iloc[0])
-        b_mean, b_std = float(b["mean"].iloc[0]), float(b["std"].fillna(0.0).iloc[0])
-        tolerance = max(a_std, b_std)
-        higher = METRICS[name].higher_is_better if name in METRICS else True
-        matches = a_mean >= b_mean - tolerance if higher else a_mean <= b_mean + tolerance
-        rows.append([name, small_batch, a_mean, a_std, large_batch, b_mean, b_std, bool(matches)])
-    return pd.DataFrame(rows, columns=columns)
-
-
 def markdown_table(table: pd.DataFrame, index: bool = True, float_digits: int = 3) -> str:
     """A GitHub-flavoured markdown table of a DataFrame (floats with ``float_digits`` decimals)."""
 
@@ -531,8 +525,7 @@ def paired_difference_table(runs: pd.DataFrame, reference: Sequence[Any], metric
     if not parts:
         return pd.DataFrame(columns=columns)
     table = pd.concat(parts, ignore_index=True)
-    table["difference [95% CI]"] = [_interval_text(m, lo, hi) for m, lo, hi
-                                    in zip(table["mean"], table["ci95_low"], table["ci95_high"])]
+    table["difference [95% CI]"] = _interval_column(table, "mean", "ci95_low", "ci95_high")
     table["metric"] = [metric_label(m) for m in table["metric"]]
     return table[columns]
 
@@ -659,19 +652,11 @@ def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size:
     return comparison
 
 
-def verdict_answer(verdict: pd.DataFrame) -> str:
-    """"yes" when every metric of a :func:`batch_size_verdict` matches, "partly" when some do, else "no"."""
-    matched = int(verdict["matches"].sum()) if not verdict.empty else 0
-    if not verdict.empty and matched == len(verdict):
-        return "yes"
-    return "partly" if matched else "no"
-
-
 def report_batch_ablation(report: Report, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Question 2: the batch-size sweep (``ablation/batch_size.csv`` and its PNG) and the verdict
-    of :func:`batch_size_verdict` as yes, partly or no. Given the ``runs`` (:func:`load_runs`), it
-    also answers by paired differences (:func:`report_paired_batch`). Returns the verdict (empty
-    if none)."""
+    """Question 2: the batch-size sweep (``ablation/batch_size.csv`` and its PNG) and, given the
+    ``runs`` (:func:`load_runs`), every loss at every batch size against `coarse` at its largest by
+    paired differences with 95% intervals (:func:`report_paired_batch`; the headline question is
+    :func:`report_headline`). Returns the paired table (empty if none)."""
     report.add("## 2. Batch-size ablation")
     ablation_csv = report.results / "ablation" / "batch_size.csv"
     ablation_png = ablation_csv.with_suffix(".png")
@@ -683,21 +668,9 @@ def report_batch_ablation(report: Report, runs: pd.DataFrame | None = None) -> p
     report.add(f"Batch sizes: {', '.join(map(str, sizes))}; every metric against the batch size, one line per loss:")
     if ablation_png.is_file():
         report.image(ablation_png, "every metric against the batch size")
-    verdict = batch_size_verdict(ablation)
-    if verdict.empty:
-        report.add("No verdict: it needs runs of both `attention` and `coarse` at two batch sizes or more.")
-        if runs is not None and not runs.empty:
-            report_paired_batch(report, runs)
-        return verdict
-    matched, total = int(verdict["matches"].sum()), len(verdict)
-    small, large = int(verdict["attention batch"].iloc[0]), int(verdict["coarse batch"].iloc[0])
-    report.add(f"**Does `attention` at batch {small} match `coarse` at batch {large}? {verdict_answer(verdict)}**: "
-               f"on {matched} of {total} retrieval metrics it is not worse beyond the larger standard deviation "
-               f"over seeds.")
-    report.table(verdict, index=False)
-    if runs is not None and not runs.empty:
-        report_paired_batch(report, runs)
-    return verdict
+    if runs is None or runs.empty:
+        return pd.DataFrame()
+    return report_paired_batch(report, runs)
 
 
 def report_paired_batch(report: Report, runs: pd.DataFrame, metrics: Sequence[str] = PAIRED_METRICS,
@@ -813,20 +786,35 @@ QUESTIONS = (
     ("5. compute: time to reach a fixed retrieval target", ("compute/time_to_target.csv",)),
     ("6. attention maps and pointing", ("attention/pointing.csv",)),
     ("7. temperature sweep (τa, τw surface)", ("temperature/surface.csv",)),
+    ("7b/§7 learning rate per batch size (the rule checked on validation)", ("lr/lr.csv",)),
 )
 
 
+def has_evidence(path: str | Path) -> bool:
+    """Whether a piece of evidence exists and is not empty: a folder with a file in it, a CSV with a
+    row under its header, any other file with some content."""
+    path = Path(path)
+    if path.is_dir():
+        return any(child.is_file() for child in path.iterdir())
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    if path.suffix == ".csv":
+        with path.open() as lines:
+            return sum(1 for line in lines if line.strip()) >= 2
+    return True
+
+
 def answered_questions(results_dir: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per question of :data:`QUESTIONS`: answered yes / no (its evidence is missing) / partly (the
-    loss comparison has a single seed, so no spread), and its evidence."""
+    """Per question of :data:`QUESTIONS`: answered yes (its evidence exists and is not empty,
+    :func:`has_evidence`) / no / partly (the loss comparison has a single seed, so no spread), and
+    its evidence, each marked missing or empty where it is."""
     results = Path(results_dir)
     rows = []
     for question, evidence in QUESTIONS:
         paths = [results / name for name in evidence]
-        missing = [path for path in paths if not path.exists()]
-        rows.append({"question": question, "answered": "no" if missing else "yes",
-                     "evidence": ", ".join(f"`{path.as_posix()}`" + (" (missing)" if path in missing else "")
-                                           for path in paths)})
+        notes = {path: "" if has_evidence(path) else " (empty)" if path.exists() else " (missing)" for path in paths}
+        rows.append({"question": question, "answered": "no" if any(notes.values()) else "yes",
+                     "evidence": ", ".join(f"`{path.as_posix()}`{note}" for path, note in notes.items())})
     status = pd.DataFrame(rows).set_index("question")
     first = QUESTIONS[0][0]
     if (not runs.empty and status.loc[first, "answered"] == "yes"
@@ -965,7 +953,7 @@ def pointing_table(runs: Sequence[str | Path], metrics_dir: str | Path = METRICS
         path = folder / f"{name}.json"
         if not path.is_file():
             raise FileNotFoundError(f"run {name} has no metrics file {path}: evaluate it first")
-        details_file = folder / DETAILS_DIR.relative_to(METRICS_DIR) / f"{name}.json"
+        details_file = folder.parent / DETAILS_DIR.relative_to(METRICS_DIR.parent) / f"{name}.json"
         details = _read_record(details_file) if details_file.is_file() else {}
         row = flatten_metrics(_read_record(path), source=str(path), details=details)
         if math.isnan(row["pointing"]):
@@ -987,3 +975,439 @@ def sweep_by_loss(summary: pd.DataFrame, x: str = "batch_size") -> dict[str, pd.
         metric_columns = [m for m in METRICS if m in wide.columns] + sorted(set(wide.columns) - set(METRICS))
         tables[loss] = wide[metric_columns].sort_index().reset_index().rename_axis(columns=None)
     return tables
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps (questions 3, 4 and 7, and the learning-rate rule of section 7): one CSV row per run
+# --------------------------------------------------------------------------------------------
+
+#: The label columns of each sweep table of the pipeline (before ``run`` and the metrics).
+SWEEP_LABELS = {
+    "noise": ("knob", "level", "loss", "batch_size", "seed"),
+    "width": ("width", "loss", "batch_size", "seed"),
+    "temperature": ("loss", "attn_temperature", "weight_temperature", "learnable", "batch_size", "seed"),
+    "lr": ("loss", "batch_size", "lr_factor", "seed"),
+}
+
+#: Where each sweep table lies in the results folder.
+SWEEP_FILES = {"noise": "noise/noise.csv", "width": "width/width.csv", "temperature": "temperature/surface.csv",
+               "lr": "lr/lr.csv"}
+
+#: The headline metric of the sweeps and of the batch-size question.
+HEADLINE_METRIC = "t2v_R@10"
+
+
+def load_sweep(path: str | Path, labels: Sequence[str]) -> pd.DataFrame:
+    """A sweep table (one row per run), checked: its ``labels`` columns and ``t2v_R@10`` must exist.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a CSV, or lacks columns (naming the file and the columns).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep table {path} does not exist")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a sweep table: {error}") from error
+    missing = [column for column in (*labels, HEADLINE_METRIC) if column not in frame.columns]
+    if missing:
+        raise ValueError(f"sweep table {path} lacks the column(s) {', '.join(missing)}")
+    return frame
+
+
+def load_sweep_if_any(results_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """The sweep ``name`` of :data:`SWEEP_FILES` in the results folder (:func:`load_sweep`), or None
+    where the pipeline has not written it or it holds no run (so that a partial pipeline renders)."""
+    path = Path(results_dir) / SWEEP_FILES[name]
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    frame = load_sweep(path, SWEEP_LABELS[name])
+    return None if frame.empty else frame
+
+
+def sweep_table(frame: pd.DataFrame, index: Sequence[str], metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """``metric`` of a sweep, mean over seeds: one row per value of ``index``, one column per loss
+    (the study's order)."""
+    table = frame.pivot_table(index=list(index), columns="loss", values=metric, aggfunc="mean")
+    table = table[ordered_losses(table.columns)]
+    table.columns.name = None
+    return table
+
+
+def noise_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Question 3: ``metric`` (mean over seeds) per noise knob and level (rows) and loss (columns)."""
+    return sweep_table(frame, ("knob", "level"), metric)
+
+
+def _sweep_ends(frame: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Per loss, ``metric`` (mean over seeds) at the lowest and the highest value of ``x``, and the
+    change between them (highest minus lowest)."""
+    rows = []
+    for loss in ordered_losses(frame["loss"]):
+        means = frame[frame["loss"] == loss].groupby(x)[metric].mean().dropna().sort_index()
+        if len(means) < 2:
+            continue
+        rows.append({"loss": loss, "low": means.index[0], "at_low": float(means.iloc[0]), "high": means.index[-1],
+                     "at_high": float(means.iloc[-1]), "change": float(means.iloc[-1] - means.iloc[0])})
+    return pd.DataFrame(rows, columns=["loss", "low", "at_low", "high", "at_high", "change"])
+
+
+def noise_drops(frame: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Per knob and loss, how ``metric`` changes from the knob's lowest level to its highest (mean
+    over seeds; columns knob, loss, low, at_low, high, at_high, change: negative where it drops)."""
+    parts = [_sweep_ends(rows, "level", metric).assign(knob=knob) for knob, rows in frame.groupby("knob", sort=True)]
+    table = pd.concat(parts, ignore_index=True) if parts else _sweep_ends(frame.iloc[:0], "level", metric)
+    return table[["knob", *[c for c in table.columns if c != "knob"]]]
+
+
+def _change_text(change: float) -> str:
+    if round(change, 3) == 0:
+        return "stays within 0.001"
+    return f"drops by {-change:.3f}" if change < 0 else f"rises by {change:.3f}"
+
+
+def _not_answered(report: Report, frame: pd.DataFrame | None, name: str) -> bool:
+    """Add "Not answered" and return True when a sweep table is missing or empty."""
+    if frame is None or frame.empty:
+        report.add(f"Not answered: `{report.results / SWEEP_FILES[name]}` is missing or holds no run.")
+        return True
+    return False
+
+
+def report_noise(report: Report, frame: pd.DataFrame | None, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Question 3: :func:`noise_table` and, per loss, how far ``metric`` drops from the lowest to the
+    highest level of each knob (:func:`noise_drops`). Returns the drops (empty without runs)."""
+    report.add("## 3. Noise ablation")
+    if _not_answered(report, frame, "noise"):
+        return pd.DataFrame()
+    report.add(f"{metric_label(metric)} on the test split, mean over seeds, per knob and level (one column per loss):")
+    report.table(noise_table(frame, metric).reset_index(), index=False)
+    drops = noise_drops(frame, metric)
+    for loss, rows in drops.groupby("loss", sort=False):
+        parts = [f"{_change_text(r.change)} from {r.knob} {r.low:g} to {r.high:g} ({r.at_low:.3f} → {r.at_high:.3f})"
+                 for r in rows.itertuples()]
+        report.add(f"`{loss}`: {metric_label(metric)} " + "; ".join(parts) + ".")
+    return drops
+
+
+def report_width(report: Report, frame: pd.DataFrame | None, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Question 4: ``metric`` per encoder width and loss, and per loss its change from the narrowest
+    to the widest encoder. Returns the :func:`sweep_table` (empty without runs)."""
+    report.add("## 4. Model-size ablation")
+    if _not_answered(report, frame, "width"):
+        return pd.DataFrame()
+    table = sweep_table(frame, ("width",), metric)
+    report.add(f"{metric_label(metric)} on the test split, mean over seeds, per width multiplier of the video "
+               f"encoder (one column per loss):")
+    report.table(table.reset_index(), index=False)
+    for row in _sweep_ends(frame, "width", metric).itertuples():
+        best = table[row.loss].idxmax()
+        report.add(f"`{row.loss}`: from width {row.low:g} to {row.high:g}, {metric_label(metric)} "
+                   f"{_change_text(row.change)} ({row.at_low:.3f} → {row.at_high:.3f}); best at width {best:g} "
+                   f"({table[row.loss].max():.3f}).")
+    return table
+
+
+def learnable_temperatures(frame: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """The learnable rows of a temperature sweep: where τa and τw started and ended, and ``metric``."""
+    rows = frame.drop(index=_fixed_temperatures(frame).index)
+    columns = {"attn_temperature": "τa start", "final_attn_temperature": "τa end",
+               "weight_temperature": "τw start", "final_weight_temperature": "τw end", metric: metric_label(metric)}
+    present = ["loss", "seed", *[c for c in columns if c in rows.columns]]
+    return rows[present].rename(columns=columns).reset_index(drop=True)
+
+
+def report_temperature(report: Report, frame: pd.DataFrame | None, chosen: tuple[float, float] | None = None,
+                       metric: str = HEADLINE_METRIC) -> tuple[float, float, float] | None:
+    """Question 7: the (τa, τw) surface on validation, its best pair, the learnable runs (start and
+    end values) and whether the study's temperatures ``chosen`` are the best pair. Returns the best
+    pair (None without runs)."""
+    report.add("## 7. Temperature sensitivity: the (τa, τw) surface")
+    if _not_answered(report, frame, "temperature"):
+        return None
+    surface = temperature_surface(frame, metric)
+    tau_a, tau_w, value = best_temperatures(frame, metric)
+    report.add(f"Validation {metric_label(metric)} of `{_fixed_temperatures(frame)['loss'].iloc[0]}` with fixed "
+               f"temperatures, mean over seeds (rows τa, columns τw):")
+    report.table(surface.rename_axis(index="τa \\ τw", columns=None), float_digits=3)
+    report.add(f"The best fixed pair on validation: τa = {tau_a:g}, τw = {tau_w:g} ({value:.3f}).")
+    learnable = learnable_temperatures(frame, metric)
+    if not learnable.empty:
+        report.add("Learnable temperatures, from each initial pair to where training left them:")
+        report.table(learnable, index=False, float_digits=4)
+    report.add(_chosen_sentence(surface, (tau_a, tau_w), chosen))
+    return tau_a, tau_w, value
+
+
+def _chosen_sentence(surface: pd.DataFrame, best: tuple[float, float], chosen: tuple[float, float] | None) -> str:
+    """Whether the study's temperatures ``chosen`` are the ``best`` pair of ``surface``."""
+    if chosen is None:
+        return "The study's temperatures were not given: no check against the surface."
+    text = f"τa = {chosen[0]:g}, τw = {chosen[1]:g}"
+    if np.allclose(chosen, best):
+        return f"The study's temperatures ({text}) are the best pair of the surface."
+    on_grid = [a for a in surface.index if math.isclose(a, chosen[0])], \
+        [w for w in surface.columns if math.isclose(w, chosen[1])]
+    where = (f"they give {surface.loc[on_grid[0][0], on_grid[1][0]]:.3f} there" if all(on_grid)
+             else "they are not on the grid")
+    return f"The study's temperatures ({text}) are not the best pair of the surface: {where}."
+
+
+#: How close to the best validation R@10 the rule's learning rate must come to be confirmed.
+LR_RULE_MARGIN = 0.03
+
+
+def lr_rule_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC, margin: float = LR_RULE_MARGIN) -> pd.DataFrame:
+    """Per (loss, batch_size) of the learning-rate sweep: validation ``metric`` (mean over seeds) at
+    each ``lr_factor`` (one column ``× <factor>`` each), the best factor and the verdict: "the rule is
+    confirmed" when factor 1 is best or within ``margin`` of the best, else which factor is better."""
+    wide = frame.pivot_table(index=["loss", "batch_size"], columns="lr_factor", values=metric, aggfunc="mean")
+    factors = sorted(wide.columns)
+    rows = []
+    for (loss, batch_size), values in wide.iterrows():
+        values = values.dropna()
+        best = float(values.idxmax())
+        rule = values.get(1.0, math.nan)
+        if math.isnan(rule):
+            verdict = "not tested: no run at factor 1"
+        elif values.max() - rule <= margin:
+            verdict = "the rule is confirmed"
+        else:
+            verdict = f"factor {best:g} is better by {values.max() - rule:.3f}"
+        rows.append({"loss": loss, "batch_size": int(batch_size), **{f"× {f:g}": values.get(f, math.nan)
+                                                                      for f in factors},
+                     "best factor": best, "verdict": verdict})
+    table = pd.DataFrame(rows)
+    order = {loss: position for position, loss in enumerate(ordered_losses(table["loss"]))}
+    return table.sort_values(["loss", "batch_size"], key=lambda c: c.map(order) if c.name == "loss" else c,
+                             ignore_index=True)
+
+
+def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEADLINE_METRIC,
+                   margin: float = LR_RULE_MARGIN) -> pd.DataFrame:
+    """The learning-rate rule of STUDY.md section 7 (peak lr = lr * sqrt(batch / 64)) checked on
+    validation: :func:`lr_rule_table` and a sentence on where it holds. Returns the table."""
+    report.add("## 7b. Learning rate per batch size: the rule checked on validation")
+    if _not_answered(report, frame, "lr"):
+        return pd.DataFrame()
+    table = lr_rule_table(frame, metric, margin)
+    report.add(f"Validation {metric_label(metric)}, mean over seeds, at multiples of the rule's peak learning rate "
+               f"(lr * sqrt(batch / 64)); the rule is confirmed where factor 1 is best or within {margin:g} of "
+               f"the best:")
+    report.table(table, index=False)
+    failed = table[table["verdict"] != "the rule is confirmed"]
+    if failed.empty:
+        report.add(f"The rule is confirmed for every loss and batch size ({len(table)}).")
+    else:
+        report.add(f"The rule is confirmed for {len(table) - len(failed)} of {len(table)}; not for "
+                   + "; ".join(f"`{r.loss}` b{r.batch_size} ({r.verdict})" for r in failed.itertuples()) + ".")
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence, time to target and the headline question (STUDY.md sections 6 and 7)
+# --------------------------------------------------------------------------------------------
+
+
+def _configurations(table: pd.DataFrame) -> str:
+    return ", ".join(f"`{row.loss}` b{row.batch_size}" for row in table.itertuples())
+
+
+def report_convergence(report: Report, curves: pd.DataFrame | None, threshold: float = 0.02) -> pd.DataFrame:
+    """STUDY.md section 7, "Converged": :func:`fgmm_lib.curves.convergence_table` of the validation
+    curves and which (loss, batch size) have not flattened (gain over the last 20% of samples
+    >= ``threshold``). Returns the table (empty without curves)."""
+    from fgmm_lib.curves import convergence_table
+
+    report.add("## Convergence of the validation curves")
+    if curves is None or curves.empty:
+        report.add(f"Not answered: `{report.results / 'curves'}` holds no curve.")
+        return pd.DataFrame()
+    table = convergence_table(curves, threshold=threshold)
+    report.add(f"Validation text→video R@10 per loss and batch size, mean over seeds; a curve has flattened when "
+               f"it gains less than {threshold:g} over its last 20% of samples:")
+    report.table(table, index=False)
+    open_curves = table[~table["flattened"]]
+    if open_curves.empty:
+        report.add("Every configuration has flattened: its comparisons count.")
+    else:
+        report.add(f"Not flattened (gain >= {threshold:g}): {_configurations(open_curves)}; the comparisons "
+                   f"that involve them do not count yet.")
+    return table
+
+
+def report_time_to_target(report: Report, table: pd.DataFrame | None) -> pd.DataFrame:
+    """Question 5: samples and FLOPs to a fixed validation R@10 (a
+    :func:`fgmm_lib.curves.time_to_target` table), summarised over seeds by
+    :func:`time_to_target_summary`. Returns the summary (empty without runs)."""
+
+    report.add("## 5. Compute to reach a fixed retrieval target")
+    if table is None or table.empty:
+        report.add(f"Not answered: `{report.results / 'compute' / 'time_to_target.csv'}` is missing or empty.")
+        return pd.DataFrame()
+    summary = time_to_target_summary(table)
+    report.add(f"Samples and FLOPs until validation text→video R@10 reaches {summary['target'].iloc[0]:g}, mean and "
+               f"95% t-interval over the seeds that reached it:")
+    report.table(summary, index=False, float_digits=3)
+    never = summary[summary["reached"] == 0]
+    if not never.empty:
+        report.add(f"Never reached the target: {_configurations(never)}.")
+    reached = summary[summary["reached"] == summary["seeds"]].dropna(subset=["samples_to_target_mean"])
+    if not reached.empty:
+        fastest = reached.loc[reached["samples_to_target_mean"].idxmin()]
+        report.add(f"Fewest samples to the target, over the configurations where every seed reached it: "
+                   f"`{fastest['loss']}` at batch {fastest['batch_size']} "
+                   f"({fastest['samples_to_target_mean']:.0f} samples).")
+    return summary
+
+
+#: The fine-grained losses the headline question asks about, in order.
+FINE_GRAINED_LOSSES = ("mean", "max", "attention", "attention_floor", "attention_gate")
+
+#: The headline verdict of each :func:`tie_or_difference` verdict (fine-grained minus coarse).
+HEADLINE_VERDICTS = {"tie": "reaches", "better": "exceeds", "worse": "falls short", "undecided": "undecided"}
+
+
+def _seed_values(runs: pd.DataFrame, loss: str, batch_size: int, metric: str) -> pd.Series:
+    rows = runs[(runs["loss"] == loss) & (runs["batch_size"] == batch_size)].dropna(subset=[metric])
+    return rows.set_index("seed")[metric].astype(float)
+
+
+def _mean_interval(values: pd.Series) -> tuple[float, float, float]:
+    mean = float(values.mean()) if len(values) else math.nan
+    std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return (mean, *t_interval(mean, std, len(values)))
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """The difference of the means ``mean(a) - mean(b)`` of two independent samples and its Welch
+    95% interval (Welch-Satterthwaite degrees of freedom, rounded down); NaN bounds under 2 values
+    on a side or with no spread at all."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    difference = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return difference, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return difference, math.nan, math.nan
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_quantile_975(max(1, int(math.floor(df)))) * math.sqrt(va + vb)
+    return difference, difference - half, difference + half
+
+
+def headline_answer(runs: pd.DataFrame, small_batch: int = 8, large: Sequence[Any] = ("coarse", 256),
+                    metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+    """Does each fine-grained loss at ``small_batch`` reach ``large`` (loss, batch size) on ``metric``?
+
+    One row per loss of :data:`FINE_GRAINED_LOSSES` with runs at ``small_batch``: its mean and 95%
+    t-interval over seeds and those of the reference, the difference of the means with a Welch 95%
+    interval (:func:`welch_interval`), the paired difference over the seeds both have
+    (:func:`paired_differences`) and ``verdict`` (:data:`HEADLINE_VERDICTS` of
+    :func:`tie_or_difference`), read on the paired interval where 2 or more seeds pair (the study
+    compares paired differences), else on the Welch one (``verdict_on``). Empty without reference runs.
+    """
+    reference_loss, large_batch = str(large[0]), int(large[1])
+    base = _seed_values(runs, reference_loss, large_batch, metric) if not runs.empty else pd.Series(dtype=float)
+    rows = []
+    for loss in [loss for loss in FINE_GRAINED_LOSSES if not base.empty]:
+        values = _seed_values(runs, loss, small_batch, metric)
+        if values.empty:
+            continue
+        paired = paired_differences(runs[runs["loss"].isin([loss, reference_loss])], metric,
+                                    (reference_loss, large_batch), margin=margin)
+        paired = paired[(paired["loss"] == loss) & (paired["batch_size"] == small_batch)]
+        pn, pmean, plow, phigh = ((int(paired["n"].iloc[0]), *paired[["mean", "ci95_low", "ci95_high"]].iloc[0])
+                                  if not paired.empty else (0, math.nan, math.nan, math.nan))
+        difference, wlow, whigh = welch_interval(values, base)
+        on_pairs = pn >= 2
+        verdict = tie_or_difference((plow, phigh) if on_pairs else (wlow, whigh), margin, _higher_is_better(metric))
+        rows.append({"loss": loss, "batch_size": small_batch, "seeds": len(values),
+                     **dict(zip(("mean", "ci95_low", "ci95_high"), _mean_interval(values))),
+                     "reference": f"{reference_loss} b{large_batch}", "reference_seeds": len(base),
+                     **dict(zip(("reference_mean", "reference_low", "reference_high"), _mean_interval(base))),
+                     "difference": difference, "welch_low": wlow, "welch_high": whigh, "pairs": pn,
+                     "paired_mean": pmean, "paired_low": plow, "paired_high": phigh,
+                     "verdict": HEADLINE_VERDICTS[verdict], "verdict_on": "paired" if on_pairs else "Welch"})
+    return pd.DataFrame(rows)
+
+
+def headline_sentence(answer: pd.DataFrame) -> str:
+    """"yes" when some loss of a :func:`headline_answer` reaches or exceeds the reference, "no" when
+    every one falls short, else "undecided", with the losses of each verdict."""
+    verdicts = dict(zip(answer["loss"], answer["verdict"]))
+    if any(v in ("reaches", "exceeds") for v in verdicts.values()):
+        word = "yes"
+    else:
+        word = "no" if all(v == "falls short" for v in verdicts.values()) else "undecided"
+    parts = [f"{', '.join(f'`{loss}`' for loss, v in verdicts.items() if v == verdict)} {verdict}"
+             for verdict in HEADLINE_VERDICTS.values() if verdict in verdicts.values()]
+    return f"{word}**: " + "; ".join(parts) + "."
+
+
+def report_headline(report: Report, runs: pd.DataFrame, small_batch: int = 8, large: Sequence[Any] = ("coarse", 256),
+                    metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+    """The headline question (STUDY.md section 6, question 2): :func:`headline_answer` as a table and
+    one sentence answering yes / no / undecided, naming the losses. Returns the answer."""
+    reference = f"`{large[0]}` at batch {large[1]}"
+    question = (f"At equal samples seen, does a fine-grained loss at batch {small_batch} reach {reference} on "
+                f"{metric_label(metric)}, within the intervals?")
+    report.add("## The headline: a fine-grained loss at a small batch against coarse at a large one")
+    answer = headline_answer(runs, small_batch, large, metric, margin)
+    if answer.empty:
+        report.add(f"Not answered: it needs runs of {reference} and of a fine-grained loss at batch {small_batch}.")
+        return answer
+    shown = pd.DataFrame({"loss": answer["loss"], "seeds": answer["seeds"],
+                          "mean [95% CI]": _interval_column(answer, "mean", "ci95_low", "ci95_high"),
+                          f"{large[0]} b{large[1]} [95% CI]": _interval_column(
+                              answer, "reference_mean", "reference_low", "reference_high"),
+                          "difference [Welch 95% CI]": _interval_column(answer, "difference", "welch_low",
+                                                                        "welch_high"),
+                          "pairs": answer["pairs"],
+                          "paired difference [95% CI]": _interval_column(answer, "paired_mean", "paired_low",
+                                                                         "paired_high"),
+                          "verdict": answer["verdict"], "read on": answer["verdict_on"]})
+    report.add(f"{metric_label(metric)} at batch {small_batch} against {reference}: mean and 95% t-interval over "
+               f"seeds, the difference of the means (Welch), the paired difference over the seeds both have; "
+               f"reaches: the interval lies within ±{margin:g}, exceeds / falls short: it excludes 0.")
+    report.table(shown, index=False)
+    report.add(f"**{question} {headline_sentence(answer)}")
+    report.add(_samples_note(runs, answer, small_batch, large))
+    return answer
+
+
+def _samples_note(runs: pd.DataFrame, answer: pd.DataFrame, small_batch: int, large: Sequence[Any]) -> str:
+    """Whether the runs of the headline saw the same number of samples (their compute records)."""
+    if "compute_samples_seen" not in runs.columns:
+        return "Samples seen: no compute record, so equal samples seen is not checked."
+    compared = runs[((runs["loss"].isin(answer["loss"])) & (runs["batch_size"] == small_batch))
+                    | ((runs["loss"] == large[0]) & (runs["batch_size"] == int(large[1])))]
+    seen = sorted({int(value) for value in compared["compute_samples_seen"].dropna()})
+    if len(seen) == 1:
+        return f"Every compared run saw {seen[0]} samples."
+    return f"**The compared runs did not see equal samples**: {', '.join(map(str, seen))}."
+
+def _interval_column(table: pd.DataFrame, mean: str, low: str, high: str) -> list[str]:
+    return [_interval_text(m, lo, hi) for m, lo, hi in zip(table[mean], table[low], table[high])]
+
+
+def time_to_target_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (loss, batch_size) of a :func:`time_to_target` table: ``seeds``, ``reached`` (how many
+    reached the target) and, over the seeds that reached it, the mean and 95% t-interval
+    (:func:`fgmm_lib.analysis.t_interval`; NaN under 2 seeds) of ``samples_to_target`` and
+    ``flops_to_target`` (columns ``<name>_mean``, ``<name>_low``, ``<name>_high``)."""
+
+    _require_columns(table, TIME_TO_TARGET_COLUMNS, "the time-to-target table")
+    rows = []
+    for (loss, batch_size), group in table.groupby(["loss", "batch_size"], sort=True):
+        row = {"loss": loss, "batch_size": int(batch_size), "target": float(group["target"].iloc[0]),
+               "seeds": len(group), "reached": int(group["reached"].sum())}
+        for name in ("samples_to_target", "flops_to_target"):
+            values = group.loc[group["reached"], name].dropna().to_numpy(dtype=float)
+            mean = float(values.mean()) if len(values) else math.nan
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{name}_mean"] = mean
+            row[f"{name}_low"], row[f"{name}_high"] = t_interval(mean, std, len(values))
+        rows.append(row)
+    return pd.DataFrame(rows)

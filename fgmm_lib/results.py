@@ -7,7 +7,7 @@ three files, so that ``dvc metrics show`` lists only the numbers a reader compar
   metrics of :data:`METRICS`, flat (``{"action_top1": 0.7, "t2v_R@1": 0.4, ...}``), written by
   :func:`write_metrics`; a metric the run does not have (pointing for the losses without
   attention) is null;
-- ``results/metrics/details/<run>.json`` (:func:`details_path`): the whole record (chance levels,
+- ``results/details/<run>.json`` (:func:`details_path`): the whole record (chance levels,
   95% bootstrap intervals (:func:`interval`), the per-attribute retrieval of
   :data:`ATTRIBUTE_METRICS`, the probe's confusion matrix, query and corpus sizes, temperatures,
   the evaluated split);
@@ -109,9 +109,9 @@ def interval(record: Mapping[str, Any], path: Sequence[str]) -> tuple[float, flo
             return low, high
     return None
 
-RUN_NAME = re.compile(r"^(?P<loss>[a-z]+)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<loss>[a-z][a-z_]*)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
 METRICS_DIR = Path("results/metrics")
-DETAILS_DIR = METRICS_DIR / "details"
+DETAILS_DIR = Path("results/details")
 COMPUTE_DIR = Path("results/compute")
 
 
@@ -137,7 +137,7 @@ def metrics_path(name: str, root: str | Path = ".") -> Path:
 
 
 def details_path(name: str, root: str | Path = ".") -> Path:
-    """``results/metrics/details/<name>.json`` under ``root``."""
+    """``results/details/<name>.json`` under ``root``."""
     return Path(root) / DETAILS_DIR / f"{name}.json"
 
 

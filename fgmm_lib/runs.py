@@ -45,6 +45,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "write_atomic",
     "write_json",
+    "write_csv",
     "read_json",
     "partial_folder",
     "replace_folder",
@@ -104,6 +105,11 @@ def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented, key-sorted JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     return write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
+def write_csv(path: str | Path, frame: Any, index: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda temporary: frame.to_csv(temporary, index=index))
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -7,7 +7,8 @@ tables they draw come from :mod:`fgmm_lib.analysis`.
 Plots:
     :func:`plot_training_curves`, :func:`plot_recall_at_k`, :func:`plot_confusion_matrix`,
     :func:`plot_metric_sweep` (and :func:`plot_batch_ablation`), :func:`plot_comparison`,
-    :func:`plot_compute`, :func:`plot_attention_maps` (data from
+    :func:`plot_compute`, :func:`plot_learning_curves`, :func:`plot_noise`, :func:`plot_width`,
+    :func:`plot_temperature_surface`, :func:`plot_attention_maps` (data from
     :func:`fgmm_lib.analysis.attention_examples`).
 Output:
     :func:`show`, :func:`save_figure`, :func:`save_table`, :func:`save_text` (atomic writes).
@@ -29,7 +30,15 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
 from fgmm_lib.analysis import COST_LABELS, LOSS_ORDER, METRICS, metric_label, ordered_losses
-from fgmm_lib.runs import write_atomic
+from fgmm_lib.curves import check_target, mean_over_seeds
+from fgmm_lib.runs import write_atomic, write_csv
+
+__all__ = [
+    "LOSS_COLOURS", "set_style", "save_figure", "save_table", "save_text", "show", "plot_training_curves",
+    "TASK_LABELS", "plot_recall_at_k", "plot_confusion_matrix", "plot_metric_sweep", "plot_batch_ablation",
+    "plot_comparison", "plot_compute", "plot_learning_curves", "plot_noise", "plot_width",
+    "plot_temperature_surface", "plot_attention_maps", "TILE_INCHES",
+]
 
 #: One colour per loss, the same in every plot.
 LOSS_COLOURS = dict(zip(LOSS_ORDER, sns.color_palette("colorblind", len(LOSS_ORDER))))
@@ -56,7 +65,7 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 def save_table(table: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
     """Write a DataFrame as CSV atomically; return the path."""
-    return write_atomic(path, lambda temporary: table.to_csv(temporary, index=index))
+    return write_csv(path, table, index=index)
 
 
 def save_text(text: str, path: str | Path) -> Path:
@@ -304,6 +313,137 @@ def plot_compute(runs: pd.DataFrame, cost_columns: Sequence[str], metric: str = 
                   fontsize="small", frameon=False)
     if title:
         figure.suptitle(title)
+    return figure
+
+
+def plot_learning_curves(curves: pd.DataFrame, target: float | None = None, fraction: float = 0.2,
+                         title: str | None = None) -> Figure:
+    """Validation text→video R@10 against samples seen (:func:`fgmm_lib.curves.load_curves` curves):
+    one panel per batch size, one line per loss (mean over seeds) in a min–max band over seeds, the
+    last ``fraction`` of samples shaded (where :func:`fgmm_lib.curves.curve_gain` is read), and
+    ``target`` as a dashed grey line."""
+    missing = [c for c in ("loss", "batch_size", "samples_seen", "val_t2v_r10", "run") if c not in curves.columns]
+    if missing:
+        raise ValueError(f"curves have no column(s) {missing}")
+    if curves.empty:
+        raise ValueError("curves hold no rows: nothing to plot")
+    if target is not None:
+        check_target(target)
+    set_style()
+    batch_sizes = sorted(curves["batch_size"].unique())
+    figure, axes_row = plt.subplots(1, len(batch_sizes), figsize=(4.6 * len(batch_sizes), 3.8), squeeze=False,
+                                    sharey=True, layout="constrained")
+    losses = ordered_losses(curves["loss"])
+    for axes, batch_size in zip(axes_row[0], batch_sizes):
+        of_batch = curves[curves["batch_size"] == batch_size]
+        last = float(of_batch["samples_seen"].max())
+        axes.axvspan((1.0 - fraction) * last, last, color="grey", alpha=0.12, linewidth=0)
+        for loss in losses:
+            rows = of_batch[of_batch["loss"] == loss]
+            if rows.empty:
+                continue
+            mean = mean_over_seeds(rows)
+            colour = _loss_colour(loss)
+            axes.fill_between(mean["samples_seen"], mean["min"], mean["max"], color=colour, alpha=0.2, linewidth=0)
+            axes.plot(mean["samples_seen"], mean["mean"], color=colour, linewidth=1.8, label=loss)
+        if target is not None:
+            axes.axhline(target, color="grey", linestyle="--", linewidth=1)
+        axes.set(xlabel="samples seen", title=f"batch size {batch_size}")
+    axes_row[0][0].set_ylabel("validation text→video R@10")
+    handles = [plt.Line2D([], [], color=_loss_colour(loss), linewidth=1.8) for loss in losses]
+    labels = list(losses)
+    if target is not None:
+        handles.append(plt.Line2D([], [], color="grey", linestyle="--", linewidth=1))
+        labels.append(f"target {target:g}")
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _sweep_lines(axes: Any, frame: pd.DataFrame, x: str, metric: str, losses: Sequence[str]) -> None:
+    """One line per loss of ``metric`` against ``x`` (mean over seeds, error bars = std over seeds)."""
+    for loss in losses:
+        grouped = frame[frame["loss"] == loss].groupby(x)[metric]
+        means = grouped.mean().dropna()
+        stds = grouped.std().reindex(means.index).fillna(0.0)
+        if not means.empty:
+            axes.errorbar(means.index, means, yerr=stds, marker="o", markersize=4, linewidth=1.8, capsize=3,
+                          color=_loss_colour(loss), label=loss)
+    if metric in METRICS and METRICS[metric].unit_interval:
+        axes.set_ylim(-0.03, 1.03)
+
+
+def _loss_legend(figure: Figure, losses: Sequence[str]) -> None:
+    handles = [plt.Line2D([], [], color=_loss_colour(loss), marker="o", linewidth=1.8) for loss in losses]
+    figure.legend(handles, list(losses), loc="outside lower center", ncols=len(losses), frameon=False)
+
+
+def _check_sweep(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the sweep table has no column(s) {missing}")
+    if frame.empty:
+        raise ValueError("the sweep table holds no run: nothing to plot")
+
+
+def plot_noise(frame: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit_top1"),
+               title: str | None = None) -> Figure:
+    """Question 3: one panel per noise knob (columns) and metric (rows), the metric against the
+    knob's level, one line per loss (mean ± std over seeds) of a noise sweep table."""
+    _check_sweep(frame, ("knob", "level", "loss", *metrics))
+    set_style()
+    knobs = sorted(frame["knob"].unique())
+    figure, axes_grid = plt.subplots(len(metrics), len(knobs), figsize=(3.6 * len(knobs), 3.0 * len(metrics) + 0.6),
+                                     squeeze=False, layout="constrained")
+    losses = ordered_losses(frame["loss"])
+    for row, metric in enumerate(metrics):
+        for axes, knob in zip(axes_grid[row], knobs):
+            _sweep_lines(axes, frame[frame["knob"] == knob], "level", metric, losses)
+            axes.set(title=f"{knob.replace('_', ' ')}", xlabel="level", ylabel=metric_label(metric))
+    _loss_legend(figure, losses)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_width(frame: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit_top1"),
+               title: str | None = None) -> Figure:
+    """Question 4: one panel per metric against the video encoder's width multiplier, one line per
+    loss (mean ± std over seeds) of a width sweep table."""
+    _check_sweep(frame, ("width", "loss", *metrics))
+    set_style()
+    figure, axes_row = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False,
+                                    layout="constrained")
+    losses = ordered_losses(frame["loss"])
+    for axes, metric in zip(axes_row[0], metrics):
+        _sweep_lines(axes, frame, "width", metric, losses)
+        axes.set(title=metric_label(metric), xlabel="width multiplier")
+    _loss_legend(figure, losses)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_temperature_surface(surface: pd.DataFrame, best: tuple[float, float] | None = None,
+                             title: str | None = None) -> Figure:
+    """Question 7: a :func:`fgmm_lib.analysis.temperature_surface` as an annotated heatmap (rows τa,
+    columns τw), the ``best`` (τa, τw) cell outlined (default: the highest value)."""
+    if surface.empty:
+        raise ValueError("the temperature surface is empty: nothing to plot")
+    set_style()
+    figure, axes = plt.subplots(figsize=(1.1 * surface.shape[1] + 2.4, 0.8 * surface.shape[0] + 1.6),
+                                layout="constrained")
+    sns.heatmap(surface, annot=True, fmt=".3f", cmap="viridis", ax=axes, cbar_kws={"label": "validation value"},
+                xticklabels=[f"{v:g}" for v in surface.columns], yticklabels=[f"{v:g}" for v in surface.index])
+    if best is None:
+        best = surface.stack().idxmax()
+    row = [i for i, v in enumerate(surface.index) if math.isclose(v, best[0])]
+    column = [j for j, v in enumerate(surface.columns) if math.isclose(v, best[1])]
+    if row and column:
+        axes.add_patch(Rectangle((column[0], row[0]), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    axes.set(xlabel="τw (weight temperature)", ylabel="τa (attention temperature)")
+    axes.set_title(title or "validation text→video R@10 (best pair outlined)")
     return figure
 
 

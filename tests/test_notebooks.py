@@ -34,14 +34,18 @@ CONTRACT = {
     "pretrain": {"params_file": "params.yaml", "data": "data/pretrain", "out": "runs/demo", "loss": "attention",
                  "batch_size": 64, "seed": 0, "overrides": {}},
     "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json",
-                 "details_out": "results/metrics/details/demo.json", "compute_out": "results/compute/demo.json",
+                 "details_out": "results/details/demo.json", "compute_out": "results/compute/demo.json",
                  "split": "test"},
-    "inspect_run": {"run": "runs/demo", "details": "results/metrics/details/demo.json"},
+    "inspect_run": {"run": "runs/demo", "details": "results/details/demo.json"},
     "batch_ablation": {"metrics_dir": "results/metrics", "compute_dir": "results/compute", "params_file": "params.yaml",
                        "out_dir": "results/ablation"},
     "attention_maps": {"runs": ["runs/attention-b64-s0", "runs/max-b64-s0", "runs/mean-b64-s0"], "data": "data/eval",
                        "clips": [0, 1, 2, 3], "metrics_dir": "results/metrics", "out_dir": "results/attention"},
     "report": {"results_dir": "results", "params_file": "params.yaml"},
+    "study": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
+              "surface": "results/temperature/surface.csv", "runs_dir": "runs/study", "results_root": "."},
+    "sweep": {"params_file": "params.yaml", "kind": "noise", "data": "data/pretrain", "eval_data": "data/eval",
+              "surface": "", "runs_dir": "runs/noise", "out_csv": "results/noise/noise.csv"},
 }
 #: Runs trained and evaluated in-process: (loss, batch size, seed).
 IN_PROCESS_RUNS = [(loss, batch_size, seed) for loss in ("coarse", "attention") for batch_size in (4, 8)
@@ -242,12 +246,70 @@ def test_report_notebook_summarises_every_loss(world, ablation, attention):
     summary = (world / "results/report/summary.md").read_text()
     for loss in ("coarse", "milnce", "mean", "max", "attention"):
         assert f"| {loss} |" in summary, f"summary.md does not mention {loss}"
-    assert "Does `attention` at batch 4 match `coarse` at batch 8?" in summary
+    assert "larger standard deviation" not in summary  # question 2 is read on intervals
     assert "](../ablation/batch_size.png)" in summary and "](../attention/attention-b8-s0.png)" in summary
     assert "Not answered by the current pipeline" in summary and "noise ablation" in summary
+    assert "## The headline" in summary and "## 3. Noise ablation" in summary  # sections render without sweeps
     assert "GFLOPs per training step" in summary, "the compute section found no compute record in results/compute"
-    assert "? yes**" in summary or "? partly**" in summary or "? no**" in summary
+    assert "Not answered: it needs runs of `coarse` at batch 256" in summary  # the toy world has batches 4 and 8
     assert images(executed) >= 5  # comparison, ablation, compute, two attention maps
+
+
+def fake_sweeps(results: Path) -> None:
+    """Hand-made sweep tables, curves and a time-to-target table, as the pipeline writes them."""
+    from fgmm_lib.curves import CURVE_COLUMNS, time_to_target
+
+    def write(name, rows):
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(results / name, index=False)
+
+    metrics = {"t2v_R@10": 0.5, "digit_top1": 0.4}
+    write("noise/noise.csv", [{"knob": knob, "level": level, "loss": loss, "batch_size": 8, "seed": 0, "run": "r",
+                               **metrics, "t2v_R@10": 0.6 - 0.1 * level}
+                              for knob in ("distractors", "filler_words") for level in (0, 1)
+                              for loss in ("coarse", "max")])
+    write("width/width.csv", [{"width": width, "loss": loss, "batch_size": 8, "seed": 0, "run": "r", **metrics}
+                              for width in (0.5, 1.0) for loss in ("coarse", "attention")])
+    write("temperature/surface.csv", [{"loss": "attention", "attn_temperature": a, "weight_temperature": w,
+                                       "learnable": learnable, "batch_size": 8, "seed": 0, "run": "r", **metrics,
+                                       "t2v_R@10": a + w, "final_attn_temperature": a, "final_weight_temperature": w}
+                                      for a, w, learnable in ((0.1, 0.1, False), (0.1, 0.5, False),
+                                                              (0.5, 0.1, False), (0.1, 0.1, True))])
+    write("lr/lr.csv", [{"loss": "max", "batch_size": 8, "lr_factor": factor, "seed": 0, "run": "r", **metrics}
+                        for factor in (0.5, 1.0, 2.0)])
+    curves = pd.DataFrame([{"run": f"max-b8-s{seed}", "config_fingerprint": "f", "samples_seen": samples, "step": 1,
+                            "epoch": 0, "val_t2v_r1": 0.1, "val_t2v_r5": 0.2, "val_t2v_r10": samples / 1000,
+                            "wall_s": samples / 10, "loss": "max", "batch_size": 8, "seed": seed}
+                           for seed in (0, 1) for samples in (100, 500, 1000)])
+    for run, rows in curves.groupby("run"):
+        write(f"curves/{run}.csv", rows[list(CURVE_COLUMNS)])
+    times = time_to_target(curves, {run: {"flops_per_step": 1e9} for run in curves["run"]}, target=0.5)
+    write("compute/time_to_target.csv", times)
+
+
+def test_report_notebook_renders_the_sweeps_of_a_partial_pipeline(tmp_path):
+    """No metrics at all, only the sweeps: every sweep section and figure renders, the rest says
+    what is missing."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {**TRAIN, "attn_temperature": 0.1,
+                                                                     "weight_temperature": 0.5},
+                                                           "study": {"batch_size": 8}}))
+    (tmp_path / "executed").mkdir()
+    fake_sweeps(tmp_path / "results")
+    executed = execute(tmp_path, "report", results_dir="results", params_file="params.yaml")
+    summary = (tmp_path / "results/report/summary.md").read_text()
+    for png in ("noise/noise.png", "width/width.png", "temperature/surface.png", "report/learning_curves.png"):
+        assert non_empty_png(tmp_path / "results" / png), png
+        assert f"](../{png})" in summary
+    assert "`max`: text→video R@10 drops by 0.100 from distractors 0 to 1" in summary
+    assert "The study's temperatures (τa = 0.1, τw = 0.5) are the best pair of the surface." in summary
+    assert "The rule is confirmed for every loss and batch size (1)." in summary
+    assert "Not flattened (gain >= 0.02): `max` b8" in summary
+    assert "until validation text→video R@10 reaches 0.5" in summary
+    assert "## The headline" in summary and "Not answered: it needs runs of `coarse` at batch 256" in summary
+    answered = [line for line in summary.splitlines() if line.startswith("| 3. noise") or line.startswith("| 7b")]
+    assert len(answered) == 2 and all("| yes |" in line for line in answered)
+    assert images(executed) == 4
 
 
 # ---------------------------------------------------------------------------------------------

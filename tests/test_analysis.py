@@ -1,0 +1,296 @@
+"""Sweep tables, the headline question and the report sections of fgmm_lib.analysis, on small
+hand-made frames whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fgmm_lib import analysis
+from fgmm_lib.analysis import Report
+
+
+def write_csv(path, frame):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def noise_frame() -> pd.DataFrame:
+    """Two losses, two knobs with three levels; `max` loses 0.1 per distractor level, `coarse` 0.05."""
+    rows = []
+    for knob in ("distractors", "filler_words"):
+        for level in (0, 1, 2):
+            for loss, slope in (("coarse", 0.05), ("max", 0.1)):
+                for seed in (0, 1):
+                    value = 0.8 - (slope if knob == "distractors" else 0.0) * level + 0.01 * seed
+                    rows.append({"knob": knob, "level": level, "loss": loss, "batch_size": 8, "seed": seed,
+                                 "run": f"{loss}-{knob}-{level}-{seed}", "t2v_R@10": value, "digit_top1": 0.5})
+    return pd.DataFrame(rows)
+
+
+def temperature_frame() -> pd.DataFrame:
+    rows = [{"loss": "attention", "attn_temperature": a, "weight_temperature": w, "learnable": False,
+             "batch_size": 8, "seed": 0, "t2v_R@10": 0.5 - abs(a - 0.1) - abs(w - 0.5),
+             "final_attn_temperature": a, "final_weight_temperature": w}
+            for a in (0.05, 0.1, 0.5) for w in (0.1, 0.5)]
+    rows.append({"loss": "attention", "attn_temperature": 0.5, "weight_temperature": 0.5, "learnable": True,
+                 "batch_size": 8, "seed": 0, "t2v_R@10": 0.42, "final_attn_temperature": 0.12,
+                 "final_weight_temperature": 0.3})
+    return pd.DataFrame(rows)
+
+
+def lr_frame() -> pd.DataFrame:
+    values = {("max", 8): {0.5: 0.50, 1.0: 0.60, 2.0: 0.55},   # factor 1 best
+              ("max", 64): {0.5: 0.40, 1.0: 0.58, 2.0: 0.60},  # within 0.03 of the best
+              ("coarse", 8): {0.5: 0.70, 1.0: 0.50, 2.0: 0.45}}  # factor 0.5 better by 0.2
+    return pd.DataFrame([{"loss": loss, "batch_size": batch, "lr_factor": factor, "seed": seed,
+                          "t2v_R@10": value + 0.001 * seed}
+                         for (loss, batch), by_factor in values.items() for factor, value in by_factor.items()
+                         for seed in (0, 1)])
+
+
+def runs_frame(deltas: dict[str, list[float]], coarse: list[float] = (0.6, 0.62, 0.64)) -> pd.DataFrame:
+    """coarse at 256 and each loss at 8, seeds 0..n-1; a loss's seed value = coarse's + delta."""
+    rows = [{"loss": "coarse", "batch_size": 256, "seed": seed, "t2v_R@10": value} for seed, value in enumerate(coarse)]
+    rows += [{"loss": "coarse", "batch_size": 8, "seed": seed, "t2v_R@10": 0.1} for seed in range(len(coarse))]
+    for loss, delta in deltas.items():
+        rows += [{"loss": loss, "batch_size": 8, "seed": seed, "t2v_R@10": coarse[seed] + d}
+                 for seed, d in enumerate(delta)]
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading sweeps
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_sweep_checks_the_label_and_metric_columns(tmp_path):
+    path = write_csv(tmp_path / "noise.csv", noise_frame())
+    frame = analysis.load_sweep(path, analysis.SWEEP_LABELS["noise"])
+    assert len(frame) == 24 and list(frame.columns[:5]) == list(analysis.SWEEP_LABELS["noise"])
+    bad = write_csv(tmp_path / "bad.csv", noise_frame().drop(columns=["knob", "t2v_R@10"]))
+    with pytest.raises(ValueError, match=r"bad\.csv.*knob, t2v_R@10"):
+        analysis.load_sweep(bad, analysis.SWEEP_LABELS["noise"])
+    with pytest.raises(FileNotFoundError, match="absent.csv"):
+        analysis.load_sweep(tmp_path / "absent.csv", ["loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# noise and width
+# ---------------------------------------------------------------------------------------------
+
+
+def test_noise_table_and_drops_are_means_over_seeds():
+    table = analysis.noise_table(noise_frame())
+    assert list(table.columns) == ["coarse", "max"]
+    assert table.loc[("distractors", 2), "max"] == pytest.approx(0.8 - 0.2 + 0.005)
+    drops = analysis.noise_drops(noise_frame()).set_index(["knob", "loss"])
+    assert drops.loc[("distractors", "max"), "change"] == pytest.approx(-0.2)
+    assert drops.loc[("distractors", "coarse"), "change"] == pytest.approx(-0.1)
+    assert drops.loc[("filler_words", "max"), "change"] == pytest.approx(0.0)
+
+
+def test_report_noise_states_each_drop(tmp_path):
+    report = Report(tmp_path)
+    analysis.report_noise(report, noise_frame())
+    text = report.markdown()
+    assert ("`max`: text→video R@10 drops by 0.200 from distractors 0 to 2 (0.805 → 0.605); stays within 0.001 "
+            "from filler_words 0 to 2") in text
+    assert "`coarse`: text→video R@10 drops by 0.100 from distractors 0 to 2" in text
+    missing = Report(tmp_path)
+    analysis.report_noise(missing, None)
+    assert "Not answered" in missing.markdown() and "noise/noise.csv" in missing.markdown()
+
+
+def test_report_width_gives_the_change_and_the_best_width(tmp_path):
+    frame = pd.DataFrame([{"width": w, "loss": "max", "batch_size": 8, "seed": 0, "t2v_R@10": v}
+                          for w, v in ((0.5, 0.4), (1.0, 0.7), (2.0, 0.6))])
+    report = Report(tmp_path)
+    table = analysis.report_width(report, frame)
+    assert table.loc[1.0, "max"] == 0.7
+    assert "from width 0.5 to 2, text→video R@10 rises by 0.200 (0.400 → 0.600); best at width 1 (0.700)" \
+        in report.markdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# temperatures and the learning-rate rule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_temperature_surface_and_best_pair_use_the_fixed_grid_only():
+    frame = temperature_frame()
+    surface = analysis.temperature_surface(frame)
+    assert surface.shape == (3, 2) and list(surface.index) == [0.05, 0.1, 0.5]
+    assert analysis.best_temperatures(frame) == (0.1, 0.5, pytest.approx(0.5))
+    learnable = analysis.learnable_temperatures(frame)
+    assert learnable.iloc[0]["τa end"] == 0.12 and learnable.iloc[0]["τw start"] == 0.5
+    with pytest.raises(ValueError, match="mixes losses"):
+        analysis.temperature_surface(pd.concat([frame, frame.assign(loss="max")]))
+
+
+def test_learnable_read_as_text_is_not_on_the_grid():
+    frame = temperature_frame().astype({"learnable": str})
+    assert analysis.temperature_surface(frame).size == 6
+
+
+@pytest.mark.parametrize("chosen, sentence", [
+    ((0.1, 0.5), "(τa = 0.1, τw = 0.5) are the best pair of the surface"),
+    ((0.05, 0.1), "are not the best pair of the surface: they give 0.050 there"),
+    ((0.2, 0.5), "are not the best pair of the surface: they are not on the grid"),
+    (None, "were not given"),
+])
+def test_report_temperature_says_whether_the_study_uses_the_best_pair(tmp_path, chosen, sentence):
+    report = Report(tmp_path)
+    assert analysis.report_temperature(report, temperature_frame(), chosen=chosen)[:2] == (0.1, 0.5)
+    text = report.markdown()
+    assert sentence in text and "τa = 0.1, τw = 0.5 (0.500)" in text and "| 0.5 | 0.12" not in text
+    assert "| attention | 0 | 0.5000 | 0.1200 | 0.5000 | 0.3000 | 0.4200 |" in text
+
+
+def test_lr_rule_verdicts(tmp_path):
+    table = analysis.lr_rule_table(lr_frame()).set_index(["loss", "batch_size"])
+    assert table.loc[("max", 8), "verdict"] == "the rule is confirmed"
+    assert table.loc[("max", 64), "verdict"] == "the rule is confirmed"
+    assert table.loc[("coarse", 8), "verdict"] == "factor 0.5 is better by 0.200"
+    assert list(table.index.get_level_values(0)) == ["coarse", "max", "max"]  # study order
+    report = Report(tmp_path)
+    analysis.report_lr_rule(report, lr_frame())
+    assert "confirmed for 2 of 3; not for `coarse` b8 (factor 0.5 is better by 0.200)" in report.markdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# convergence and time to target
+# ---------------------------------------------------------------------------------------------
+
+
+def curves_frame() -> pd.DataFrame:
+    rows = []
+    for loss, final in (("coarse", 0.5), ("max", 0.8)):
+        for seed in (0, 1):
+            for samples, value in ((100, 0.1), (800, final - 0.01 if loss == "coarse" else final - 0.2), (1000, final)):
+                rows.append({"run": f"{loss}-b8-s{seed}", "loss": loss, "batch_size": 8, "seed": seed,
+                             "samples_seen": samples, "val_t2v_r10": value, "wall_s": samples / 10})
+    return pd.DataFrame(rows)
+
+
+def test_report_convergence_names_the_curves_that_have_not_flattened(tmp_path):
+    report = Report(tmp_path)
+    table = analysis.report_convergence(report, curves_frame())
+    assert list(table["flattened"]) == [True, False]
+    assert "Not flattened (gain >= 0.02): `max` b8;" in report.markdown()
+
+
+def test_report_time_to_target_summarises_over_seeds(tmp_path):
+    from fgmm_lib.curves import time_to_target
+
+    table = time_to_target(curves_frame(), {f"{loss}-b8-s{s}": {"flops_per_step": 8.0} for loss in ("coarse", "max")
+                                            for s in (0, 1)}, target=0.6)
+    report = Report(tmp_path)
+    summary = analysis.report_time_to_target(report, table)
+    assert list(summary["reached"]) == [0, 2]
+    text = report.markdown()
+    assert "Never reached the target: `coarse` b8." in text and "`max` at batch 8 (" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the headline question
+# ---------------------------------------------------------------------------------------------
+
+
+def test_welch_interval_matches_a_plain_computation():
+    a, b = [1.0, 2.0, 3.0], [0.0, 0.5, 1.0, 1.5]
+    difference, low, high = analysis.welch_interval(a, b)
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    half = analysis.t_quantile_975(int(df)) * math.sqrt(va + vb)
+    assert difference == pytest.approx(1.25) and (low, high) == pytest.approx((1.25 - half, 1.25 + half))
+    assert math.isnan(analysis.welch_interval([1.0], b)[1])
+
+
+def test_headline_answer_pairs_by_seed_and_gives_each_verdict():
+    runs = runs_frame({"attention": [0.01, 0.0, -0.01],    # paired: a tie -> reaches
+                       "max": [-0.2, -0.21, -0.19],        # falls short
+                       "mean": [0.1, 0.12, 0.11],          # exceeds
+                       "attention_gate": [0.3, -0.3, 0.0]})  # wide -> undecided
+    answer = analysis.headline_answer(runs).set_index("loss")
+    assert list(answer.index) == ["mean", "max", "attention", "attention_gate"]
+    assert answer["verdict"].to_dict() == {"mean": "exceeds", "max": "falls short", "attention": "reaches",
+                                           "attention_gate": "undecided"}
+    assert (answer["verdict_on"] == "paired").all() and (answer["pairs"] == 3).all()
+    assert answer.loc["attention", "paired_mean"] == pytest.approx(0.0)
+    assert answer.loc["attention", "difference"] == pytest.approx(0.0)
+    # unpaired, the seed-to-seed spread of coarse makes the same tie undecided
+    assert analysis.tie_or_difference((answer.loc["attention", "welch_low"],
+                                       answer.loc["attention", "welch_high"])) == "undecided"
+    assert answer.loc["max", "reference_mean"] == pytest.approx(0.62)
+
+
+def test_headline_answer_without_pairs_reads_the_welch_interval():
+    runs = runs_frame({"max": [-0.2, -0.21, -0.19]})
+    runs.loc[runs["loss"] == "max", "seed"] += 10
+    answer = analysis.headline_answer(runs)
+    assert answer["verdict_on"].tolist() == ["Welch"] and answer["pairs"].tolist() == [0]
+    assert answer["verdict"].tolist() == ["falls short"]
+
+
+@pytest.mark.parametrize("deltas, expected", [
+    ({"attention": [0.01, 0.0, -0.01], "max": [-0.2, -0.21, -0.19]},
+     "? yes**: `attention` reaches; `max` falls short."),
+    ({"max": [-0.2, -0.21, -0.19]}, "? no**: `max` falls short."),
+    ({"max": [-0.2, -0.21, -0.19], "attention_floor": [0.3, -0.3, 0.0]},
+     "? undecided**: `max` falls short; `attention_floor` undecided."),
+])
+def test_report_headline_answers_yes_no_or_undecided(tmp_path, deltas, expected):
+    report = Report(tmp_path)
+    analysis.report_headline(report, runs_frame(deltas))
+    text = report.markdown()
+    assert "**At equal samples seen, does a fine-grained loss at batch 8 reach `coarse` at batch 256 on " \
+           "text→video R@10, within the intervals" + expected in text
+
+
+def test_report_headline_without_the_reference(tmp_path):
+    report = Report(tmp_path)
+    assert analysis.report_headline(report, pd.DataFrame()).empty
+    assert "Not answered" in report.markdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the pipeline answers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_question_is_answered_only_by_non_empty_evidence(tmp_path):
+    write_csv(tmp_path / "noise/noise.csv", noise_frame())
+    (tmp_path / "width").mkdir()
+    (tmp_path / "width/width.csv").write_text("width,loss,batch_size,seed,t2v_R@10\n")
+    write_csv(tmp_path / "lr/lr.csv", lr_frame())
+    (tmp_path / "compute").mkdir()
+    status = analysis.answered_questions(tmp_path, pd.DataFrame())
+    answered = {question.split(".")[0].split("/")[0]: row["answered"] for question, row in status.iterrows()}
+    assert answered["3"] == "yes" and answered["4"] == "no" and answered["7b"] == "yes" and answered["7"] == "no"
+    assert "width.csv` (empty)" in status.loc["4. model-size ablation", "evidence"]
+    assert "surface.csv` (missing)" in status.loc["7. temperature sweep (τa, τw surface)", "evidence"]
+    assert status.loc["5. compute: FLOPs and wall time per run", "answered"] == "no"  # an empty folder
+
+
+def test_report_headline_checks_equal_samples_seen(tmp_path):
+    runs = runs_frame({"max": [-0.2, -0.21, -0.19]}).assign(compute_samples_seen=1000.0)
+    report = Report(tmp_path)
+    analysis.report_headline(report, runs)
+    assert "Every compared run saw 1000 samples." in report.markdown()
+    runs.loc[runs["loss"] == "max", "compute_samples_seen"] = 500.0
+    report = Report(tmp_path)
+    analysis.report_headline(report, runs)
+    assert "did not see equal samples**: 500, 1000." in report.markdown()
+
+
+def test_load_sweep_if_any_is_none_for_a_missing_or_empty_table(tmp_path):
+    assert analysis.load_sweep_if_any(tmp_path, "width") is None
+    write_csv(tmp_path / "width/width.csv", pd.DataFrame(columns=[*analysis.SWEEP_LABELS["width"], "t2v_R@10"]))
+    assert analysis.load_sweep_if_any(tmp_path, "width") is None
+    write_csv(tmp_path / "noise/noise.csv", noise_frame())
+    assert len(analysis.load_sweep_if_any(tmp_path, "noise")) == 24

@@ -1,0 +1,97 @@
+"""The study and sweep notebooks, executed through papermill on a toy world as the pipeline runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+import yaml
+
+from fgmm_lib.generate import GenerationConfig, generate_dataset
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KNOBS = dict(distractors=1, filler_words=0.3, misaligned_frames=0.25, mismatched_narration=0.1)
+PARAMS = {
+    "data_pretrain": {"clips": 128, "seed": 0, "frames": 4, "size": 32, **KNOBS},
+    "train": {"epochs": 1, "dim": 16, "width": 0.25, "lr_scaling": "sqrt", "warmup_samples": 16,
+              "val_data": "data/eval", "val_points": 2},
+    "study": {"seeds": [0, 1], "batch_size": 8, "target_val_r10": 0.05, "workers": 1,
+              "runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}]},
+    "sweep": {"epochs": 1, "batch_size": 8, "seed": 0, "workers": 1},
+    "temperature": {"loss": "attention", "attn_temperatures": [0.1, 0.5], "weight_temperatures": [1.0],
+                    "learnable_from": [[0.1, 1.0]]},
+    "lr": {"runs": [{"batch_size": 8, "losses": ["coarse"]}], "factors": [0.5, 1.0]},
+    "noise": {"losses": ["coarse"], "knobs": {"mismatched_narration": [0.1, 0.5]}},
+    "width": {"losses": ["coarse"], "widths": [0.25, 0.5]},
+}
+
+
+def execute(root: Path, name: str, **parameters) -> nbformat.NotebookNode:
+    output = root / "executed" / f"{name}-{parameters.get('kind', 'study')}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters,
+                               kernel_name="python3", cwd=str(root), progress_bar=False)
+    return nbformat.read(output, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-sweeps")
+    (root / "executed").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLBACKEND", "Agg")
+        patch.setenv("OMP_NUM_THREADS", "1")
+        (root / "dvc.yaml").write_text("stages: {}\n")
+        (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+        generate_dataset(GenerationConfig(**PARAMS["data_pretrain"]), root / "data/pretrain", progress=False)
+        generate_dataset(GenerationConfig(clips=80, seed=1, frames=4, size=32, distractors=0, filler_words=0.0,
+                                          misaligned_frames=0.0, mismatched_narration=0.0),
+                         root / "data/eval", vocab=root / "data/pretrain/vocab.json", progress=False)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def surface(world):
+    execute(world, "sweep", kind="temperature", surface="", runs_dir="runs/temperature",
+            out_csv="results/temperature/surface.csv")
+    return world / "results/temperature/surface.csv"
+
+
+def test_temperature_sweep_writes_the_grid_and_learnable_rows_on_validation(world, surface):
+    table = pd.read_csv(surface)
+    assert len(table) == 3 and list(table["learnable"]) == [False, False, True]
+    assert table["t2v_R@10"].notna().all()
+    details = json.loads(next((world / "runs/temperature").glob("*-ta0.1-tw1/config.json")).read_text())
+    assert details["train"]["attn_temperature"] == 0.1
+
+
+@pytest.mark.parametrize("kind, rows", [("lr", 2), ("noise", 2), ("width", 2)])
+def test_each_sweep_writes_its_table_and_uses_the_chosen_temperatures(world, surface, kind, rows):
+    out = f"results/{kind}/{kind}.csv"
+    execute(world, "sweep", kind=kind, surface="results/temperature/surface.csv",
+                       runs_dir=f"runs/{kind}", out_csv=out)
+    table = pd.read_csv(world / out)
+    assert len(table) == rows and table["t2v_R@10"].notna().all()
+
+
+def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface):
+    execute(world, "study", surface="results/temperature/surface.csv", runs_dir="runs/study", results_root=".")
+    names = [f"{loss}-b{batch}-s{seed}" for loss, batch in (("coarse", 8), ("attention", 8), ("coarse", 16))
+             for seed in (0, 1)]
+    for name in names:
+        for folder in ("results/metrics", "results/compute", "results/details"):
+            assert (world / folder / f"{name}.json").is_file(), (folder, name)
+        assert (world / "results/curves" / f"{name}.csv").is_file()
+    to_target = pd.read_csv(world / "results/compute/time_to_target.csv")
+    assert sorted(to_target["run"]) == sorted(names)
+    chosen = pd.read_csv(surface)
+    best = chosen[~chosen["learnable"]].sort_values("t2v_R@10", ascending=False).iloc[0]
+    config = json.loads((world / "runs/study/attention-b8-s0/config.json").read_text())
+    assert config["train"]["attn_temperature"] == pytest.approx(best["attn_temperature"])
+    # the rule: peak lr = lr * sqrt(batch / 64), warmup over the same samples at every batch size
+    compute = json.loads((world / "results/compute/coarse-b16-s0.json").read_text())
+    assert compute["peak_lr"] == pytest.approx(0.002 * (16 / 64) ** 0.5)
+    assert compute["warmup_steps"] == 1
