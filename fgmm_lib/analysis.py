@@ -55,7 +55,7 @@ __all__ = [
     "tie_or_difference", "paired_differences", "comparison_table", "comparison_batch_size", "mean_std_table",
     "best_losses", "markdown_table", "recall_at_k_table", "PAIRED_METRICS",
     "interval_table", "paired_difference_table", "evaluation_interval_table", "ATTRIBUTE_COLUMNS",
-    "attribute_table", "Report", "load_runs_if_any", "report_loss_comparison",
+    "attribute_table", "Report", "load_runs_if_any", "report_loss_comparison", "learned_attributes", "learned_attributes_sentence", "study_temperatures", "LEARNED_MARGIN",
     "report_batch_ablation", "report_paired_batch", "report_attributes", "REPORT_COSTS", "compute_table",
     "report_compute", "report_attention", "report_temperatures", "QUESTIONS", "has_evidence",
     "answered_questions", "report_status", "phrase_labels", "attention_example", "attention_examples",
@@ -708,7 +708,52 @@ def report_attributes(report: Report, runs: pd.DataFrame, study_batch_size: int 
                f"the caption's value of that one attribute counts as a hit. An encoder that learned only colour "
                f"is far above chance on colour and near it on digit and action.")
     report.table(table)
+    report.add(learned_attributes_sentence(runs[runs["batch_size"] == batch]))
     return table
+
+
+#: How far above chance (in accuracy) a linear probe must be, in the lower end of its 95% interval over
+#: seeds, for an attribute to count as learned.
+LEARNED_MARGIN = 0.10
+
+
+def learned_attributes(runs: pd.DataFrame, margin: float = LEARNED_MARGIN) -> dict[str, list[str]]:
+    """Per probed attribute (action, colour, digit), the losses whose probe top-1 lies more than
+    ``margin`` above chance at the low end of its 95% t-interval over seeds."""
+    learned: dict[str, list[str]] = {}
+    for metric in ("action_top1", "colour_top1", "digit_top1"):
+        if metric not in runs.columns or runs[metric].isna().all():
+            continue
+        chance_column = f"{metric}_chance"
+        chance = float(runs[chance_column].mean()) if chance_column in runs.columns else math.nan
+        losses = []
+        for loss in ordered_losses(runs["loss"].unique()):
+            values = runs.loc[runs["loss"] == loss, metric].dropna()
+            if values.empty:
+                continue
+            low, _ = t_interval(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+                                len(values))
+            low = float(values.mean()) if math.isnan(low) else low
+            if not math.isnan(chance) and low > chance + margin:
+                losses.append(loss)
+        learned[metric.removesuffix("_top1")] = losses
+    return learned
+
+
+def learned_attributes_sentence(runs: pd.DataFrame, margin: float = LEARNED_MARGIN) -> str:
+    """One sentence naming, per attribute, the losses that learned it (:func:`learned_attributes`)."""
+    learned = learned_attributes(runs, margin)
+    if not learned:
+        return ""
+    total = runs["loss"].nunique()
+    parts = [f"{attribute}: " + ("no loss" if not losses else "every loss" if len(losses) == total
+                                 else ", ".join(f"`{loss}`" for loss in losses))
+             for attribute, losses in learned.items()]
+    unlearned = [attribute for attribute, losses in learned.items() if not losses]
+    tail = (f" No loss learned {' or '.join(unlearned)} at this budget: the comparisons above say nothing about "
+            f"{'it' if len(unlearned) == 1 else 'them'}." if unlearned else "")
+    return (f"**Learned** (probe top-1 more than {margin:g} above chance at the low end of its 95% interval): "
+            + "; ".join(parts) + "." + tail)
 
 
 #: The compute columns the report tabulates and plots against (question 5).
@@ -1119,6 +1164,21 @@ def learnable_temperatures(frame: pd.DataFrame, metric: str = HEADLINE_METRIC) -
     return rows[present].rename(columns=columns).reset_index(drop=True)
 
 
+def study_temperatures(runs: pd.DataFrame, loss: str = "attention") -> tuple[float, float] | None:
+    """The (τa, τw) the study's ``loss`` runs were evaluated with (None without such runs; ValueError
+    if they used several pairs)."""
+    if runs.empty or "attn_temperature" not in runs.columns:
+        return None
+    rows = runs[runs["loss"] == loss]
+    pairs = sorted({(round(float(a), 6), round(float(w), 6))
+                    for a, w in zip(rows["attn_temperature"], rows["weight_temperature"])})
+    if not pairs:
+        return None
+    if len(pairs) > 1:
+        raise ValueError(f"the {loss} runs used several temperature pairs: {pairs}")
+    return pairs[0]
+
+
 def report_temperature(report: Report, frame: pd.DataFrame | None, chosen: tuple[float, float] | None = None,
                        metric: str = HEADLINE_METRIC) -> tuple[float, float, float] | None:
     """Question 7: the (τa, τw) surface on validation, its best pair, the learnable runs (start and
@@ -1386,7 +1446,9 @@ def _samples_note(runs: pd.DataFrame, answer: pd.DataFrame, small_batch: int, la
     seen = sorted({int(value) for value in compared["compute_samples_seen"].dropna()})
     if len(seen) == 1:
         return f"Every compared run saw {seen[0]} samples."
-    return f"**The compared runs did not see equal samples**: {', '.join(map(str, seen))}."
+    spread = (seen[-1] - seen[0]) / seen[-1]
+    return (f"Samples seen by the compared runs: {', '.join(map(str, seen))} ({spread:.1%} apart: each epoch drops "
+            f"its incomplete last batch, which is larger at a larger batch size).")
 
 def _interval_column(table: pd.DataFrame, mean: str, low: str, high: str) -> list[str]:
     return [_interval_text(m, lo, hi) for m, lo, hi in zip(table[mean], table[low], table[high])]

@@ -285,7 +285,7 @@ def test_report_headline_checks_equal_samples_seen(tmp_path):
     runs.loc[runs["loss"] == "max", "compute_samples_seen"] = 500.0
     report = Report(tmp_path)
     analysis.report_headline(report, runs)
-    assert "did not see equal samples**: 500, 1000." in report.markdown()
+    assert "Samples seen by the compared runs: 500, 1000 (50.0% apart" in report.markdown()
 
 
 def test_load_sweep_if_any_is_none_for_a_missing_or_empty_table(tmp_path):
@@ -294,3 +294,28 @@ def test_load_sweep_if_any_is_none_for_a_missing_or_empty_table(tmp_path):
     assert analysis.load_sweep_if_any(tmp_path, "width") is None
     write_csv(tmp_path / "noise/noise.csv", noise_frame())
     assert len(analysis.load_sweep_if_any(tmp_path, "noise")) == 24
+
+
+def test_learned_attributes_need_the_interval_above_chance_by_the_margin():
+    runs = pd.DataFrame({
+        "loss": ["coarse"] * 3 + ["attention"] * 3,
+        "digit_top1": [0.15, 0.16, 0.17, 0.40, 0.42, 0.44], "digit_top1_chance": [0.1] * 6,
+        "colour_top1": [1.0] * 6, "colour_top1_chance": [0.125] * 6})
+    learned = analysis.learned_attributes(runs)
+    assert learned == {"colour": ["coarse", "attention"], "digit": ["attention"]}
+    sentence = analysis.learned_attributes_sentence(runs)
+    assert "colour: every loss" in sentence and "digit: `attention`" in sentence and "No loss learned" not in sentence
+    assert "No loss learned digit at this budget" in analysis.learned_attributes_sentence(
+        runs.assign(digit_top1=0.15))
+    # a wide interval is not enough: mean 0.3 but one seed at chance
+    wide = runs.assign(digit_top1=[0.1, 0.1, 0.1, 0.1, 0.4, 0.4])
+    assert analysis.learned_attributes(wide)["digit"] == []
+
+
+def test_study_temperatures_read_from_the_attention_runs():
+    runs = pd.DataFrame({"loss": ["attention", "attention", "coarse"], "attn_temperature": [0.5, 0.5, 0.1],
+                         "weight_temperature": [10.0, 10.0, 0.1]})
+    assert analysis.study_temperatures(runs) == (0.5, 10.0)
+    assert analysis.study_temperatures(runs[runs["loss"] == "coarse"]) is None
+    with pytest.raises(ValueError, match="several temperature pairs"):
+        analysis.study_temperatures(runs.assign(attn_temperature=[0.5, 0.1, 0.1]))
