@@ -302,7 +302,7 @@ def test_report_notebook_renders_the_sweeps_of_a_partial_pipeline(tmp_path):
         assert non_empty_png(tmp_path / "results" / png), png
         assert f"](../{png})" in summary
     assert "`max`: text→video R@10 drops by 0.100 from distractors 0 to 1" in summary
-    assert "The study's temperatures (τa = 0.1, τw = 0.5) are the best pair of the surface." in summary
+    assert "The study's temperatures were not given: no check against the surface." in summary  # no study runs
     assert "The rule is confirmed for every loss and batch size (1)." in summary
     assert "Not flattened (gain >= 0.02): `max` b8" in summary
     assert "until validation text→video R@10 reaches 0.5" in summary
