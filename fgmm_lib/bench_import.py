@@ -53,6 +53,9 @@ def _read_speed(folder: Path, batch_size: int, batches: int, seed: int) -> float
     from fgmm_lib.data import NarratedDigits
 
     dataset = NarratedDigits(folder, split="train")
+    if len(dataset) == 0:
+        raise ValueError(f"{folder} has no train clips to read: import more videos")
+    batch_size = min(batch_size, len(dataset))  # a small import holds fewer train clips than one batch
     rng = np.random.default_rng(seed)
     dataset.get_batch(rng.choice(len(dataset), size=batch_size, replace=False))  # warm the page cache
     started = time.perf_counter()

@@ -343,3 +343,11 @@ def test_import_benchmark_writes_its_table(tmp_path) -> None:
     assert list(table["measure"]) == ["import", "read imported", "read narrated digits"]
     assert (table["clips_per_s"] > 0).all() and table["clips"][0] == 4
     assert (tmp_path / "import.csv").is_file()
+
+
+def test_import_benchmark_reads_a_batch_no_larger_than_a_small_import(tmp_path) -> None:
+    from fgmm_lib.bench_import import bench_import
+
+    table = bench_import(out_dir=tmp_path, videos=2, clips_per_video=2, seconds=2.0, source_size=(64, 48),
+                         workers=(1,), batch_size=32, batches=2, rounds=1, progress=False)
+    assert (table["clips_per_s"] > 0).all()

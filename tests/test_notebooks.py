@@ -39,8 +39,8 @@ CONTRACT = {
     "inspect_run": {"run": "runs/demo", "details": "results/details/demo.json"},
     "batch_ablation": {"metrics_dir": "results/metrics", "compute_dir": "results/compute", "params_file": "params.yaml",
                        "out_dir": "results/ablation"},
-    "attention_maps": {"runs": ["runs/attention-b64-s0", "runs/max-b64-s0", "runs/mean-b64-s0"], "data": "data/eval",
-                       "clips": [0, 1, 2, 3], "metrics_dir": "results/metrics", "out_dir": "results/attention"},
+    "attention_maps": {"runs": ["runs/study/attention-b8-s0", "runs/study/max-b8-s0", "runs/study/mean-b8-s0"], "data": "data/eval",
+                       "clips": 4, "metrics_dir": "results/metrics", "out_dir": "results/attention"},
     "report": {"results_dir": "results", "params_file": "params.yaml"},
     "study": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
               "surface": "results/temperature/surface.csv", "runs_dir": "runs/study", "results_root": "."},
@@ -223,7 +223,7 @@ def test_batch_ablation_notebook_writes_tables_and_plot(ablation):
 @pytest.fixture(scope="module")
 def attention(world):
     executed = execute(world, "attention_maps", runs=["runs/attention-b8-s0", "runs/coarse-b8-s0", "runs/max-b8-s0"],
-                       data="data/eval", clips=[0, 2], out_dir="results/attention")
+                       data="data/eval", clips=2, out_dir="results/attention")
     return executed, world / "results/attention"
 
 
