@@ -34,7 +34,8 @@ QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S 
 	-S study.workers=1 -S sweep.epochs=1 -S sweep.workers=1 \
 	-S 'temperature.attn_temperatures=[0.1]' -S 'temperature.weight_temperatures=[1.0]' \
 	-S 'temperature.learnable_from=[]' -S 'lr.runs=[{batch_size:8,losses:[coarse]}]' -S 'lr.factors=[1.0]' \
-	-S 'noise.losses=[coarse]' -S 'noise.knobs={distractors:[1]}' -S 'width.losses=[coarse]' \
+	-S 'noise.losses=[coarse]' -S 'noise.knobs.distractors=[0]' -S 'noise.knobs.filler_words=[0.3]' \
+	-S 'noise.knobs.misaligned_frames=[0.25]' -S 'noise.knobs.mismatched_narration=[0.1]' -S 'width.losses=[coarse]' \
 	-S 'width.widths=[0.5]' -S attention.clips=1 -S bench_import.videos=2 \
 	-S bench.cpu_sweep=false -S bench.quick=true -S bench_train.quick=true -S bench_ddp.quick=true
 
