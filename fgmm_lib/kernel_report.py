@@ -140,13 +140,12 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHES)}")
     aggregations = tuple(ts.AGGREGATION_CODES if aggregations is None else aggregations)
-    configs = {"forward": ts.FORWARD_CONFIGS, "backward": ts.BACKWARD_CONFIGS}
     compiled: dict[tuple[Any, ...], dict[str, Any]] = {}
     rows = []
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        for config in configs[kernel]:
+        for config in ts.FORWARD_CONFIGS if kernel == "forward" else ts.backward_configs(aggregation):
             key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())))
             if key not in compiled:
                 compiled[key] = compile_one(kernel, aggregation, dtype, m, d, config, arch)

@@ -20,6 +20,10 @@ tile once, forms dS/ds from the saved statistics (gathered per cell's video, so 
 video boundaries and no cell is padded) and adds ds @ T and ds^T @ V into float32 gradients
 with atomic adds: the similarities are recomputed once per backward, not once per gradient.
 
+On an H100 (``results/bench/gpu_kernel_times.json``, B = 1024, N = 196, M = 32, D = 256) the
+backward costs most, and its cost is its atomic adds: 128-cell tiles (``WIDE_BACKWARD_CONFIGS``,
+mean and max) add a third fewer and took the mean backward from 112 to 65 ms.
+
 Precision: the dot products take bfloat16 or float16 inputs with float32 accumulation; every
 statistic and every score is float32 (bfloat16 inputs return float32 scores). On CUDA, float32
 tokens are cast to bfloat16 after the cosine normalisation, inside this module, so that
@@ -69,6 +73,10 @@ MAX_PHRASES = 128
 #: Columns (texts x phrases) a tile aims at; texts of up to 16 phrases fill it with 8 texts.
 TILE_COLUMNS = 128
 LOG2E = math.log2(math.e)
+#: On CUDA, float32 tokens are cast to bfloat16 for the dot products (the tensor cores). False keeps
+#: them float32 (IEEE dot products, no tensor cores): slower, but the same similarities as the
+#: float32 references, which a check of ``max`` needs (bfloat16 rounding moves near-tied argmaxes).
+BF16_ON_CUDA = True
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Launch configurations the autotuner chooses from (per kernel): cells per tile, D per chunk,
@@ -81,6 +89,18 @@ BACKWARD_CONFIGS = (
     {"BLOCK_N": 64, "BLOCK_D": 64, "num_warps": 8, "num_stages": 2},
     {"BLOCK_N": 64, "BLOCK_D": 32, "num_warps": 8, "num_stages": 2},
 )
+#: Backward configurations of 128 cells a tile, for ``mean`` and ``max`` only (attention's temporaries
+#: spill at 128 rows). The backward's cost on an H100 is its atomic adds (one [cells x D] and one
+#: [columns x D] add per tile); 128 cells a tile make a third fewer of them.
+WIDE_BACKWARD_CONFIGS = (
+    {"BLOCK_N": 128, "BLOCK_D": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_N": 128, "BLOCK_D": 32, "num_warps": 8, "num_stages": 2},
+)
+
+
+def backward_configs(aggregation: str) -> tuple[dict[str, int], ...]:
+    """The backward configurations the autotuner chooses from for ``aggregation``."""
+    return BACKWARD_CONFIGS + (WIDE_BACKWARD_CONFIGS if AGGREGATION_CODES[aggregation] != 2 else ())
 
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.
 triton: Any = None
@@ -367,11 +387,22 @@ def _load_kernels() -> None:
     for name in _JIT_FUNCTIONS:
         module_globals[name] = triton.jit(module_globals[name])
     if not _interpret_mode():
-        key = ["N", "M", "D"]
-        _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS], key=key)(_forward_kernel)
-        _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS], key=key,
+        # the aggregation is part of the key: each has its own best configuration (a key of sizes
+        # alone would reuse the first aggregation's choice for the others)
+        key = ["N", "M", "D", "AGG"]
+        _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS],
+                                            key=key + ["TEMP_GRAD"])(_forward_kernel)
+        _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS], key=key,
+                                             prune_configs_by={"early_config_prune": _backward_prune},
                                              reset_to_zero=["DV", "DT"])(_backward_kernel)
     _KERNELS_READY = True
+
+
+def _backward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """The autotuner's candidates for one launch: the wide tiles only for mean and max."""
+    if {**named_args, **kwargs}["AGG"] != 2:
+        return configs
+    return [config for config in configs if config.kwargs["BLOCK_N"] <= BACKWARD_CONFIGS[0]["BLOCK_N"]]
 
 
 def _config(config: dict[str, int]) -> Any:
@@ -430,7 +461,7 @@ class _TritonPairScores(torch.autograd.Function):
         Bt, M, _ = text.shape
         device = video.device
         input_dtype = video.dtype
-        if device.type == "cuda" and video.dtype == torch.float32:
+        if device.type == "cuda" and video.dtype == torch.float32 and BF16_ON_CUDA:
             video, text = video.to(torch.bfloat16), text.to(torch.bfloat16)  # the tensor cores' input
         precision = "ieee" if video.dtype == torch.float32 else "tf32"
         upcast = _interpret_mode() and video.dtype == torch.bfloat16
@@ -547,8 +578,9 @@ def triton_pair_scores(
         from fgmm_lib.losses import pair_scores
 
         warnings.warn(f"{reason}; using the chunked backend", RuntimeWarning, stacklevel=2)
-        return pair_scores(video_tokens, text_tokens, text_mask, video_mask, aggregation, attn_temperature,
-                           weight_temperature, backend="chunked").float()
+        # in float32, like the kernels' statistics: chunked in bfloat16 would round its softmaxes too
+        return pair_scores(video_tokens.float(), text_tokens.float(), text_mask, video_mask, aggregation,
+                           attn_temperature, weight_temperature, backend="chunked")
     _load_kernels()
     device = video_tokens.device
     dtype = video_tokens.dtype

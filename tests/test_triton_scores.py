@@ -103,6 +103,23 @@ def test_float32_matches_reference(shape, aggregation):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_wide_backward_tiles_match_reference(monkeypatch, aggregation):
+    # the 128-cell backward tiles the autotuner may pick for mean and max (the interpreter runs the
+    # first configuration of the list): tiles straddle three videos and end past the last cell
+    assert triton_scores.backward_configs("attention") == triton_scores.BACKWARD_CONFIGS
+    assert all(c["BLOCK_N"] == 128 for c in triton_scores.WIDE_BACKWARD_CONFIGS)
+    monkeypatch.setattr(triton_scores, "BACKWARD_CONFIGS", triton_scores.WIDE_BACKWARD_CONFIGS)
+    shape = (4, 11, 45, 9, 40)
+    video, text, video_mask, text_mask, upstream = random_case(*shape, seed=3)
+    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
+                                aggregation=aggregation)
+    actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, torch.float32,
+                              aggregation=aggregation)
+    for name, got, want in zip(("scores", "video grad", "text grad"), actual, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_shapes_cover_several_texts_per_program_and_partial_tiles():
     block_m, texts = tile_shape(9)
     assert texts > 1 and 11 > texts and 11 % texts  # two groups of texts, the second one partial
