@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 
 from fgmm_lib.losses import AGGREGATIONS, LOSSES
-from fgmm_lib.curves import TIME_TO_TARGET_COLUMNS, _require_columns
-from fgmm_lib.sweep import _fixed_temperatures, best_temperatures, temperature_surface
+from fgmm_lib.curves import TIME_TO_TARGET_COLUMNS, require_columns
+from fgmm_lib.sweep import LR_RULE_MARGIN, best_temperatures, fixed_temperatures, lr_factors, temperature_surface
 from fgmm_lib.results import (ATTRIBUTE_METRICS, COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, Metric,
                               chance_path, interval, lookup, parse_run_name)
 
@@ -831,7 +831,7 @@ QUESTIONS = (
     ("5. compute: time to reach a fixed retrieval target", ("compute/time_to_target.csv",)),
     ("6. attention maps and pointing", ("attention/pointing.csv",)),
     ("7. temperature sweep (τa, τw surface)", ("temperature/surface.csv",)),
-    ("7b/§7 learning rate per batch size (the rule checked on validation)", ("lr/lr.csv",)),
+    ("7b/§7 learning rate per batch size (the rule checked and the factor chosen on validation)", ("lr/lr.csv",)),
 )
 
 
@@ -1157,7 +1157,7 @@ def report_width(report: Report, frame: pd.DataFrame | None, metric: str = HEADL
 
 def learnable_temperatures(frame: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
     """The learnable rows of a temperature sweep: where τa and τw started and ended, and ``metric``."""
-    rows = frame.drop(index=_fixed_temperatures(frame).index)
+    rows = frame.drop(index=fixed_temperatures(frame).index)
     columns = {"attn_temperature": "τa start", "final_attn_temperature": "τa end",
                "weight_temperature": "τw start", "final_weight_temperature": "τw end", metric: metric_label(metric)}
     present = ["loss", "seed", *[c for c in columns if c in rows.columns]]
@@ -1189,7 +1189,7 @@ def report_temperature(report: Report, frame: pd.DataFrame | None, chosen: tuple
         return None
     surface = temperature_surface(frame, metric)
     tau_a, tau_w, value = best_temperatures(frame, metric)
-    report.add(f"Validation {metric_label(metric)} of `{_fixed_temperatures(frame)['loss'].iloc[0]}` with fixed "
+    report.add(f"Validation {metric_label(metric)} of `{fixed_temperatures(frame)['loss'].iloc[0]}` with fixed "
                f"temperatures, mean over seeds (rows τa, columns τw):")
     report.table(surface.rename_axis(index="τa \\ τw", columns=None), float_digits=3)
     report.add(f"The best fixed pair on validation: τa = {tau_a:g}, τw = {tau_w:g} ({value:.3f}).")
@@ -1213,10 +1213,6 @@ def _chosen_sentence(surface: pd.DataFrame, best: tuple[float, float], chosen: t
     where = (f"they give {surface.loc[on_grid[0][0], on_grid[1][0]]:.3f} there" if all(on_grid)
              else "they are not on the grid")
     return f"The study's temperatures ({text}) are not the best pair of the surface: {where}."
-
-
-#: How close to the best validation R@10 the rule's learning rate must come to be confirmed.
-LR_RULE_MARGIN = 0.03
 
 
 def lr_rule_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC, margin: float = LR_RULE_MARGIN) -> pd.DataFrame:
@@ -1249,7 +1245,7 @@ def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEA
                    margin: float = LR_RULE_MARGIN) -> pd.DataFrame:
     """The learning-rate rule of STUDY.md section 7 (peak lr = lr * sqrt(batch / 64)) checked on
     validation: :func:`lr_rule_table` and a sentence on where it holds. Returns the table."""
-    report.add("## 7b. Learning rate per batch size: the rule checked on validation")
+    report.add("## 7b. Learning rate per batch size: the rule checked, and the factor chosen, on validation")
     if _not_answered(report, frame, "lr"):
         return pd.DataFrame()
     table = lr_rule_table(frame, metric, margin)
@@ -1263,6 +1259,11 @@ def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEA
     else:
         report.add(f"The rule is confirmed for {len(table) - len(failed)} of {len(table)}; not for "
                    + "; ".join(f"`{r.loss}` b{r.batch_size} ({r.verdict})" for r in failed.itertuples()) + ".")
+    chosen = lr_factors(frame, metric, margin)
+    report.add("The study trains every loss of a batch size at the factor this grid chose for that batch size (the "
+               "rule's factor 1 wherever it comes within the margin; mean over the batch size's losses): "
+               + ", ".join(f"b{batch} × {factor:g}" for batch, factor in sorted(chosen.items()))
+               + "; batch sizes outside the grid follow the rule.")
     return table
 
 
@@ -1460,7 +1461,7 @@ def time_to_target_summary(table: pd.DataFrame) -> pd.DataFrame:
     (:func:`fgmm_lib.analysis.t_interval`; NaN under 2 seeds) of ``samples_to_target`` and
     ``flops_to_target`` (columns ``<name>_mean``, ``<name>_low``, ``<name>_high``)."""
 
-    _require_columns(table, TIME_TO_TARGET_COLUMNS, "the time-to-target table")
+    require_columns(table, TIME_TO_TARGET_COLUMNS, "the time-to-target table")
     rows = []
     for (loss, batch_size), group in table.groupby(["loss", "batch_size"], sort=True):
         row = {"loss": loss, "batch_size": int(batch_size), "target": float(group["target"].iloc[0]),

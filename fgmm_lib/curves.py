@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["CURVE_COLUMNS", "TIME_TO_TARGET_COLUMNS", "config_fingerprint", "read_curves", "curve_gain", "load_curves",
-           "mean_over_seeds", "check_target", "convergence_table", "time_to_target"]
+           "mean_over_seeds", "check_target", "convergence_table", "time_to_target", "require_columns"]
 
 #: The columns of ``curves.csv``, in order.
 CURVE_COLUMNS = ("run", "config_fingerprint", "samples_seen", "step", "epoch", "val_t2v_r1", "val_t2v_r5",
@@ -125,7 +125,8 @@ def load_curves(curves_dir: str | Path) -> pd.DataFrame:
     return curves.sort_values(["run", "samples_seen"], kind="stable").reset_index(drop=True)
 
 
-def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    """Raise ValueError naming ``what`` and the ``columns`` that ``frame`` lacks."""
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks the column(s) {', '.join(missing)} "
@@ -139,7 +140,7 @@ def mean_over_seeds(curves: pd.DataFrame, metric: str = "val_t2v_r10") -> pd.Dat
     Every run must be validated at the same samples seen, so that each point averages all seeds;
     otherwise ValueError naming the runs.
     """
-    _require_columns(curves, ("run", "samples_seen", metric), "the curves")
+    require_columns(curves, ("run", "samples_seen", metric), "the curves")
     grids = {run: tuple(sorted(rows["samples_seen"])) for run, rows in curves.groupby("run", sort=True)}
     if len(set(grids.values())) > 1:
         raise ValueError(f"the runs {', '.join(grids)} are not validated at the same samples seen: "
@@ -154,7 +155,7 @@ def convergence_table(curves: pd.DataFrame, fraction: float = 0.2, threshold: fl
     last point), ``final_val_t2v_r10`` (mean over seeds there), the gain of the mean curve over the last
     ``fraction`` of samples (:func:`curve_gain`; column ``gain_last_20pct`` for the default 0.2) and
     ``flattened`` (that gain is below ``threshold``)."""
-    _require_columns(curves, ("loss", "batch_size", "seed"), "the curves")
+    require_columns(curves, ("loss", "batch_size", "seed"), "the curves")
     gain_column = f"gain_last_{round(fraction * 100, 6):g}pct"
     rows = []
     for (loss, batch_size), group in curves.groupby(["loss", "batch_size"], sort=True):
@@ -205,7 +206,7 @@ def time_to_target(curves: pd.DataFrame, compute: Mapping[str, Mapping[str, Any]
     has another batch size.
     """
     check_target(target)
-    _require_columns(curves, ("run", "loss", "batch_size", "seed", "samples_seen", "val_t2v_r10", "wall_s"),
+    require_columns(curves, ("run", "loss", "batch_size", "seed", "samples_seen", "val_t2v_r10", "wall_s"),
                      "the curves")
     rows = []
     for run, curve in curves.groupby("run", sort=True):

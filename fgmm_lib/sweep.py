@@ -23,7 +23,6 @@ import concurrent.futures
 import dataclasses
 import math
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,8 +31,8 @@ import pandas as pd
 from fgmm_lib.results import METRICS
 from fgmm_lib.runs import COMPUTE, CURVES, check_writable_file, read_json, write_atomic, write_csv
 
-__all__ = ["SWEEPS", "SweepPoint", "sweep_points", "summary_table", "study_points", "noise_points", "width_points", "temperature_points", "lr_points",
-           "run_sweep", "temperature_surface", "best_temperatures"]
+__all__ = ["SWEEPS", "SweepPoint", "sweep_points", "summary_table", "study_points", "base_lr", "lr_factors", "LR_RULE_MARGIN", "noise_points", "width_points", "temperature_points", "lr_points",
+           "run_sweep", "fixed_temperatures", "temperature_surface", "best_temperatures"]
 
 #: The noise knobs of the pretraining data (STUDY.md section 4).
 NOISE_KNOBS = ("distractors", "filler_words", "misaligned_frames", "mismatched_narration")
@@ -103,21 +102,61 @@ def _batch_groups(name: str, runs: Sequence[Mapping[str, Any]]) -> list[tuple[in
     return [(batch_size, _check_losses(group["losses"])) for batch_size, group in zip(batch_sizes, runs)]
 
 
-def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[SweepPoint]:
+def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: float | None = None,
+                 lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
     """The main study: ``runs`` lists ``{batch_size, losses}`` groups, every loss of a group trained
     at its batch size with every seed. Run names are ``<loss>-b<batch_size>-s<seed>``
-    (:func:`fgmm_lib.results.run_name`)."""
+    (:func:`fgmm_lib.results.run_name`). A batch size in ``lr_factors`` trains at ``lr`` (the rule's
+    base) times its factor (:func:`lr_factors`); the others at the rule's own learning rate."""
     from fgmm_lib.results import run_name
 
     seeds = _check_grid("study.seeds", seeds)
+    lr_factors = dict(lr_factors or {})
+    if lr_factors and lr is None:
+        raise ValueError("study_points: lr_factors need the rule's base lr")
     points = []
     for batch_size, losses in _batch_groups("study.runs", runs):
         for loss in losses:
             for seed in seeds:
+                train = {"loss": loss, "batch_size": batch_size, "seed": int(seed)}
+                if batch_size in lr_factors:
+                    train["lr"] = float(lr) * float(lr_factors[batch_size])
                 points.append(SweepPoint(name=run_name(loss, batch_size, int(seed)),
                                          labels={"loss": loss, "batch_size": batch_size, "seed": int(seed)},
-                                         train={"loss": loss, "batch_size": batch_size, "seed": int(seed)}))
+                                         train=train))
     return points
+
+
+def base_lr(train: Mapping[str, Any]) -> float:
+    """The rule's base learning rate: the ``train`` section's ``lr``, or TrainConfig's default."""
+    from fgmm_lib.train import TrainConfig
+
+    return float(train.get("lr", next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "lr")))
+
+
+#: How close to the best validation R@10 the rule's learning rate (factor 1) must come to be kept.
+LR_RULE_MARGIN = 0.03
+
+
+def lr_factors(frame: pd.DataFrame, metric: str = "t2v_R@10", margin: float = LR_RULE_MARGIN) -> dict[int, float]:
+    """The learning rate per batch size, chosen on the validation grid of the lr sweep (its rows:
+    ``batch_size``, ``lr_factor``, ``metric``): the factor of the rule's lr with the best ``metric``
+    (mean over the batch size's losses and seeds), or 1 (the rule) where 1 comes within ``margin``.
+
+    Raises:
+        ValueError: a column is missing or a batch size has no run at factor 1.
+    """
+    missing = {"batch_size", "lr_factor", metric} - set(frame.columns)
+    if missing:
+        raise ValueError(f"the lr sweep table lacks the columns {sorted(missing)}")
+    chosen = {}
+    for batch_size, group in frame.groupby("batch_size"):
+        means = group.groupby("lr_factor")[metric].mean()
+        if 1.0 not in means.index:
+            raise ValueError(f"the lr sweep has no run at factor 1 for batch size {batch_size}")
+        best = float(means.idxmax())
+        chosen[int(batch_size)] = 1.0 if means.max() - means[1.0] <= margin else best
+    return chosen
 
 
 def lr_points(runs: Sequence[Mapping[str, Any]], factors: Sequence[float], lr: float,
@@ -324,7 +363,9 @@ def run_sweep(points: Sequence[SweepPoint], train: Mapping[str, Any], base_data:
         configs[point.name] = config
 
     root = None if results_root is None else str(results_root)
-    threads = 1 if workers > 1 else max(1, torch_threads())
+    import torch
+
+    threads = 1 if workers > 1 else max(1, torch.get_num_threads())
     records: dict[str, dict[str, Any]] = {}
     bar = _progress_bar(len(configs), progress)
     if workers == 1:
@@ -346,22 +387,10 @@ def run_sweep(points: Sequence[SweepPoint], train: Mapping[str, Any], base_data:
     return table
 
 
-def torch_threads() -> int:
-    """Threads torch uses in this process."""
-    import torch
-
-    return int(torch.get_num_threads())
-
-
 def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="sweep runs", unit="run", disable=not enabled)
-
-
-def default_workers() -> int:
-    """Two workers where the machine has two or more cores, else one."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 #: The sweeps a notebook can run, with the split each is evaluated on and its label columns.
@@ -388,10 +417,7 @@ def sweep_points(kind: str, section: Mapping[str, Any], settings: Mapping[str, A
         points = temperature_points(section["loss"], section["attn_temperatures"], section["weight_temperatures"],
                                     section.get("learnable_from") or [], batch_size, seed)
     else:
-        from fgmm_lib.train import TrainConfig
-
-        lr = train.get("lr", next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "lr"))
-        points = lr_points(section["runs"], section["factors"], float(lr), seed)
+        points = lr_points(section["runs"], section["factors"], base_lr(train), seed)
     return points, SWEEPS[kind][0]
 
 
@@ -406,7 +432,7 @@ def summary_table(kind: str, table: pd.DataFrame,
     return table.set_index(labels)[columns].sort_index()
 
 
-def _fixed_temperatures(frame: pd.DataFrame) -> pd.DataFrame:
+def fixed_temperatures(frame: pd.DataFrame) -> pd.DataFrame:
     """The fixed-grid rows of a temperature sweep (``learnable`` false, read as text or bool)."""
     learnable = frame["learnable"].astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
     return frame[~learnable.to_numpy()]
@@ -418,7 +444,7 @@ def temperature_surface(frame: pd.DataFrame, metric: str = "t2v_R@10") -> pd.Dat
     Raises:
         ValueError: the sweep mixes losses, or has no fixed-grid run.
     """
-    fixed = _fixed_temperatures(frame)
+    fixed = fixed_temperatures(frame)
     if fixed.empty:
         raise ValueError("the temperature sweep has no fixed-grid run (learnable false)")
     if fixed["loss"].nunique() > 1:

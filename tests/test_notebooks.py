@@ -43,7 +43,8 @@ CONTRACT = {
                        "clips": 4, "metrics_dir": "results/metrics", "out_dir": "results/attention"},
     "report": {"results_dir": "results", "params_file": "params.yaml"},
     "study": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
-              "surface": "results/temperature/surface.csv", "runs_dir": "runs/study", "results_root": "."},
+              "surface": "results/temperature/surface.csv", "lr_sweep": "results/lr/lr.csv", "runs_dir": "runs/study",
+              "results_root": "."},
     "sweep": {"params_file": "params.yaml", "kind": "noise", "data": "data/pretrain", "eval_data": "data/eval",
               "surface": "", "runs_dir": "runs/noise", "out_csv": "results/noise/noise.csv"},
 }

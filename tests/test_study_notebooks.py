@@ -78,7 +78,14 @@ def test_each_sweep_writes_its_table_and_uses_the_chosen_temperatures(world, sur
 
 
 def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface):
-    execute(world, "study", surface="results/temperature/surface.csv", runs_dir="runs/study", results_root=".")
+    # a learning-rate grid on validation that prefers twice the rule at batch 8 and has no batch 16
+    grid = world / "results/lr/grid-for-study.csv"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"loss": "coarse", "batch_size": 8, "lr_factor": f, "seed": 0, "t2v_R@10": v}
+                  for f, v in ((0.5, 0.1), (1.0, 0.2), (2.0, 0.3))]).to_csv(grid, index=False)
+    notebook = execute(world, "study", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+                       runs_dir="runs/study", results_root=".")
+    assert "b8 x 2" in "".join(str(output.get("text", "")) for cell in notebook.cells for output in cell.get("outputs", []))
     names = [f"{loss}-b{batch}-s{seed}" for loss, batch in (("coarse", 8), ("attention", 8), ("coarse", 16))
              for seed in (0, 1)]
     for name in names:
@@ -95,3 +102,6 @@ def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface)
     compute = json.loads((world / "results/compute/coarse-b16-s0.json").read_text())
     assert compute["peak_lr"] == pytest.approx(0.002 * (16 / 64) ** 0.5)
     assert compute["warmup_steps"] == 1
+    # batch 8 at the grid's factor 2
+    compute = json.loads((world / "results/compute/coarse-b8-s0.json").read_text())
+    assert compute["peak_lr"] == pytest.approx(2 * 0.002 * (8 / 64) ** 0.5)

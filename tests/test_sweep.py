@@ -29,6 +29,27 @@ def test_noise_points_share_the_base_level_across_knobs():
     assert all(p.train == {"loss": p.labels["loss"], "batch_size": 8, "seed": 0} for p in points)
 
 
+def test_lr_factors_choose_per_batch_size_on_validation_and_keep_the_rule_within_the_margin():
+    rows = [{"loss": loss, "batch_size": batch, "lr_factor": factor, "seed": 0, "t2v_R@10": value}
+            for loss, batch, factor, value in [
+                ("attention", 8, 0.5, 0.30), ("attention", 8, 1.0, 0.35), ("attention", 8, 2.0, 0.39),
+                ("attention", 64, 0.5, 0.30), ("attention", 64, 1.0, 0.40), ("attention", 64, 2.0, 0.42),
+                ("coarse", 256, 0.5, 0.50), ("coarse", 256, 1.0, 0.40), ("coarse", 256, 2.0, 0.30)]]
+    frame = pd.DataFrame(rows)
+    assert sweep.lr_factors(frame) == {8: 2.0, 64: 1.0, 256: 0.5}
+    assert sweep.lr_factors(frame, margin=0.01) == {8: 2.0, 64: 2.0, 256: 0.5}
+    points = sweep.study_points([{"batch_size": 8, "losses": ["coarse"]}, {"batch_size": 64, "losses": ["max"]},
+                                 {"batch_size": 32, "losses": ["max"]}], [0], lr=0.002,
+                                lr_factors=sweep.lr_factors(frame))
+    assert [p.train.get("lr") for p in points] == [0.004, 0.002, None]  # b32 is outside the grid: the rule
+    with pytest.raises(ValueError, match="no run at factor 1 for batch size 8"):
+        sweep.lr_factors(frame[frame["lr_factor"] != 1.0])
+    with pytest.raises(ValueError, match="lacks the columns"):
+        sweep.lr_factors(frame.drop(columns="lr_factor"))
+    with pytest.raises(ValueError, match="base lr"):
+        sweep.study_points([{"batch_size": 8, "losses": ["coarse"]}], [0], lr_factors={8: 2.0})
+
+
 def test_study_points_cross_groups_losses_and_seeds():
     points = sweep.study_points([{"batch_size": 8, "losses": ["coarse", "max"]},
                                  {"batch_size": 256, "losses": ["coarse"]}], seeds=[0, 1, 2])
