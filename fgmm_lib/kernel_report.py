@@ -27,7 +27,9 @@ ARCHES = {"sm90": (90, "sm_90a"), "sm80": (80, "sm_80")}
 FULL_PHRASES = (16, 32, 64, 128, 256)
 FULL_DIMS = (128, 256, 512)
 INPUT_DTYPES = ("bfloat16", "float32")
-KERNELS = ("forward", "backward")
+#: forward, the tiled backward, and the backward in sweeps: its launch for the video gradient and its
+#: launch for the text gradient (``FOR_TEXT``) compile to different code.
+KERNELS = ("forward", "backward", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
            "registers", "spill_bytes", "mma", "compile_s"]
 
@@ -42,13 +44,27 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
     if kernel == "forward":
         names = [("V", pointer), ("T", pointer), ("VMASK", "*u8"), ("TMASK", "*u8"), ("NCNT", "*fp32"),
                  ("MCNT", "*fp32"), ("TEMPS", "*fp32"), ("OUT", "*fp32"), ("PAIR", "*fp32"),
-                 ("PHRASE", "*fp32"), ("SLOPES", "*fp32"), ("Bt", "i32"), ("N", "i32"), ("M", "i32"),
-                 ("D", "i32")]
+                 ("PHRASE", "*fp32"), ("SLOPES", "*fp32"), ("Bv", "i32"), ("Bt", "i32"), ("N", "i32"),
+                 ("M", "i32"), ("D", "i32")]
     else:
         names = [("V", pointer), ("T", pointer), ("VMASK", "*u8"), ("TMASK", "*u8"), ("TEMPS", "*fp32"),
                  ("COEF", "*fp32"), ("PHRASE", "*fp32"), ("DV", "*fp32"), ("DT", "*fp32"), ("Bt", "i32"),
                  ("N", "i32"), ("M", "i32"), ("D", "i32"), ("R", "i32")]
+        if kernel.startswith("sweep"):
+            names.append(("PER_SPLIT", "i32"))
     return dict(names)
+
+
+def kernel_configs(kernel: str, aggregation: str, phrases: int, dim: int) -> tuple[dict[str, int], ...]:
+    """The configurations the autotuner can pick for ``kernel`` at M = ``phrases``, D = ``dim``
+    (none where that kernel does not run: the sweeps beyond their 64 columns)."""
+    from fgmm_lib import triton_scores as ts
+
+    if kernel == "forward":
+        return ts.forward_configs(aggregation, phrases, dim)
+    if kernel == "backward":
+        return ts.backward_configs(aggregation)
+    return ts.sweep_configs(dim, kernel == "sweep_text") if ts.sweep_shape(phrases) is not None else ()
 
 
 def _ptxas(capability: int) -> str:
@@ -73,9 +89,11 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
     if ts._interpret_mode():
         raise RuntimeError("compile_report needs a process without TRITON_INTERPRET: its kernels are interpreted")
     ts._load_kernels()
-    function = ts._forward_kernel if kernel == "forward" else ts._backward_kernel
+    function = {"forward": ts._forward_kernel, "backward": ts._backward_kernel}.get(kernel, ts._sweep_backward_kernel)
     dtype = kernel_dtype(input_dtype)
-    block_m, texts = ts.tile_shape(phrases)
+    sweep = kernel.startswith("sweep")
+    block_m, texts = ts.sweep_shape(phrases) if sweep else ts.tile_shape(phrases)
+    config = {"BLOCK_N": ts.SWEEP_BLOCK_N, **config} if sweep else config
     constexprs: dict[str, Any] = {
         "AGG": ts.AGGREGATION_CODES[aggregation], "PRECISION": "ieee" if dtype == "float32" else "tf32",
         "UPCAST": False, "BLOCK_M": block_m, "TEXTS": texts, "BLOCK_N": config["BLOCK_N"],
@@ -83,6 +101,9 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
     }
     if kernel == "forward":
         constexprs["TEMP_GRAD"] = aggregation == "attention"  # the heavier variant
+        constexprs.update(VIDEOS=config["VIDEOS"], D_RESIDENT=config["D_RESIDENT"])
+    if sweep:
+        constexprs.update(D_SLICE=config["D_SLICE"], RESIDENT=config["RESIDENT"], FOR_TEXT=kernel == "sweep_text")
     signature = _signature(kernel, dtype)
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
     # arguments that are multiples of 16 (D and M here; N = 196 is not, and Bt is not assumed)
@@ -106,6 +127,8 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
         "kernel": kernel, "aggregation": aggregation, "dtype": input_dtype, "kernel_dtype": dtype, "M": phrases,
         "D": dim, "arch": arch,
         "config": "BLOCK_N={BLOCK_N} BLOCK_D={BLOCK_D} warps={num_warps} stages={num_stages}".format(**config)
+        + (f" D_SLICE={config['D_SLICE']} RESIDENT={config['RESIDENT']}" if sweep else "")
+        + (f" VIDEOS={config['VIDEOS']} D_RESIDENT={config['D_RESIDENT']}" if kernel == "forward" else "")
         + f" BLOCK_M={block_m} TEXTS={texts}",
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
         "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
@@ -145,7 +168,9 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        for config in ts.FORWARD_CONFIGS if kernel == "forward" else ts.backward_configs(aggregation):
+        for config in kernel_configs(kernel, aggregation, m, d):
+            # the code depends on D only through its divisibility (and, in the sweeps, through the
+            # accumulator slice, which is part of the configuration)
             key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())))
             if key not in compiled:
                 compiled[key] = compile_one(kernel, aggregation, dtype, m, d, config, arch)

@@ -12,17 +12,35 @@
   cells of a video) are running column statistics (an online softmax, as in FlashAttention);
   every exponential is an ``exp2`` with 1/tau * log2(e) folded into one scale.
 
-Forward: one program per (video, group of texts) loops over the cells of its video and writes
-S (float32), per-phrase statistics [Bv, Bt, 3, M] and per-pair statistics [Bv, Bt, 4]. Its last
-block of cells of a video is partly empty (N = 196 in blocks of 64 computes 256 rows).
-Backward: one program per (tile of flattened cells, group of texts) recomputes its similarity
-tile once, forms dS/ds from the saved statistics (gathered per cell's video, so tiles run over
-video boundaries and no cell is padded) and adds ds @ T and ds^T @ V into float32 gradients
-with atomic adds: the similarities are recomputed once per backward, not once per gradient.
+Forward: one program per (group of texts, ``VIDEOS`` consecutive videos) loops over the cells of
+each video and writes S (float32), per-phrase statistics [Bv, Bt, 3, M] and per-pair statistics
+[Bv, Bt, 4]. The last block of cells of a video is partly empty (N = 196 in blocks of 64 computes
+256 rows). Its configurations either stream both operands in chunks of D for every block of cells,
+or load the texts' tile once per program and keep it (``RESIDENT_FORWARD_CONFIGS``, D <= 256).
+Why: the streaming forward re-reads the texts' tile for each block of cells, about 100 GB from L2
+at B = 1024, N = 196, M = 32, D = 256; in the 16.5 ms the `mean` forward took on an H100 that is
+about 6 TB/s, near the L2's bandwidth, so we take that forward to be bound by it. The resident
+tile cuts the traffic to about a third. The autotuner times both.
 
-On an H100 (``results/bench/gpu_kernel_times.json``, B = 1024, N = 196, M = 32, D = 256) the
-backward costs most, and its cost is its atomic adds: 128-cell tiles (``WIDE_BACKWARD_CONFIGS``,
-mean and max) add a third fewer and took the mean backward from 112 to 65 ms.
+Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics,
+gathered per cell's video, so tiles of flattened cells run over video boundaries:
+
+- tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
+  recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
+  atomic adds. On an H100 (``results/bench/gpu_kernel_times.json``) its cost is those adds, one
+  [cells x D] and one [columns x D] add per tile: 128-cell tiles (``WIDE_BACKWARD_CONFIGS``, mean
+  and max) add a third fewer and took the mean backward from 112 to 65 ms at the size above;
+- sweeps (``_sweep_backward_kernel``, texts of at most 64 phrases): one launch per gradient. For
+  dV a program holds a tile of cells and sweeps every group of texts, for dT a program holds a
+  group of texts and sweeps every tile of cells; the gradient accumulates in registers and
+  reaches memory once (one atomic add per split of a long sweep, ``sweep_splits``). The
+  similarity and dS/ds are computed once per gradient (twice per backward) in exchange for no
+  atomic traffic in the loop; a gradient nobody asks for is not computed. Where D fits one
+  accumulator slice the held tile is loaded once and each swept tile once for both of its dot
+  products (``RESIDENT``; for dT only up to D = 128, beyond which it spills registers).
+
+``auto`` (the default) times both designs on a GPU at the first backward of each shape and keeps
+the faster (``chosen_designs``).
 
 Precision: the dot products take bfloat16 or float16 inputs with float32 accumulation; every
 statistic and every score is float32 (bfloat16 inputs return float32 scores). On CUDA, float32
@@ -31,7 +49,7 @@ training runs on the tensor cores; the gradients returned to float32 tokens are 
 accumulators. Under the Triton interpreter float32 inputs stay float32 (IEEE dot products).
 
 The aggregation is a constexpr code (``AGGREGATION_CODES``); a further aggregation is a new
-code and a new branch in ``_forward_kernel`` and ``_backward_kernel``. Aggregations of
+code and a new branch in ``_forward_video`` and ``_ds_tile``. Aggregations of
 :data:`fgmm_lib.losses.AGGREGATIONS` without a code here, and texts of more than
 ``MAX_PHRASES`` phrases, are computed by the chunked backend, with a warning.
 
@@ -81,9 +99,17 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: Launch configurations the autotuner chooses from (per kernel): cells per tile, D per chunk,
 #: warps, pipeline stages. Every one is compiled and checked by ``fgmm_lib.kernel_report``.
+#: Forward: VIDEOS per program, D_RESIDENT = 0 (both operands streamed in chunks of BLOCK_D).
 FORWARD_CONFIGS = (
-    {"BLOCK_N": 64, "BLOCK_D": 64, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_N": 64, "BLOCK_D": 32, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_D": 64, "VIDEOS": 1, "D_RESIDENT": 0, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_D": 32, "VIDEOS": 1, "D_RESIDENT": 0, "num_warps": 8, "num_stages": 3},
+)
+#: Forward with the texts' tile resident (loaded once per program of 4 videos, D padded to
+#: D_RESIDENT): about a third of the streaming forward's operand traffic (module docstring).
+#: See ``forward_configs``.
+RESIDENT_FORWARD_CONFIGS = (
+    {"BLOCK_N": 64, "BLOCK_D": 64, "VIDEOS": 4, "D_RESIDENT": 128, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_N": 64, "BLOCK_D": 64, "VIDEOS": 4, "D_RESIDENT": 256, "num_warps": 8, "num_stages": 3},
 )
 BACKWARD_CONFIGS = (
     {"BLOCK_N": 64, "BLOCK_D": 64, "num_warps": 8, "num_stages": 2},
@@ -98,9 +124,67 @@ WIDE_BACKWARD_CONFIGS = (
 )
 
 
+#: The backward in sweeps (``_sweep_backward_kernel``): cells per tile, columns (texts x phrases)
+#: per tile, and the configurations its autotuner chooses from (D per chunk of a streamed
+#: similarity, D per accumulator slice, resident operands or not, warps, stages; ``sweep_configs``
+#: offers those that compile without spills on sm_90). 128 columns a tile spill, so texts of more
+#: than 64 phrases take the tiled backward.
+SWEEP_BLOCK_N = 64
+SWEEP_COLUMNS = 64
+SWEEP_CONFIGS = (
+    {"BLOCK_D": 64, "D_SLICE": 256, "RESIDENT": 1, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_D": 64, "D_SLICE": 128, "RESIDENT": 1, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_D": 64, "D_SLICE": 256, "RESIDENT": 0, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_D": 64, "D_SLICE": 128, "RESIDENT": 0, "num_warps": 8, "num_stages": 2},
+)
+#: Programs a sweep launch aims at: the swept range is split until (fixed tiles x splits) reaches it;
+#: None = 4 per streaming multiprocessor of the device.
+SWEEP_PROGRAMS: int | None = None
+#: Which backward runs: "tiles" (``_backward_kernel``), "sweep" (``_sweep_backward_kernel`` where
+#: ``sweep_shape`` allows it, else tiles) or "auto": on a GPU, the first backward of each shape times
+#: both (each after its own autotuning) and keeps the faster (``chosen_designs``); under the
+#: interpreter, the sweep wherever it applies.
+BACKWARD_DESIGN = "auto"
+BACKWARD_DESIGNS = ("auto", "tiles", "sweep")
+
+
+#: Which forward configurations the autotuner may pick: "auto" (all of ``forward_configs``),
+#: "streamed" (``FORWARD_CONFIGS``) or "resident" (``RESIDENT_FORWARD_CONFIGS`` where one fits, else
+#: streamed). After a change, ``reset_tuning()`` lets the autotuner choose again.
+FORWARD_DESIGN = "auto"
+FORWARD_DESIGNS = ("auto", "streamed", "resident")
+
+
+def forward_configs(aggregation: str, phrases: int, dim: int) -> tuple[dict[str, int], ...]:
+    """The forward configurations the autotuner chooses from: the streaming ones, and the resident
+    one whose D_RESIDENT is D rounded up to a power of two (>= 128), where it compiles without
+    spills on sm_90 (attention: 32 to 64 phrases a text; ``kernel_report`` checks every one)."""
+    if FORWARD_DESIGN not in FORWARD_DESIGNS:
+        raise ValueError(f"FORWARD_DESIGN={FORWARD_DESIGN!r}; valid: {', '.join(FORWARD_DESIGNS)}")
+    block_m = tile_shape(phrases)[0]
+    width = max(128, 1 << (max(int(dim), 1) - 1).bit_length())
+    fits = AGGREGATION_CODES[aggregation] != 2 or 32 <= block_m <= 64
+    resident = tuple(c for c in RESIDENT_FORWARD_CONFIGS if fits and c["D_RESIDENT"] == width)
+    if FORWARD_DESIGN == "streamed" or not resident:
+        return FORWARD_CONFIGS
+    return resident if FORWARD_DESIGN == "resident" else FORWARD_CONFIGS + resident
+
+
 def backward_configs(aggregation: str) -> tuple[dict[str, int], ...]:
-    """The backward configurations the autotuner chooses from for ``aggregation``."""
+    """The tiled backward's configurations the autotuner chooses from for ``aggregation``."""
     return BACKWARD_CONFIGS + (WIDE_BACKWARD_CONFIGS if AGGREGATION_CODES[aggregation] != 2 else ())
+
+
+def sweep_configs(dim: int, for_text: bool) -> tuple[dict[str, int], ...]:
+    """The sweep configurations worth timing at D = ``dim`` for one gradient (``for_text``: dT).
+
+    No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
+    configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
+    held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``)."""
+    width = max(128, 1 << (max(int(dim), 1) - 1).bit_length())
+    return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
+        not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128))))
+
 
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.
 triton: Any = None
@@ -122,10 +206,18 @@ def _interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def tile_shape(phrases: int) -> tuple[int, int]:
-    """(BLOCK_M, TEXTS): phrases per text padded to a power of two (>= 16), texts per tile."""
+def tile_shape(phrases: int, columns: int = TILE_COLUMNS) -> tuple[int, int]:
+    """(BLOCK_M, TEXTS): phrases per text padded to a power of two (>= 16), texts per tile of
+    ``columns`` columns (at least one text)."""
     block_m = max(16, 1 << (max(int(phrases), 1) - 1).bit_length())
-    return block_m, max(1, TILE_COLUMNS // block_m)
+    return block_m, max(1, columns // block_m)
+
+
+def sweep_shape(phrases: int) -> tuple[int, int] | None:
+    """(BLOCK_M, TEXTS) of the backward in sweeps, or None where it does not apply (more phrases
+    per text than ``SWEEP_COLUMNS``)."""
+    block_m, texts = tile_shape(phrases, SWEEP_COLUMNS)
+    return (block_m, texts) if block_m <= SWEEP_COLUMNS else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,24 +265,52 @@ def _text_columns(TMASK, g, Bt, M, TEXTS: tl.constexpr, BLOCK_M: tl.constexpr):
 
 def _forward_kernel(
     V, T, VMASK, TMASK, NCNT, MCNT, TEMPS, OUT, PAIR, PHRASE, SLOPES,
-    Bt, N, M, D,
+    Bv, Bt, N, M, D,
     AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    VIDEOS: tl.constexpr, D_RESIDENT: tl.constexpr,
 ):
-    """One program = one video i and TEXTS texts; streams over blocks of the video's cells."""
+    """One program = TEXTS texts and VIDEOS consecutive videos; for each video it streams over
+    blocks of the video's cells. D_RESIDENT = 0: both operands are loaded in chunks of BLOCK_D for
+    every block of cells; D_RESIDENT >= D: the texts' [columns x D_RESIDENT] tile is loaded once per
+    program and stays (the cells are the only operand streamed)."""
     g = tl.program_id(0)
-    i = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     m_valid3 = tl.reshape(m_valid, [1, TEXTS, BLOCK_M])
     group = g * TEXTS + tl.arange(0, TEXTS)
     group_in = group < Bt
-    n_cnt = tl.load(NCNT + i)
     m_cnt = tl.load(MCNT + group, mask=group_in, other=1.0)
     inv_ta = tl.load(TEMPS)
     inv_tw = tl.load(TEMPS + 1)
     scale_a = inv_ta * 1.4426950408889634  # exp(x / tau) = exp2(x * scale)
     scale_w = inv_tw * 1.4426950408889634
+    if D_RESIDENT > 0:
+        offs_r = tl.arange(0, D_RESIDENT)
+        t_tile = tl.load(T + t_rows[:, None] * D + offs_r[None, :], mask=col_in[:, None] & (offs_r < D)[None, :],
+                         other=0.0)
+    if VIDEOS == 1:  # no loop: a loop of one video holds more registers (attention at M = 128 spilled)
+        _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile if D_RESIDENT > 0 else T,
+                       tl.program_id(1), g, Bt, N, M, D, texts, phrases, col_in, t_rows, m_valid, m_valid3, group,
+                       group_in, m_cnt, inv_ta, inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, PRECISION, UPCAST, BLOCK_M,
+                       TEXTS, BLOCK_N, BLOCK_D, D_RESIDENT)
+    else:
+        first = tl.program_id(1) * VIDEOS
+        for i in range(first, tl.minimum(first + VIDEOS, Bv)):
+            _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile if D_RESIDENT > 0 else T, i, g, Bt,
+                           N, M, D, texts, phrases, col_in, t_rows, m_valid, m_valid3, group, group_in, m_cnt, inv_ta,
+                           inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
+                           BLOCK_D, D_RESIDENT)
+
+
+def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, Bt, N, M, D, texts, phrases, col_in,
+                   t_rows, m_valid, m_valid3, group, group_in, m_cnt, inv_ta, inv_tw, scale_a, scale_w,
+                   AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                   BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   D_RESIDENT: tl.constexpr):
+    """The scores and statistics of video i against the program's TEXTS texts."""
+    COLS: tl.constexpr = TEXTS * BLOCK_M
+    n_cnt = tl.load(NCNT + i)
 
     col_sum = tl.zeros([COLS], tl.float32)  # mean: column sums; attention: softmax-weighted s
     col_max = tl.full([COLS], -1e30, tl.float32)  # max: column max; attention: running max (log2)
@@ -209,7 +329,13 @@ def _forward_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_in = offs_n < N
         n_valid = n_in & (tl.load(VMASK + i * N + offs_n, mask=n_in, other=0) != 0)
-        s = _similarity(V, T, i * N + offs_n, n_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
+        if D_RESIDENT > 0:
+            offs_r = tl.arange(0, D_RESIDENT)
+            v = tl.load(V + (i * N + offs_n)[:, None] * D + offs_r[None, :], mask=n_in[:, None] & (offs_r < D)[None, :],
+                        other=0.0)
+            s = _dot(v, tl.trans(t_tile), PRECISION, UPCAST)
+        else:
+            s = _similarity(V, T, i * N + offs_n, n_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
         if AGG == 0:
             col_sum += tl.sum(tl.where(n_valid[:, None] & m_valid[None, :], s, 0.0), axis=0)
         elif AGG == 1:
@@ -292,32 +418,21 @@ def _forward_kernel(
     tl.store(OUT + pair, score, mask=group_in)
 
 
-def _backward_kernel(
-    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DV, DT,
-    Bt, N, M, D, R,
-    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """One program = BLOCK_N consecutive cells of the flattened [Bv * N] cells and TEXTS texts.
+def _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
+             AGG: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dS/ds on a tile of cells ``rows`` (flattened [Bv * N], may span videos) by the columns of text
+    group g, from the similarity tile s; zero off the valid cells and phrases (float32).
 
     COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] hold what ds needs per pair and per phrase
     (prepared from the forward's statistics and the incoming gradient, see ``_backward_inputs``)."""
-    g = tl.program_id(0)
-    block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
-    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    r_in = rows < R
     video = rows // N
     cell = rows % N
-    n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
-    texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     valid = n_valid[:, None] & m_valid[None, :]
     group = g * TEXTS + tl.arange(0, TEXTS)
     pair = video[:, None] * Bt + group[None, :]  # [BLOCK_N, TEXTS]
     pair_in = r_in[:, None] & (group < Bt)[None, :]
     col_stat = PHRASE + (video[:, None] * Bt + texts[None, :]) * 3 * M + phrases[None, :]
-
-    s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
     if AGG == 0:
         ds = _per_column(tl.load(COEF + pair * 3, mask=pair_in, other=0.0), BLOCK_N, TEXTS, BLOCK_M)
     elif AGG == 1:
@@ -350,7 +465,28 @@ def _backward_kernel(
         u = tl.where(n_valid[:, None], tl.exp2(e * scale_w - lse_u), 0.0)
         grad_e = half_g * u * (1.0 + (e - v2t) * tl.load(TEMPS + 1))
         ds += tl.reshape(grad_e[:, :, None] * q * (1.0 + (s3 - e[:, :, None]) * inv_ta), [BLOCK_N, COLS])
-    ds = tl.where(valid, ds, 0.0).to(V.dtype.element_ty)
+    return tl.where(valid, ds, 0.0)
+
+
+def _backward_kernel(
+    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DV, DT,
+    Bt, N, M, D, R,
+    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Backward in tiles: one program = BLOCK_N consecutive cells of the flattened [Bv * N] cells and
+    TEXTS texts; recomputes its similarity tile once and adds ds @ T and ds^T @ V to the float32
+    gradients DV and DT with atomic adds, D in chunks of BLOCK_D (any D)."""
+    g = tl.program_id(0)
+    block = tl.program_id(1)
+    COLS: tl.constexpr = TEXTS * BLOCK_M
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_in = rows < R
+    n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
+    texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
+    s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
+    ds = _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
+                  AGG, BLOCK_M, TEXTS, BLOCK_N).to(V.dtype.element_ty)
 
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
@@ -365,7 +501,77 @@ def _backward_kernel(
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_similarity", "_per_column", "_text_columns", "_forward_kernel", "_backward_kernel")
+def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF, PHRASE,
+              Bt, N, M, D, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+              TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, RESIDENT: tl.constexpr):
+    """dS/ds of a sweep's tile in the dot products' dtype: the similarity from the loaded tiles v and t
+    (RESIDENT) or streamed from V and T in chunks of BLOCK_D."""
+    if RESIDENT:
+        s = _dot(v, tl.trans(t), PRECISION, UPCAST)
+    else:
+        s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
+    return _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, AGG,
+                    BLOCK_M, TEXTS, BLOCK_N).to(V.dtype.element_ty)
+
+
+def _sweep_backward_kernel(
+    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DV, DT,
+    Bt, N, M, D, R, PER_SPLIT,
+    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr,
+):
+    """Backward in sweeps: one gradient per launch, no atomic add inside the loop.
+
+    FOR_TEXT = False: a program holds BLOCK_N flattened cells and sweeps PER_SPLIT groups of texts
+    (split ``program_id(1)``), adding ds @ T into a float32 accumulator of D_SLICE dimensions (slice
+    ``program_id(2)``); FOR_TEXT = True: a program holds one group of TEXTS texts and sweeps
+    PER_SPLIT tiles of BLOCK_N cells, adding ds^T @ V. The accumulator reaches DV or DT with one
+    atomic add per split. RESIDENT (D <= D_SLICE, one slice): the held tile is loaded once and each
+    swept tile once, for both of its dot products; otherwise the similarity is taken in chunks of
+    BLOCK_D from memory and recomputed once per slice."""
+    fixed = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_a = tl.program_id(2) * D_SLICE + tl.arange(0, D_SLICE)
+    a_in = offs_a < D
+    first = split * PER_SPLIT
+    if FOR_TEXT:
+        g = fixed
+        texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
+        if RESIDENT:
+            t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
+        acc = tl.zeros([TEXTS * BLOCK_M, D_SLICE], tl.float32)
+        for block in range(first, tl.minimum(first + PER_SPLIT, tl.cdiv(R, BLOCK_N))):
+            rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+            r_in = rows < R
+            n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
+            v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
+            ds = _sweep_ds(V, T, v, t if RESIDENT else T, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
+                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
+                           BLOCK_D, RESIDENT)
+            acc += _dot(tl.trans(ds), v, PRECISION, UPCAST)
+        tl.atomic_add(DT + t_rows[:, None] * D + offs_a[None, :], acc, mask=col_in[:, None] & a_in[None, :],
+                      sem="relaxed")
+    else:
+        rows = fixed * BLOCK_N + tl.arange(0, BLOCK_N)
+        r_in = rows < R
+        n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
+        if RESIDENT:
+            v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
+        acc = tl.zeros([BLOCK_N, D_SLICE], tl.float32)
+        for g in range(first, tl.minimum(first + PER_SPLIT, tl.cdiv(Bt, TEXTS))):
+            texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
+            t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
+            ds = _sweep_ds(V, T, v if RESIDENT else V, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
+                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
+                           BLOCK_D, RESIDENT)
+            acc += _dot(ds, t, PRECISION, UPCAST)
+        tl.atomic_add(DV + rows[:, None] * D + offs_a[None, :], acc, mask=r_in[:, None] & a_in[None, :],
+                      sem="relaxed")
+
+
+_JIT_FUNCTIONS = ("_dot", "_similarity", "_per_column", "_text_columns", "_ds_tile", "_forward_kernel",
+                  "_forward_video", "_backward_kernel", "_sweep_ds", "_sweep_backward_kernel")
 
 
 def _load_kernels() -> None:
@@ -390,34 +596,65 @@ def _load_kernels() -> None:
         # the aggregation is part of the key: each has its own best configuration (a key of sizes
         # alone would reuse the first aggregation's choice for the others)
         key = ["N", "M", "D", "AGG"]
-        _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS],
-                                            key=key + ["TEMP_GRAD"])(_forward_kernel)
+        _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS + RESIDENT_FORWARD_CONFIGS],
+                                            key=key + ["TEMP_GRAD"],
+                                            prune_configs_by={"early_config_prune": _forward_prune})(_forward_kernel)
         _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS], key=key,
                                              prune_configs_by={"early_config_prune": _backward_prune},
                                              reset_to_zero=["DV", "DT"])(_backward_kernel)
+        # each sweep launch writes one gradient; the other pointer is a placeholder, so zeroing both
+        # between trials never wipes the gradient the other launch wrote
+        _TUNED["sweep"] = triton.autotune([_config(c) for c in SWEEP_CONFIGS], key=key + ["FOR_TEXT"],
+                                          prune_configs_by={"early_config_prune": _sweep_prune},
+                                          reset_to_zero=["DV", "DT"])(_sweep_backward_kernel)
     _KERNELS_READY = True
 
 
+def _aggregation_name(code: int) -> str:
+    return next(name for name, value in AGGREGATION_CODES.items() if value == code)
+
+
+def _forward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """The autotuner's candidates for one launch: those of ``forward_configs``."""
+    args = {**named_args, **kwargs}
+    allowed = [_tuned_keys(c) for c in forward_configs(_aggregation_name(args["AGG"]), args["M"], args["D"])]
+    return [config for config in configs if config.kwargs in allowed]
+
+
+def _tuned_keys(config: dict[str, int]) -> dict[str, int]:
+    """A configuration's constexprs (everything but warps and stages)."""
+    return {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+
+
 def _backward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
-    """The autotuner's candidates for one launch: the wide tiles only for mean and max."""
-    if {**named_args, **kwargs}["AGG"] != 2:
-        return configs
-    return [config for config in configs if config.kwargs["BLOCK_N"] <= BACKWARD_CONFIGS[0]["BLOCK_N"]]
+    """The autotuner's candidates for one launch: those of ``backward_configs`` for its aggregation."""
+    allowed = [_tuned_keys(c)
+               for c in backward_configs(_aggregation_name({**named_args, **kwargs}["AGG"]))]
+    return [config for config in configs if config.kwargs in allowed]
+
+
+def _sweep_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """The sweep's candidates for one launch: those of ``sweep_configs`` for its D and gradient."""
+    args = {**named_args, **kwargs}
+    allowed = [_tuned_keys(c) for c in sweep_configs(args["D"], bool(args["FOR_TEXT"]))]
+    return [config for config in configs if config.kwargs in allowed]
 
 
 def _config(config: dict[str, int]) -> Any:
-    blocks = {k: v for k, v in config.items() if k.startswith("BLOCK_")}
-    return triton.Config(blocks, num_warps=config["num_warps"], num_stages=config["num_stages"])
+    return triton.Config(_tuned_keys(config), num_warps=config["num_warps"], num_stages=config["num_stages"])
 
 
-def _launch(name: str) -> tuple[Any, dict[str, int]]:
+def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: bool = False
+            ) -> tuple[Any, dict[str, int]]:
     """The kernel to launch and the launch options the caller adds: the autotuned kernel on a GPU,
-    the plain one with the first configuration's blocks under the interpreter."""
+    the plain one with the first configuration the autotuner could pick under the interpreter."""
     if name in _TUNED:
         return _TUNED[name], {}
-    kernel = _forward_kernel if name == "forward" else _backward_kernel
-    first = (FORWARD_CONFIGS if name == "forward" else BACKWARD_CONFIGS)[0]
-    return kernel, {k: v for k, v in first.items() if k.startswith("BLOCK_")}
+    aggregation = _aggregation_name(aggregation_code)
+    kernel, configs = {"forward": (_forward_kernel, forward_configs(aggregation, phrases, dim)),
+                       "backward": (_backward_kernel, backward_configs(aggregation)),
+                       "sweep": (_sweep_backward_kernel, sweep_configs(dim, for_text))}[name]
+    return kernel, _tuned_keys(configs[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +687,103 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
     return coef, phrase
 
 
+def _tiled_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torch.Tensor,
+                    settings: tuple[Any, ...]) -> None:
+    """Both gradients by ``_backward_kernel`` (atomic adds into the zeroed dv and dt)."""
+    aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
+    block_m, texts = tile_shape(M)
+    kernel, blocks = _launch("backward", aggregation_code, M, D)
+
+    def grid(meta: dict[str, int]) -> tuple[int, int]:
+        return triton.cdiv(Bt, texts), triton.cdiv(Bv * N, meta["BLOCK_N"])
+
+    kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, AGG=aggregation_code, PRECISION=precision, UPCAST=upcast,
+                 BLOCK_M=block_m, TEXTS=texts, **blocks)
+
+
+def _sweep_programs(device: torch.device) -> int:
+    if SWEEP_PROGRAMS is not None:
+        return SWEEP_PROGRAMS
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def sweep_splits(fixed: int, swept: int, programs: int) -> tuple[int, int]:
+    """(splits, swept tiles per split) for ``fixed`` programs that sweep ``swept`` tiles: about
+    ``programs / fixed`` splits of equal length (at most one per swept tile), none empty."""
+    per_split = _cdiv(swept, min(swept, max(1, _cdiv(programs, fixed))))
+    return _cdiv(swept, per_split), per_split
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def _sweep_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torch.Tensor, settings: tuple[Any, ...],
+                    needs: tuple[bool, bool]) -> None:
+    """The gradients ``needs`` asks for, one ``_sweep_backward_kernel`` launch each."""
+    aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
+    shape = sweep_shape(M)
+    assert shape is not None
+    block_m, texts = shape
+    cells, groups = _cdiv(Bv * N, SWEEP_BLOCK_N), _cdiv(Bt, texts)
+    placeholder = torch.zeros(1, device=dv.device, dtype=torch.float32)
+    programs = _sweep_programs(dv.device)
+    for for_text, fixed, swept, out_video, out_text in ((False, cells, groups, dv, placeholder),
+                                                       (True, groups, cells, placeholder, dt)):
+        if not needs[int(for_text)]:
+            continue
+        splits, per_split = sweep_splits(fixed, swept, programs)
+        kernel, blocks = _launch("sweep", aggregation_code, M, D, for_text)
+
+        def grid(meta: dict[str, int], fixed: int = fixed, splits: int = splits) -> tuple[int, int, int]:
+            return fixed, splits, _cdiv(D, meta["D_SLICE"])
+
+        kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
+                     PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
+                     FOR_TEXT=for_text, **blocks)
+
+
+_DESIGNS: dict[tuple[Any, ...], str] = {}
+
+
+def reset_tuning() -> None:
+    """Forget every autotuner choice and every ``auto`` backward design, so that the next call of
+    each shape chooses again (after changing ``FORWARD_DESIGN`` or ``BACKWARD_DESIGN``)."""
+    for kernel in _TUNED.values():
+        kernel.cache.clear()
+    _DESIGNS.clear()
+
+
+def chosen_designs() -> dict[str, str]:
+    """The backward design ``auto`` chose for each shape so far ("Bv x Bt, N, M, D, aggregation, dtype")."""
+    return {f"{k[3]}x{k[4]} N={k[5]} M={k[6]} D={k[7]} {_aggregation_name(k[0])} {k[8]} grads={k[9]}": v
+            for k, v in _DESIGNS.items()}
+
+
+def _backward_design(settings: tuple[Any, ...], needs: tuple[bool, bool], dtype: torch.dtype, device: torch.device,
+                     run: Any) -> str:
+    """The design this backward runs (see ``BACKWARD_DESIGN``); ``run(design)`` launches one."""
+    if BACKWARD_DESIGN not in BACKWARD_DESIGNS:
+        raise ValueError(f"BACKWARD_DESIGN={BACKWARD_DESIGN!r}; valid: {', '.join(BACKWARD_DESIGNS)}")
+    if sweep_shape(settings[6]) is None or BACKWARD_DESIGN == "tiles":
+        return "tiles"
+    if BACKWARD_DESIGN == "sweep" or device.type != "cuda":
+        return "sweep"
+    key = (*settings, str(dtype).removeprefix("torch."), "".join("vt"[i] for i in (0, 1) if needs[i]))
+    if key not in _DESIGNS:
+        import triton.testing
+
+        timings = {}
+        for design in ("tiles", "sweep"):
+            run(design)  # its autotuning first, so the timing below sees only the chosen configuration
+            timings[design] = triton.testing.do_bench(lambda design=design: run(design), warmup=5, rep=25,
+                                                      return_mode="median")
+        _DESIGNS[key] = min(timings, key=timings.get)
+    return _DESIGNS[key]
+
+
 def _device_context(device: torch.device) -> Any:
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -477,12 +811,16 @@ class _TritonPairScores(torch.autograd.Function):
         slopes = torch.empty((Bv, Bt, 2) if temp_grad else (1,), device=device, dtype=torch.float32)
         video_valid_u8 = video_valid.to(torch.uint8).contiguous()
         text_valid_u8 = text_valid.to(torch.uint8).contiguous()
-        kernel, blocks = _launch("forward")
+        kernel, blocks = _launch("forward", aggregation_code, M, D)
+
+        def grid(meta: dict[str, int]) -> tuple[int, int]:
+            return triton.cdiv(Bt, texts), triton.cdiv(Bv, meta["VIDEOS"])
+
         with _device_context(device):
-            kernel[(triton.cdiv(Bt, texts), Bv)](
+            kernel[grid](
                 video, text, video_valid_u8, text_valid_u8, n_count, m_count, temps,
                 scores, pair_stats, phrase_stats, slopes,
-                Bt, N, M, D,
+                Bv, Bt, N, M, D,
                 AGG=aggregation_code, TEMP_GRAD=temp_grad, PRECISION=precision, UPCAST=upcast,
                 BLOCK_M=block_m, TEXTS=texts, **blocks,
             )  # fmt: skip
@@ -502,26 +840,27 @@ class _TritonPairScores(torch.autograd.Function):
         device = video.device
         grad = grad_scores.to(torch.float32).contiguous()
         grad_video = grad_text = grad_inv_ta = grad_inv_tw = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        if any(needs):
             coef, phrase = _backward_inputs(aggregation_code, grad, n_count, m_count, temps, pair_stats, phrase_stats)
-            dv = torch.zeros(Bv, N, D, device=device, dtype=torch.float32)
-            dt = torch.zeros(Bt, M, D, device=device, dtype=torch.float32)
-            block_m, texts = tile_shape(M)
-            kernel, blocks = _launch("backward")
+            dv = torch.empty(Bv, N, D, device=device, dtype=torch.float32)  # zeroed by run()
+            dt = torch.empty(Bt, M, D, device=device, dtype=torch.float32)
+            inputs = (video, text, video_valid_u8, text_valid_u8, temps, coef, phrase)
+            settings = (aggregation_code, precision, upcast, Bv, Bt, N, M, D)
 
-            def grid(meta: dict[str, int]) -> tuple[int, int]:
-                return triton.cdiv(Bt, texts), triton.cdiv(Bv * N, meta["BLOCK_N"])
+            def run(design: str) -> None:
+                dv.zero_()
+                dt.zero_()
+                with _device_context(device):
+                    if design == "sweep":
+                        _sweep_backward(inputs, dv, dt, settings, needs)
+                    else:
+                        _tiled_backward(inputs, dv, dt, settings)
 
-            with _device_context(device):
-                kernel[grid](
-                    video, text, video_valid_u8, text_valid_u8, temps, coef, phrase, dv, dt,
-                    Bt, N, M, D, Bv * N,
-                    AGG=aggregation_code, PRECISION=precision, UPCAST=upcast,
-                    BLOCK_M=block_m, TEXTS=texts, **blocks,
-                )  # fmt: skip
+            run(_backward_design(settings, needs, video.dtype, device, run))
             input_dtype = ctx.input_dtype
-            grad_video = dv.to(input_dtype) if ctx.needs_input_grad[0] else None
-            grad_text = dt.to(input_dtype) if ctx.needs_input_grad[1] else None
+            grad_video = dv.to(input_dtype) if needs[0] else None
+            grad_text = dt.to(input_dtype) if needs[1] else None
         if temp_grad:
             weighted = (slopes * grad.unsqueeze(-1)).sum(dim=(0, 1))
             grad_inv_ta = weighted[0] if ctx.needs_input_grad[4] else None

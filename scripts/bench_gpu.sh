@@ -7,8 +7,12 @@
 #    python3 lacks one, makes a virtual environment (.venv-gpu) and installs them from PyPI.
 #    fgmm_lib itself is pure Python and is used from this checkout (PYTHONPATH).
 # 2. Correctness first: the triton backend against naive and chunked on this card (values and
-#    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures):
+#    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures), for each
+#    kernel design (streamed forward + tiled backward, resident forward + backward in sweeps):
 #    OUT_DIR/gpu_check.json; stops if they disagree.
+#    Then where the time goes at B=1024, N=196, M=32, D=256: forward, backward and step of each
+#    design and of auto, with the card's bf16 matmul rate measured in the same step:
+#    OUT_DIR/kernel_times.json (copy to results/bench/gpu_kernel_times.json).
 # 3. The sweep, fwd+bwd of one InfoNCE step, naive, chunked and triton on the same card, in
 #    bfloat16 and in float32 (the path training runs: float32 tokens, cast to bfloat16 inside
 #    the triton backend): B in 32..1024, N in (16, 64, 196), M in (16, 32), D = 256, the targets'
@@ -65,55 +69,63 @@ from fgmm_lib.losses import AGGREGATIONS, pair_scores
 torch.manual_seed(0)
 device = torch.device("cuda")
 results = []
-# bfloat16 inputs, and float32 inputs (cast to bfloat16 inside): both meet bf16 rounding of the tokens
-for dtype, tolerance in ((torch.bfloat16, 3e-2), (torch.float32, 3e-2)):
-    for shape in ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256), (9, 9, 30, 128, 1024)):
-        Bv, Bt, N, M, D = shape
-        video = torch.randn(Bv, N, D, device=device)
-        text = torch.randn(Bt, M, D, device=device)
-        video_mask = torch.rand(Bv, N, device=device) > 0.2
-        video_mask[:, 0] = True
-        text_mask = torch.rand(Bt, M, device=device) > 0.3
-        text_mask[:, 0] = True
-        upstream = torch.randn(Bv, Bt, device=device)
-        for aggregation in AGGREGATIONS:
-            # max's gradient follows its argmax, which bfloat16 rounding of the similarities moves
-            # wherever two cells (or phrases) are nearly tied: float32 tokens check max's gradients with
-            # float32 dot products (BF16_ON_CUDA off); with bfloat16 tokens only its scores must agree
-            triton_scores.BF16_ON_CUDA = not (aggregation == "max" and dtype == torch.float32)
-            gated = ("scores",) if aggregation == "max" and dtype == torch.bfloat16 else \
-                ("scores", "video_grad", "text_grad", "temperature_grad")
-            outputs = {}
-            for backend in ("naive", "chunked", "triton"):
-                # the references run in float32 on the same rounded inputs
-                run_dtype = dtype if backend == "triton" else torch.float32
-                v = video.to(dtype).to(run_dtype).clone().requires_grad_()
-                t = text.to(dtype).to(run_dtype).clone().requires_grad_()
-                taus = [torch.tensor(tau, device=device, requires_grad=True) for tau in (0.1, 0.2)]
-                try:
-                    scores = pair_scores(v, t, text_mask, video_mask, aggregation=aggregation, backend=backend,
-                                         attn_temperature=taus[0], weight_temperature=taus[1])
-                    (scores.float() * upstream).sum().backward()
-                except torch.cuda.OutOfMemoryError:
-                    continue
-                torch.cuda.synchronize()
-                grads = [tau.grad if tau.grad is not None else torch.zeros((), device=device) for tau in taus]
-                outputs[backend] = (scores.detach().float(), v.grad.float(), t.grad.float(), torch.stack(grads))
-                del v, t, scores
-            for reference in ("naive", "chunked"):
-                if reference not in outputs:
-                    continue
-                errors = {}
-                for index, name in enumerate(("scores", "video_grad", "text_grad", "temperature_grad")):
-                    want, got = outputs[reference][index], outputs["triton"][index]
-                    errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
-                ok = all(errors[name] <= tolerance for name in gated)
-                results.append({"dtype": str(dtype), "shape": shape, "aggregation": aggregation, "gated": gated,
-                                "float32_dots": not triton_scores.BF16_ON_CUDA,
-                                "reference": reference, "relative_max_error": errors, "tolerance": tolerance,
-                                "ok": ok, "scores_dtype": str(outputs["triton"][0].dtype)})
-                print(dtype, shape, aggregation, "vs", reference, "ok" if ok else "MISMATCH", errors)
+# every kernel design on the card: the streamed forward with the tiled backward, the resident forward
+# with the backward in sweeps (where they apply; M = 128 and D = 1024 fall back to the first pair)
+for forward_design, backward_design in (("streamed", "tiles"), ("resident", "sweep")):
+    triton_scores.FORWARD_DESIGN, triton_scores.BACKWARD_DESIGN = forward_design, backward_design
+    triton_scores.reset_tuning()
+    # bfloat16 inputs, and float32 inputs (cast to bfloat16 inside): both meet bf16 rounding of the tokens
+    for dtype, tolerance in ((torch.bfloat16, 3e-2), (torch.float32, 3e-2)):
+        for shape in ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256), (9, 9, 30, 128, 1024)):
+            Bv, Bt, N, M, D = shape
+            video = torch.randn(Bv, N, D, device=device)
+            text = torch.randn(Bt, M, D, device=device)
+            video_mask = torch.rand(Bv, N, device=device) > 0.2
+            video_mask[:, 0] = True
+            text_mask = torch.rand(Bt, M, device=device) > 0.3
+            text_mask[:, 0] = True
+            upstream = torch.randn(Bv, Bt, device=device)
+            for aggregation in AGGREGATIONS:
+                # max's gradient follows its argmax, which bfloat16 rounding of the similarities moves
+                # wherever two cells (or phrases) are nearly tied: float32 tokens check max's gradients with
+                # float32 dot products (BF16_ON_CUDA off); with bfloat16 tokens only its scores must agree
+                triton_scores.BF16_ON_CUDA = not (aggregation == "max" and dtype == torch.float32)
+                gated = ("scores",) if aggregation == "max" and dtype == torch.bfloat16 else \
+                    ("scores", "video_grad", "text_grad", "temperature_grad")
+                outputs = {}
+                for backend in ("naive", "chunked", "triton"):
+                    # the references run in float32 on the same rounded inputs
+                    run_dtype = dtype if backend == "triton" else torch.float32
+                    v = video.to(dtype).to(run_dtype).clone().requires_grad_()
+                    t = text.to(dtype).to(run_dtype).clone().requires_grad_()
+                    taus = [torch.tensor(tau, device=device, requires_grad=True) for tau in (0.1, 0.2)]
+                    try:
+                        scores = pair_scores(v, t, text_mask, video_mask, aggregation=aggregation, backend=backend,
+                                             attn_temperature=taus[0], weight_temperature=taus[1])
+                        (scores.float() * upstream).sum().backward()
+                    except torch.cuda.OutOfMemoryError:
+                        continue
+                    torch.cuda.synchronize()
+                    grads = [tau.grad if tau.grad is not None else torch.zeros((), device=device) for tau in taus]
+                    outputs[backend] = (scores.detach().float(), v.grad.float(), t.grad.float(), torch.stack(grads))
+                    del v, t, scores
+                for reference in ("naive", "chunked"):
+                    if reference not in outputs:
+                        continue
+                    errors = {}
+                    for index, name in enumerate(("scores", "video_grad", "text_grad", "temperature_grad")):
+                        want, got = outputs[reference][index], outputs["triton"][index]
+                        errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+                    ok = all(errors[name] <= tolerance for name in gated)
+                    results.append({"dtype": str(dtype), "shape": shape, "aggregation": aggregation, "gated": gated,
+                                    "forward_design": forward_design, "backward_design": backward_design,
+                                    "float32_dots": not triton_scores.BF16_ON_CUDA,
+                                    "reference": reference, "relative_max_error": errors, "tolerance": tolerance,
+                                    "ok": ok, "scores_dtype": str(outputs["triton"][0].dtype)})
+                    print(forward_design, backward_design, dtype, shape, aggregation, "vs", reference,
+                          "ok" if ok else "MISMATCH", errors)
 triton_scores.BF16_ON_CUDA = True
+triton_scores.FORWARD_DESIGN = triton_scores.BACKWARD_DESIGN = "auto"
 passed = all(r["ok"] for r in results)
 with open(sys.argv[1], "w") as handle:
     json.dump({"device": torch.cuda.get_device_name(), "passed": passed, "cases": results}, handle, indent=2)
@@ -131,8 +143,19 @@ from fgmm_lib.losses import pair_scores
 device = torch.device("cuda")
 B, N, M, D = 1024, 196, 32, 256
 flop = 2.0 * B * B * N * M * D  # one similarity GEMM
+a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+matmul_ms = triton.testing.do_bench(lambda: a @ a, warmup=50, rep=300, return_mode="median")
+matmul_tflops = 2.0 * 8192 ** 3 / matmul_ms / 1e9
+print(f"bf16 matmul 8192^3: {matmul_tflops:.0f} TFLOP/s")
+del a
 rows = []
-for dtype in (torch.bfloat16, torch.float32):
+# each design pair alone, then auto (the autotuner and the backward's timing choose), bf16 tokens;
+# float32 tokens (cast to bf16 inside) with auto
+runs = [(torch.bfloat16, pair) for pair in (("streamed", "tiles"), ("resident", "sweep"), ("auto", "auto"))]
+runs.append((torch.float32, ("auto", "auto")))
+for dtype, (forward_design, backward_design) in runs:
+    ts.FORWARD_DESIGN, ts.BACKWARD_DESIGN = forward_design, backward_design
+    ts.reset_tuning()
     video = torch.randn(B, N, D, device=device, dtype=dtype, requires_grad=True)
     text = torch.randn(B, M, D, device=device, dtype=dtype, requires_grad=True)
     text_mask = torch.rand(B, M, device=device) > 0.3
@@ -142,7 +165,7 @@ for dtype in (torch.bfloat16, torch.float32):
         def forward():
             return pair_scores(video, text, text_mask, aggregation=aggregation, backend="triton")
         scores = forward()
-        scores.backward(upstream)  # autotune both kernels once
+        scores.backward(upstream)  # autotune the kernels (and choose the backward design) once
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -153,11 +176,17 @@ for dtype in (torch.bfloat16, torch.float32):
         step_ms = triton.testing.do_bench(step, warmup=50, rep=400, return_mode="median")
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         picked = {name: str(getattr(kernel, "best_config", None)) for name, kernel in ts._TUNED.items()}
-        row = {"dtype": str(dtype), "aggregation": aggregation, "forward_ms": fwd_ms, "step_ms": step_ms,
+        row = {"dtype": str(dtype), "aggregation": aggregation, "forward_design": forward_design,
+               "backward_design": backward_design, "chosen_backward": ts.chosen_designs(),
+               "forward_ms": fwd_ms, "step_ms": step_ms,
                "backward_ms": step_ms - fwd_ms, "forward_tflops_of_1_gemm": flop / fwd_ms / 1e9,
-               "step_tflops_counted_3_gemms": 3 * flop / step_ms / 1e9, "peak_extra_mib": peak, "configs": picked}
+               "step_tflops_counted_3_gemms": 3 * flop / step_ms / 1e9, "matmul_bf16_tflops": matmul_tflops,
+               "share_of_matmul": 3 * flop / step_ms / 1e9 / matmul_tflops, "peak_extra_mib": peak,
+               "configs": picked}
         rows.append(row)
         print(json.dumps(row))
+    del video, text
+ts.FORWARD_DESIGN = ts.BACKWARD_DESIGN = "auto"
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
 PY
 

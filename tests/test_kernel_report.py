@@ -31,11 +31,23 @@ def report(tmp_path_factory):
 
 def test_every_kernel_and_configuration_has_a_row(report):
     out, rows = report
-    configs = sum(len(triton_scores.FORWARD_CONFIGS) + len(triton_scores.backward_configs(aggregation))
-                  for aggregation in AGGREGATION_CODES)
+    configs = sum(len(triton_scores.forward_configs(aggregation, 32, 256))
+                  + len(triton_scores.backward_configs(aggregation))
+                  + len(triton_scores.sweep_configs(256, for_text=False))
+                  + len(triton_scores.sweep_configs(256, for_text=True)) for aggregation in AGGREGATION_CODES)
     assert len(rows) == 2 * configs  # two input dtypes
+    assert {row["kernel"] for row in rows} == set(kernel_report.KERNELS)
     assert {row["config"].split()[0] for row in rows if row["kernel"] == "backward"} == {"BLOCK_N=64",
                                                                                           "BLOCK_N=128"}
+    forwards = [row for row in rows if row["kernel"] == "forward"]
+    assert {row["config"].split()[5] for row in forwards} == {"D_RESIDENT=0", "D_RESIDENT=256"}
+    sweeps = [row for row in rows if row["kernel"].startswith("sweep")]
+    assert {row["config"].split()[4] for row in sweeps} == {"D_SLICE=128", "D_SLICE=256"}
+    # the sweeps' rows exist where they run: texts of at most 64 phrases
+    assert kernel_report.kernel_configs("sweep_text", "max", 128, 256) == ()
+    assert kernel_report.kernel_configs("sweep_text", "max", 64, 128) == triton_scores.sweep_configs(128, True)
+    assert {row["config"].split()[5] for row in sweeps if row["kernel"] == "sweep_video"} == {"RESIDENT=0",
+                                                                                              "RESIDENT=1"}
     for row in rows:
         assert set(kernel_report.COLUMNS) <= set(row)
     assert {row["dtype"] for row in rows} == {"bfloat16", "float32"}

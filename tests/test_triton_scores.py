@@ -77,6 +77,20 @@ def values_and_grads(function, video, text, video_mask, text_mask, upstream, dty
     return scores.double().detach(), video.grad.double(), text.grad.double()
 
 
+def assert_matches(actual, expected, names=("scores", "video grad", "text grad")):
+    """float32 kernels against the float64 reference, output by output."""
+    for name, got, want in zip(names, actual, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def assert_fused_matches_reference(shape, seed, masked=True, **kwargs):
+    """Scores and token gradients of the fused kernels (float32) against the float64 reference on a
+    random case of ``shape`` (Bv, Bt, N, M, D)."""
+    case = random_case(*shape, seed=seed, masked=masked)
+    expected = values_and_grads(reference_scores, *case, torch.float64, **kwargs)
+    assert_matches(values_and_grads(fused, *case, torch.float32, **kwargs), expected)
+
+
 def fused(video, text, text_mask, video_mask, **kwargs):
     """The triton backend through its caller, which validates and zeroes masked tokens."""
     return losses.pair_scores(video, text, text_mask, video_mask, backend="triton", **kwargs)
@@ -91,16 +105,18 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["tiles", "sweep"])
+def design(request, monkeypatch):
+    """Each backward design in turn (``auto`` takes the sweep under the interpreter)."""
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_float32_matches_reference(shape, aggregation):
-    video, text, video_mask, text_mask, upstream = random_case(*shape, seed=sum(shape), masked=shape[2] > 1)
-    kwargs = {"aggregation": aggregation, "attn_temperature": 0.1, "weight_temperature": 0.2}
-    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
-                                **kwargs)
-    actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, torch.float32, **kwargs)
-    for name, got, want in zip(("scores", "video grad", "text grad"), actual, expected):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+def test_float32_matches_reference(shape, aggregation, design):
+    assert_fused_matches_reference(shape, sum(shape), masked=shape[2] > 1, aggregation=aggregation,
+                                   attn_temperature=0.1, weight_temperature=0.2)
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "max"])
@@ -110,14 +126,144 @@ def test_wide_backward_tiles_match_reference(monkeypatch, aggregation):
     assert triton_scores.backward_configs("attention") == triton_scores.BACKWARD_CONFIGS
     assert all(c["BLOCK_N"] == 128 for c in triton_scores.WIDE_BACKWARD_CONFIGS)
     monkeypatch.setattr(triton_scores, "BACKWARD_CONFIGS", triton_scores.WIDE_BACKWARD_CONFIGS)
-    shape = (4, 11, 45, 9, 40)
-    video, text, video_mask, text_mask, upstream = random_case(*shape, seed=3)
-    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
-                                aggregation=aggregation)
-    actual = values_and_grads(fused, video, text, video_mask, text_mask, upstream, torch.float32,
-                              aggregation=aggregation)
-    for name, got, want in zip(("scores", "video grad", "text grad"), actual, expected):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_fused_matches_reference((4, 11, 45, 9, 40), 3, aggregation=aggregation)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_sweep_splits_and_slices_match_reference(monkeypatch, aggregation):
+    # many programs: every sweep is split (the last split partial); D = 72 in accumulator slices of
+    # 32 (the last one partial) and similarity chunks of 16
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
+    monkeypatch.setattr(triton_scores, "SWEEP_PROGRAMS", 64)
+    monkeypatch.setattr(triton_scores, "SWEEP_CONFIGS", ({"BLOCK_D": 16, "D_SLICE": 32, "RESIDENT": 0,
+                                                          "num_warps": 4, "num_stages": 2},))
+    shape = (3, 9, 50, 13, 72)  # 150 cells = 3 tiles of 64; 9 texts of 16 phrases = 3 groups of 4
+    assert triton_scores.sweep_splits(3, 3, 64) == (3, 1) and triton_scores.sweep_splits(3, 3, 6) == (2, 2)
+    assert_fused_matches_reference(shape, 5, aggregation=aggregation, attn_temperature=0.1, weight_temperature=0.2)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "attention"])
+def test_sweep_at_d_above_128_holds_cells_resident_and_streams_for_texts(monkeypatch, aggregation):
+    # D = 130: dV in one resident slice of 256, dT in one streamed slice (a resident one spills)
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
+    assert [c["RESIDENT"] for c in triton_scores.sweep_configs(130, for_text=False)][0] == 1
+    assert {c["RESIDENT"] for c in triton_scores.sweep_configs(130, for_text=True)} == {0}
+    assert_fused_matches_reference((2, 5, 20, 7, 130), 6, aggregation=aggregation)
+
+
+def test_sweep_configs_fit_their_dimension():
+    def shapes(dim, for_text):
+        return [(c["D_SLICE"], c["RESIDENT"]) for c in triton_scores.sweep_configs(dim, for_text)]
+
+    assert shapes(96, False) == shapes(96, True) == [(128, 1), (128, 0)]
+    assert shapes(256, False) == [(256, 1), (256, 0), (128, 0)]
+    assert shapes(256, True) == [(256, 0), (128, 0)]
+    assert shapes(1024, True) == shapes(1024, False) == [(256, 0), (128, 0)]
+
+
+def test_sweep_splits_cover_the_swept_tiles_once():
+    for fixed, swept, programs in ((1, 1, 528), (3136, 512, 528), (512, 3136, 528), (4, 3136, 528), (7, 10, 30)):
+        splits, per_split = triton_scores.sweep_splits(fixed, swept, programs)
+        assert 1 <= splits <= swept and (splits - 1) * per_split < swept <= splits * per_split
+        assert fixed * splits >= 0.9 * min(programs, fixed * swept)  # about the programs asked for
+    assert triton_scores.sweep_splits(3136, 512, 528) == (1, 512)  # enough programs already: no split
+    assert triton_scores.sweep_splits(4, 3136, 528) == (131, 24)  # 132 asked, 24 tiles each
+
+
+@pytest.mark.parametrize("needs", ["video", "text"])
+def test_sweep_computes_only_the_gradient_asked_for(monkeypatch, needs):
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
+    launches = []
+    original = triton_scores._sweep_backward
+
+    def spy(inputs, dv, dt, settings, wanted):
+        launches.append(wanted)
+        return original(inputs, dv, dt, settings, wanted)
+
+    monkeypatch.setattr(triton_scores, "_sweep_backward", spy)
+    video, text, video_mask, text_mask, upstream = random_case(2, 3, 11, 5, 16, seed=2)
+    tokens = {"video": video.float().requires_grad_(needs == "video"),
+              "text": text.float().requires_grad_(needs == "text")}
+    (fused(tokens["video"], tokens["text"], text_mask, video_mask) * upstream.float()).sum().backward()
+    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64)
+    got = tokens[needs].grad.double()
+    torch.testing.assert_close(got, expected[1 if needs == "video" else 2], rtol=1e-4, atol=1e-5)
+    assert launches == [(needs == "video", needs == "text")]
+
+
+def test_auto_design_times_both_once_per_shape_and_keeps_the_faster(monkeypatch):
+    import triton.testing
+
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "auto")
+    monkeypatch.setattr(triton_scores, "_DESIGNS", {})
+    ran = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: (fn(), {"tiles": 3.0, "sweep": 2.0}[ran[-1]])[1])
+    settings = (2, "tf32", False, 8, 8, 196, 32, 256)
+    cuda = torch.device("cuda")
+    assert triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append) == "sweep"
+    assert ran == ["tiles", "tiles", "sweep", "sweep"]  # each autotuned once, then timed
+    assert triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append) == "sweep"
+    assert len(ran) == 4  # remembered per shape
+    assert list(triton_scores.chosen_designs().values()) == ["sweep"]
+    assert "8x8 N=196 M=32 D=256 attention bfloat16 grads=vt" in triton_scores.chosen_designs()
+    # texts longer than the sweep's 64 columns take the tiles, without timing
+    long_texts = (2, "tf32", False, 8, 8, 196, 65, 256)
+    assert triton_scores._backward_design(long_texts, (True, True), torch.bfloat16, cuda, ran.append) == "tiles"
+    assert len(ran) == 4
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "fastest")
+    with pytest.raises(ValueError, match="BACKWARD_DESIGN='fastest'"):
+        triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append)
+
+
+def test_texts_beyond_the_sweep_take_the_tiles_and_match_reference(monkeypatch):
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
+    assert triton_scores.sweep_shape(64) == (64, 1) and triton_scores.sweep_shape(65) is None
+    assert_fused_matches_reference((2, 2, 9, 70, 16), 4)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_resident_forward_matches_reference(monkeypatch, aggregation):
+    # the forward with the texts' tile loaded once for 4 videos: 6 videos = a full group and a partial
+    # one; D = 40 padded to 128; learnable temperatures (their slopes come from the forward)
+    monkeypatch.setattr(triton_scores, "FORWARD_DESIGN", "resident")
+    resident = triton_scores.forward_configs(aggregation, 20, 40)
+    assert [(c["VIDEOS"], c["D_RESIDENT"]) for c in resident] == [(4, 128)]
+    video, text, video_mask, text_mask, upstream = random_case(6, 11, 70, 20, 40, seed=8)
+    outputs = []
+    for function, dtype in ((reference_scores, torch.float64), (fused, torch.float32)):
+        taus = [torch.tensor(tau, dtype=dtype, requires_grad=True) for tau in (0.1, 0.2)]
+        v = video.detach().to(dtype).clone().requires_grad_()
+        t = text.detach().to(dtype).clone().requires_grad_()
+        scores = function(v, t, text_mask, video_mask, aggregation=aggregation, attn_temperature=taus[0],
+                          weight_temperature=taus[1])
+        (scores.double() * upstream).sum().backward()
+        temperature_grads = [tau.grad.double() if tau.grad is not None else torch.zeros((), dtype=torch.float64)
+                             for tau in taus]
+        outputs.append((scores.double(), v.grad.double(), t.grad.double(), torch.stack(temperature_grads)))
+    assert_matches(outputs[1], outputs[0], ("scores", "video grad", "text grad", "temperature grads"))
+
+
+def test_forward_configs_offer_the_resident_tile_where_it_fits():
+    streaming = triton_scores.FORWARD_CONFIGS
+    resident = {c["D_RESIDENT"]: c for c in triton_scores.RESIDENT_FORWARD_CONFIGS}
+    assert triton_scores.forward_configs("attention", 32, 256) == streaming + (resident[256],)
+    assert triton_scores.forward_configs("max", 16, 96) == streaming + (resident[128],)
+    assert triton_scores.forward_configs("mean", 128, 512) == streaming  # D beyond the resident tile
+    assert triton_scores.forward_configs("attention", 16, 256) == streaming  # spills on sm_90
+    assert triton_scores.forward_configs("attention", 128, 128) == streaming
+
+
+def test_forward_design_narrows_the_candidates(monkeypatch):
+    streaming = triton_scores.FORWARD_CONFIGS
+    resident = {c["D_RESIDENT"]: c for c in triton_scores.RESIDENT_FORWARD_CONFIGS}
+    monkeypatch.setattr(triton_scores, "FORWARD_DESIGN", "resident")
+    assert triton_scores.forward_configs("max", 32, 256) == (resident[256],)
+    assert triton_scores.forward_configs("max", 32, 512) == streaming  # none fits: streamed
+    monkeypatch.setattr(triton_scores, "FORWARD_DESIGN", "streamed")
+    assert triton_scores.forward_configs("max", 32, 256) == streaming
+    monkeypatch.setattr(triton_scores, "FORWARD_DESIGN", "fast")
+    with pytest.raises(ValueError, match="FORWARD_DESIGN='fast'"):
+        triton_scores.forward_configs("max", 32, 256)
 
 
 def test_shapes_cover_several_texts_per_program_and_partial_tiles():
