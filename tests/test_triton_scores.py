@@ -146,7 +146,7 @@ def test_sweep_splits_and_slices_match_reference(monkeypatch, aggregation):
 def test_sweep_at_d_above_128_holds_cells_resident_and_streams_for_texts(monkeypatch, aggregation):
     # D = 130: dV in one resident slice of 256, dT in one streamed slice (a resident one spills)
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
-    assert [c["RESIDENT"] for c in triton_scores.sweep_configs(130, for_text=False)][0] == 1
+    assert triton_scores.sweep_configs(130, for_text=False)[0]["RESIDENT"] == 1
     assert {c["RESIDENT"] for c in triton_scores.sweep_configs(130, for_text=True)} == {0}
     assert_fused_matches_reference((2, 5, 20, 7, 130), 6, aggregation=aggregation)
 
