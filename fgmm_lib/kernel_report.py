@@ -96,14 +96,12 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
     config = {"BLOCK_N": ts.SWEEP_BLOCK_N, **config} if sweep else config
     constexprs: dict[str, Any] = {
         "AGG": ts.AGGREGATION_CODES[aggregation], "PRECISION": "ieee" if dtype == "float32" else "tf32",
-        "UPCAST": False, "BLOCK_M": block_m, "TEXTS": texts, "BLOCK_N": config["BLOCK_N"],
-        "BLOCK_D": config["BLOCK_D"],
+        "UPCAST": False, "BLOCK_M": block_m, "TEXTS": texts, **ts._tuned_keys(config),
     }
     if kernel == "forward":
         constexprs["TEMP_GRAD"] = aggregation == "attention"  # the heavier variant
-        constexprs.update(VIDEOS=config["VIDEOS"], D_RESIDENT=config["D_RESIDENT"])
     if sweep:
-        constexprs.update(D_SLICE=config["D_SLICE"], RESIDENT=config["RESIDENT"], FOR_TEXT=kernel == "sweep_text")
+        constexprs["FOR_TEXT"] = kernel == "sweep_text"
     signature = _signature(kernel, dtype)
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
     # arguments that are multiples of 16 (D and M here; N = 196 is not, and Bt is not assumed)
