@@ -45,7 +45,7 @@ import pandas as pd
 
 from fgmm_lib.losses import AGGREGATIONS, LOSSES
 from fgmm_lib.curves import TIME_TO_TARGET_COLUMNS, require_columns
-from fgmm_lib.sweep import LR_RULE_MARGIN, best_temperatures, fixed_temperatures, lr_factors, temperature_surface
+from fgmm_lib.sweep import LR_RULE_MARGIN, best_temperatures, chosen_factor, fixed_temperatures, lr_factors, temperature_surface
 from fgmm_lib.results import (ATTRIBUTE_METRICS, COMPUTE_DIR, DETAILS_DIR, METRICS, METRICS_DIR, Metric,
                               chance_path, interval, lookup, parse_run_name)
 
@@ -1225,13 +1225,12 @@ def lr_rule_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC, margin: fl
     for (loss, batch_size), values in wide.iterrows():
         values = values.dropna()
         best = float(values.idxmax())
-        rule = values.get(1.0, math.nan)
-        if math.isnan(rule):
+        if 1.0 not in values.index:
             verdict = "not tested: no run at factor 1"
-        elif values.max() - rule <= margin:
+        elif chosen_factor(values, margin) == 1.0:
             verdict = "the rule is confirmed"
         else:
-            verdict = f"factor {best:g} is better by {values.max() - rule:.3f}"
+            verdict = f"factor {best:g} is better by {values.max() - values[1.0]:.3f}"
         rows.append({"loss": loss, "batch_size": int(batch_size), **{f"× {f:g}": values.get(f, math.nan)
                                                                       for f in factors},
                      "best factor": best, "verdict": verdict})

@@ -81,7 +81,7 @@ CPU_SWEEP: dict[str, Any] = {
     "dtype": "float32",
     "backends": BENCH_BACKENDS,
     "aggregations": BENCH_AGGREGATIONS,
-    "repeats": 2,
+    "repeats": 3,
 }
 #: The tiny grid of ``quick=True``.
 QUICK_SWEEP: dict[str, Any] = {"batch_sizes": (8, 16), "cells": (16,), "phrases": (8,), "dim": 32, "repeats": 1}
@@ -495,10 +495,12 @@ def summarize(table: pd.DataFrame, device_type: str, device_name: str, dtype: st
                                  "chunked_status": chunked["status"]}
         if naive["status"] == "ok" and chunked["status"] == "ok":
             memory_ratio = chunked["peak_mib"] / naive["peak_mib"]
-            time_ratio = chunked["time_ms"] / naive["time_ms"]
+            # the fastest of each backend's repeats: a step of seconds on a shared CPU is slowed by
+            # whatever else runs, never sped up, so the best run is the stable estimate of each
+            time_ratio = chunked["time_ms_min"] / naive["time_ms_min"]
             check.update(naive_peak_mib=_number(naive["peak_mib"]), chunked_peak_mib=_number(chunked["peak_mib"]),
-                         memory_ratio=_number(memory_ratio), naive_time_ms=_number(naive["time_ms"]),
-                         chunked_time_ms=_number(chunked["time_ms"]), time_ratio=_number(time_ratio),
+                         memory_ratio=_number(memory_ratio), naive_time_ms=_number(naive["time_ms_min"]),
+                         chunked_time_ms=_number(chunked["time_ms_min"]), time_ratio=_number(time_ratio),
                          memory_ok=bool(memory_ratio <= CPU_TARGET["max_memory_ratio"]),
                          time_ok=bool(time_ratio <= CPU_TARGET["max_time_ratio"]))
             check["passed"] = check["memory_ok"] and check["time_ok"]
@@ -507,7 +509,8 @@ def summarize(table: pd.DataFrame, device_type: str, device_name: str, dtype: st
         cpu_checks.append(check)
     if cpu_checks:
         summary["targets"]["cpu_chunked_vs_naive"] = {
-            "rule": "at B=256, N=64, M=16: chunked peak <= 1/8 of naive's and time <= 1.5x naive's",
+            "rule": "at B=256, N=64, M=16: chunked peak <= 1/8 of naive's and time <= 1.5x naive's "
+                    "(times: the fastest of each backend's repeats)",
             "dim": int(table["dim"].iloc[0]),
             "per_aggregation": cpu_checks,
             "passed": all(c["passed"] for c in cpu_checks) if all(c["passed"] is not None for c in cpu_checks)

@@ -31,7 +31,7 @@ import pandas as pd
 from fgmm_lib.results import METRICS
 from fgmm_lib.runs import COMPUTE, CURVES, check_writable_file, read_json, write_atomic, write_csv
 
-__all__ = ["SWEEPS", "SweepPoint", "sweep_points", "summary_table", "study_points", "base_lr", "lr_factors", "LR_RULE_MARGIN", "noise_points", "width_points", "temperature_points", "lr_points",
+__all__ = ["SWEEPS", "SweepPoint", "sweep_points", "summary_table", "study_points", "base_lr", "lr_factors", "chosen_factor", "LR_RULE_MARGIN", "noise_points", "width_points", "temperature_points", "lr_points",
            "run_sweep", "fixed_temperatures", "temperature_surface", "best_temperatures"]
 
 #: The noise knobs of the pretraining data (STUDY.md section 4).
@@ -154,9 +154,15 @@ def lr_factors(frame: pd.DataFrame, metric: str = "t2v_R@10", margin: float = LR
         means = group.groupby("lr_factor")[metric].mean()
         if 1.0 not in means.index:
             raise ValueError(f"the lr sweep has no run at factor 1 for batch size {batch_size}")
-        best = float(means.idxmax())
-        chosen[int(batch_size)] = 1.0 if means.max() - means[1.0] <= margin else best
+        chosen[int(batch_size)] = chosen_factor(means, margin)
     return chosen
+
+
+def chosen_factor(means: pd.Series, margin: float = LR_RULE_MARGIN) -> float:
+    """The lr factor to keep, given the validation metric per factor (``means``, indexed by factor,
+    with a value at 1): 1 (the rule) where it comes within ``margin`` of the best, else the best."""
+    means = means.dropna()
+    return 1.0 if means.max() - means[1.0] <= margin else float(means.idxmax())
 
 
 def lr_points(runs: Sequence[Mapping[str, Any]], factors: Sequence[float], lr: float,

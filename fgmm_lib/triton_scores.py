@@ -162,7 +162,7 @@ def forward_configs(aggregation: str, phrases: int, dim: int) -> tuple[dict[str,
     if FORWARD_DESIGN not in FORWARD_DESIGNS:
         raise ValueError(f"FORWARD_DESIGN={FORWARD_DESIGN!r}; valid: {', '.join(FORWARD_DESIGNS)}")
     block_m = tile_shape(phrases)[0]
-    width = max(128, 1 << (max(int(dim), 1) - 1).bit_length())
+    width = padded_width(dim, 128)
     fits = AGGREGATION_CODES[aggregation] != 2 or 32 <= block_m <= 64
     resident = tuple(c for c in RESIDENT_FORWARD_CONFIGS if fits and c["D_RESIDENT"] == width)
     if FORWARD_DESIGN == "streamed" or not resident:
@@ -181,7 +181,7 @@ def sweep_configs(dim: int, for_text: bool) -> tuple[dict[str, int], ...]:
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
     configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
     held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``)."""
-    width = max(128, 1 << (max(int(dim), 1) - 1).bit_length())
+    width = padded_width(dim, 128)
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
         not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128))))
 
@@ -206,10 +206,16 @@ def _interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def padded_width(size: int, floor: int) -> int:
+    """``size`` rounded up to a power of two, and at least ``floor``: the width of a tile or slice
+    that holds it."""
+    return max(floor, 1 << (max(int(size), 1) - 1).bit_length())
+
+
 def tile_shape(phrases: int, columns: int = TILE_COLUMNS) -> tuple[int, int]:
     """(BLOCK_M, TEXTS): phrases per text padded to a power of two (>= 16), texts per tile of
     ``columns`` columns (at least one text)."""
-    block_m = max(16, 1 << (max(int(phrases), 1) - 1).bit_length())
+    block_m = padded_width(phrases, 16)
     return block_m, max(1, columns // block_m)
 
 
@@ -275,7 +281,6 @@ def _forward_kernel(
     every block of cells; D_RESIDENT >= D: the texts' [columns x D_RESIDENT] tile is loaded once per
     program and stays (the cells are the only operand streamed)."""
     g = tl.program_id(0)
-    COLS: tl.constexpr = TEXTS * BLOCK_M
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     m_valid3 = tl.reshape(m_valid, [1, TEXTS, BLOCK_M])
     group = g * TEXTS + tl.arange(0, TEXTS)

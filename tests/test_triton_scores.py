@@ -273,6 +273,12 @@ def test_shapes_cover_several_texts_per_program_and_partial_tiles():
     assert tile_shape(17) == (32, 4) and 72 % 64
 
 
+def test_padded_width_is_the_next_power_of_two_above_a_floor():
+    pad = triton_scores.padded_width
+    assert [pad(d, 128) for d in (1, 128, 129, 196, 256, 257)] == [128, 128, 256, 256, 256, 512]
+    assert [pad(m, 16) for m in (0, 9, 16, 17, 32)] == [16, 16, 16, 32, 32]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("aggregation", ["max", "attention"])
 def test_half_precision_matches_reference_and_returns_float32(dtype, aggregation):
