@@ -7,12 +7,23 @@ kernel's metadata and the tensor-core instruction shapes from its PTX (``wgmma.m
 Hopper, ``mma.sync.mMnNkK`` on Ampere), and runs the ``ptxas`` shipped in the Triton wheel with
 ``-v`` for registers and spill bytes. ``fgmm bench-loss --compile-only`` writes the rows to
 ``kernels.json``; ``check_rows`` says which rows break a limit.
+
+On sm90 it also reads each kernel's machine code (SASS, from ``nvdisasm`` of the same wheel) for
+an upper bound on its speed: ``issue_bound`` counts the warp instructions of one unit of work (a
+video's cells against a group of texts in the forward, one tile in the tiled backward, one swept
+tile in a sweep), loop bodies multiplied by their trip counts, and divides the cycles its tensor
+cores need for the multiply-adds the step counts by the cycles an H100 SM needs at least to issue
+them (``SM90_PER_CLOCK``: every instruction, shuffles, MUFU). It is a ceiling, not a prediction:
+memory, latency and occupancy only lower it. ``step_ceilings`` combines a forward and a backward
+into the ceiling of one InfoNCE step at N = ``CEILING_CELLS`` cells.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -32,6 +43,19 @@ INPUT_DTYPES = ("bfloat16", "float32")
 KERNELS = ("forward", "backward", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
            "registers", "spill_bytes", "mma", "compile_s"]
+#: Columns the sm90 rows add from the SASS: per unit of work, the warp instructions of one warp (in
+#: all, shuffles, MUFU), the multiply-adds its HGMMAs run and the ones the step counts, the SM
+#: cycles each limit needs, the limit that binds, and ``issue_bound`` (counted multiply-adds per
+#: cycle over the tensor cores' rate: the share of the bf16 peak the kernel can reach at most).
+SASS_COLUMNS = ["unit", "warp_instructions", "shuffles", "mufu", "tensor_macs", "counted_macs", "cycles",
+                "bound_by", "issue_bound"]
+#: What one H100 SM does per clock (CUDA C Programming Guide, compute capability 9.0), in warp
+#: instructions: 4 issued (one per scheduler), 1 shuffle (32 lanes), 0.5 MUFU (16 lanes: exp2,
+#: reciprocal, ...); and 2048 dense bf16 multiply-adds on its tensor cores.
+SM90_PER_CLOCK = {"issue": 4.0, "SHFL": 1.0, "MUFU": 0.5}
+SM90_TENSOR_MACS = 2048
+#: Cells per video the SASS ceilings assume (the target size of ``bench_gpu.sh``).
+CEILING_CELLS = 196
 
 
 def kernel_dtype(input_dtype: str) -> str:
@@ -64,7 +88,7 @@ def kernel_configs(kernel: str, aggregation: str, phrases: int, dim: int) -> tup
         return ts.forward_configs(aggregation, phrases, dim)
     if kernel == "backward":
         return ts.backward_configs(aggregation)
-    return ts.sweep_configs(dim, kernel == "sweep_text") if ts.sweep_shape(phrases) is not None else ()
+    return ts.sweep_configs(dim, kernel == "sweep_text", aggregation) if ts.sweep_shape(phrases) is not None else ()
 
 
 def _ptxas(capability: int) -> str:
@@ -77,6 +101,12 @@ def _ptxas(capability: int) -> str:
 def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
                 arch: str = "sm90") -> dict[str, Any]:
     """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``."""
+    return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch)[0]
+
+
+def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
+             arch: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The row of ``compile_one``, and the SASS loops of the kernel (``sass_loops``; sm90 only)."""
     import time
 
     import triton
@@ -118,6 +148,10 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
     )
     ptx = compiled.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, capability, gpu_name)
+    program, sass_row = None, {}
+    if arch == "sm90":
+        program = sass_loops(_disassemble(compiled.asm["cubin"], capability))
+        sass_row = work_unit(kernel, program, _unit_config(kernel, config, phrases), dim)
     shapes = sorted(set(re.findall(r"\b(wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+|mma\.sync\.aligned\.m\d+n\d+k\d+)",
                                    ptx)))
     mma = sorted({re.sub(r"\.(mma_async|sync|aligned)", "", shape) for shape in shapes})
@@ -129,8 +163,17 @@ def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, d
         + (f" VIDEOS={config['VIDEOS']} D_RESIDENT={config['D_RESIDENT']}" if kernel == "forward" else "")
         + f" BLOCK_M={block_m} TEXTS={texts}",
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
-        "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
-    }
+        "mma": mma, "compile_s": round(time.perf_counter() - started, 1), **sass_row,
+    }, program
+
+
+def _unit_config(kernel: str, config: dict[str, int], phrases: int) -> dict[str, int]:
+    """``config`` with the tile's BLOCK_M and TEXTS (and the sweep's BLOCK_N) that ``work_unit`` reads."""
+    from fgmm_lib import triton_scores as ts
+
+    sweep = kernel.startswith("sweep")
+    block_m, texts = ts.sweep_shape(phrases) if sweep else ts.tile_shape(phrases)
+    return {**({"BLOCK_N": ts.SWEEP_BLOCK_N} if sweep else {}), **config, "BLOCK_M": block_m, "TEXTS": texts}
 
 
 def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> tuple[int, int]:
@@ -148,12 +191,179 @@ def _ptxas_usage(ptx: str, capability: int, gpu_name: str) -> tuple[int, int]:
     return registers, spills
 
 
+def _disassemble(cubin: bytes, capability: int) -> str:
+    """The SASS of ``cubin``, from the ``nvdisasm`` next to the wheel's ptxas."""
+    tool = Path(_ptxas(capability)).with_name("nvdisasm")
+    with tempfile.TemporaryDirectory() as folder:
+        binary = Path(folder) / "kernel.cubin"
+        binary.write_bytes(cubin)
+        result = subprocess.run([str(tool), "-c", str(binary)], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"nvdisasm failed: {result.stderr.strip()[:500]}")
+    return result.stdout
+
+
+_SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)([^;]*);")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_HGMMA_SHAPE = re.compile(r"\.(\d+)x(\d+)x(\d+)")
+
+
+def sass_loops(sass: str) -> dict[str, Any]:
+    """The instructions of ``sass`` (one kernel) and its loops: ``{"instructions": [(opcode,
+    modifiers)], "loops": [{"start", "end", "parent"}]}``. A loop is a branch back to an earlier
+    label (a branch to itself, the trap after the exit, is none); ``parent`` indexes the innermost
+    loop that contains it, or is None."""
+    instructions: list[tuple[str, str]] = []
+    labels: dict[str, int] = {}
+    branches: list[tuple[int, str]] = []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+            continue
+        match = _SASS_LINE.match(line)
+        if match:
+            opcode, modifiers, operands = match.groups()
+            target = re.search(r"\((\.L_x_\d+)\)", operands)
+            if opcode == "BRA" and target:
+                branches.append((len(instructions), target.group(1)))
+            instructions.append((opcode, modifiers))
+    spans = sorted({(labels[target], at) for at, target in branches if target in labels and labels[target] < at},
+                   key=lambda span: (span[0], -span[1]))
+    loops = []
+    for start, end in spans:
+        parents = [i for i, loop in enumerate(loops) if loop["start"] <= start and end <= loop["end"]]
+        loops.append({"start": start, "end": end, "parent": max(parents, key=lambda i: loops[i]["start"])
+                      if parents else None})
+    return {"instructions": instructions, "loops": loops}
+
+
+def _tally(instructions: Sequence[tuple[str, str]]) -> collections.Counter:
+    """Warp instructions in all, shuffles, MUFU, and the multiply-adds of the HGMMAs (per warp: a
+    warpgroup's m x n x k split over its 4 warps)."""
+    tally: collections.Counter = collections.Counter()
+    for opcode, modifiers in instructions:
+        tally["issue"] += 1
+        if opcode in ("SHFL", "MUFU"):
+            tally[opcode] += 1
+        if opcode == "HGMMA":
+            m, n, k = (int(x) for x in _HGMMA_SHAPE.match(modifiers).groups())
+            tally["macs"] += m * n * k // 4
+    return tally
+
+
+def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim: int,
+              cells: int = CEILING_CELLS) -> dict[str, Any]:
+    """The SASS columns of a row (``SASS_COLUMNS``): one unit of ``kernel``'s work, from the loops of
+    ``program`` (``sass_loops``) and their trip counts at D = ``dim`` and ``cells`` cells a video.
+
+    - forward: one video against one group of texts; the loop over blocks of cells runs
+      ceil(cells / BLOCK_N) times, a loop inside it over chunks of D ceil(D / BLOCK_D) times, and
+      the code outside it once per video (the part outside a loop over VIDEOS, once per VIDEOS).
+    - backward (tiled): one program, one tile; each loop (chunks of D) ceil(D / BLOCK_D) times.
+    - sweep_video / sweep_text: one swept tile for all ceil(D / D_SLICE) slices; a loop inside the
+      sweep (chunks of D of the similarity) ceil(D / BLOCK_D) times; the code outside the sweep is
+      left out (a program sweeps thousands of tiles).
+
+    The multiply-adds a unit counts are the step's (the similarity in the forward, the two
+    gradients in the backward), of real cells only; ``tensor_macs`` is what its HGMMAs run,
+    recomputations and padding included."""
+    instructions, loops = program["instructions"], program["loops"]
+
+    def span(i: int) -> collections.Counter:
+        return _tally(instructions[loops[i]["start"]:loops[i]["end"] + 1])
+
+    def children(parent: int | None) -> list[int]:
+        return [i for i, loop in enumerate(loops) if loop["parent"] == parent]
+
+    def with_trips(total: collections.Counter, inner: Sequence[int], trips: int) -> collections.Counter:
+        for i in inner:  # the static count holds each inner body once
+            total = total + collections.Counter({k: v * (trips - 1) for k, v in span(i).items()})
+        return total
+
+    columns = config["TEXTS"] * config["BLOCK_M"]
+    whole = _tally(instructions)
+    chunks = math.ceil(dim / config["BLOCK_D"])
+    if kernel == "forward":
+        top = children(None)
+        if len(top) != 1:
+            raise ValueError(f"forward SASS: expected one outer loop, found {len(top)}")
+        blocks = math.ceil(cells / config["BLOCK_N"])
+        if config["VIDEOS"] > 1:  # the outer loop runs over videos, the cell loop is inside it
+            (video_loop,), outside = top, whole - span(top[0])
+            (cell_loop,) = children(video_loop)
+            per_video = span(video_loop) - span(cell_loop)
+            per_video = per_video + collections.Counter({k: v / config["VIDEOS"] for k, v in outside.items()})
+        else:
+            (cell_loop,) = top
+            per_video = whole - span(cell_loop)
+        block = with_trips(span(cell_loop), children(cell_loop), chunks)
+        unit = per_video + collections.Counter({k: v * blocks for k, v in block.items()})
+        counted = cells * columns * dim
+        name = f"one video ({cells} cells) x {columns} columns"
+    elif kernel == "backward":
+        unit = with_trips(whole, children(None), chunks)
+        counted = 2 * config["BLOCK_N"] * columns * dim
+        name = f"one tile, {config['BLOCK_N']} cells x {columns} columns"
+    else:
+        top = children(None)
+        if len(top) != 1:
+            raise ValueError(f"{kernel} SASS: expected one sweep loop, found {len(top)}")
+        slices = math.ceil(dim / config["D_SLICE"])
+        one = with_trips(span(top[0]), children(top[0]), chunks)
+        unit = collections.Counter({k: v * slices for k, v in one.items()})
+        counted = config["BLOCK_N"] * columns * dim
+        name = f"one swept tile, {config['BLOCK_N']} cells x {columns} columns, {slices} slice(s)"
+    warps = config["num_warps"]
+    cycles = {limit: warps * unit[limit] / rate for limit, rate in SM90_PER_CLOCK.items()}
+    cycles["tensor"] = warps * unit["macs"] / SM90_TENSOR_MACS
+    bound_by = max(cycles, key=cycles.get)
+    return {"unit": name, "warp_instructions": round(unit["issue"]), "shuffles": round(unit["SHFL"]),
+            "mufu": round(unit["MUFU"]), "tensor_macs": round(warps * unit["macs"]), "counted_macs": counted,
+            "cycles": round(cycles[bound_by]), "bound_by": bound_by,
+            "issue_bound": round(counted / SM90_TENSOR_MACS / cycles[bound_by], 4)}
+
+
+def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SASS ceiling of one InfoNCE step (forward and backward) per aggregation, M, D and pair of
+    designs (forward streamed or resident, backward tiles or sweep), each kernel at its best
+    configuration: the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward +
+    2 / tiled backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text)."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        if "issue_bound" not in row:
+            continue
+        design = ("resident" if "D_RESIDENT=0" not in row["config"] else "streamed") if row["kernel"] == "forward" \
+            else row["kernel"]
+        key = (row["aggregation"], row["M"], row["D"], design)
+        if key not in best or row["issue_bound"] > best[key]["issue_bound"]:
+            best[key] = row
+    table = []
+    for (aggregation, m, d, design) in sorted(k for k in best if k[3] in ("streamed", "resident")):
+        forward = best[(aggregation, m, d, design)]
+        backwards = {"tiles": [best.get((aggregation, m, d, "backward"))],
+                     "sweep": [best.get((aggregation, m, d, "sweep_video")), best.get((aggregation, m, d, "sweep_text"))]}
+        for name, kernels in backwards.items():
+            if any(k is None for k in kernels):
+                continue
+            weights = [2.0] if name == "tiles" else [1.0, 1.0]
+            share = 3.0 / (1.0 / forward["issue_bound"]
+                           + sum(w / k["issue_bound"] for w, k in zip(weights, kernels)))
+            table.append({"aggregation": aggregation, "M": m, "D": d, "forward": design, "backward": name,
+                          "forward_bound": forward["issue_bound"],
+                          "backward_bounds": [k["issue_bound"] for k in kernels],
+                          "bound_by": [forward["bound_by"]] + [k["bound_by"] for k in kernels],
+                          "step_issue_bound": round(share, 4)})
+    return table
+
+
 def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[int] = FULL_PHRASES,
                    dims: Sequence[int] = FULL_DIMS, dtypes: Sequence[str] = INPUT_DTYPES,
                    aggregations: Iterable[str] | None = None, kernels: Sequence[str] = KERNELS,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Compile every configuration the autotuner can pick, for each kernel, aggregation, input dtype,
-    M and D; write ``out_dir/kernels.json`` and return its rows. M above ``MAX_PHRASES`` has no row:
+    M and D; write ``out_dir/kernels.json`` (on sm90 also ``ceilings.json``, ``step_ceilings``) and
+    return its rows. M above ``MAX_PHRASES`` has no row:
     those texts run on the chunked backend. Configurations that compile to the
     same code (D is a runtime argument; float32 inputs run the bfloat16 kernels) are compiled once."""
     from fgmm_lib import triton_scores as ts
@@ -171,17 +381,35 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
             # accumulator slice, which is part of the configuration)
             key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())))
             if key not in compiled:
-                compiled[key] = compile_one(kernel, aggregation, dtype, m, d, config, arch)
+                compiled[key] = _compile(kernel, aggregation, dtype, m, d, config, arch)
                 if progress:
-                    row = compiled[key]
+                    row = compiled[key][0]
                     print(f"{kernel:8s} {aggregation:9s} {row['kernel_dtype']:8s} M={m:<3d} {row['config']}: "
                           f"shared {row['shared_bytes']} B, {row['registers']} registers, "
                           f"spills {row['spill_bytes']} B, {' '.join(row['mma'])} ({row['compile_s']} s)", flush=True)
-            rows.append({**compiled[key], "dtype": dtype, "M": m, "D": d})
+            row, program = compiled[key]
+            at_dim = {} if program is None else work_unit(kernel, program, _unit_config(kernel, config, m), d)
+            rows.append({**row, "dtype": dtype, "M": m, "D": d, **at_dim})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels.json").write_text(json.dumps(rows, indent=1) + "\n")
+    _write_json(out / "kernels.json", rows)
+    if arch == "sm90":
+        ceilings = step_ceilings(rows)
+        _write_json(out / "ceilings.json", ceilings)
+        if progress:
+            print(f"ceiling of one step from the SASS (share of the bf16 peak, N = {CEILING_CELLS}; "
+                  f"{out / 'ceilings.json'}):")
+            for c in ceilings:
+                print(f"  {c['aggregation']:9s} M={c['M']:<3d} D={c['D']:<3d} forward {c['forward']:8s} "
+                      f"backward {c['backward']:5s} {c['step_issue_bound']:.1%}")
     return rows
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(temporary, path)
 
 
 def check_rows(rows: Iterable[dict[str, Any]]) -> list[str]:

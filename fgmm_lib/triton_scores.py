@@ -75,7 +75,7 @@ import contextlib
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -128,7 +128,12 @@ WIDE_BACKWARD_CONFIGS = (
 #: per tile, and the configurations its autotuner chooses from (D per chunk of a streamed
 #: similarity, D per accumulator slice, resident operands or not, warps, stages; ``sweep_configs``
 #: offers those that compile without spills on sm_90). 128 columns a tile spill, so texts of more
-#: than 64 phrases take the tiled backward.
+#: than 64 phrases take the tiled backward. With 8 warps, a resident sweep lays its 64-row
+#: similarity out over both warpgroups along the rows (the layout its dS needs as the register
+#: operand of the next dot), so both warpgroups compute the whole tile: 1.5 times the multiply-adds
+#: and twice the elementwise work (``kernel_report``'s ``tensor_macs``). With 4 warps the work is
+#: done once, at 1.6 to 1.9 times the issue ceiling, but half the warps an SM holds; the autotuner
+#: times both.
 SWEEP_BLOCK_N = 64
 SWEEP_COLUMNS = 64
 SWEEP_CONFIGS = (
@@ -136,6 +141,8 @@ SWEEP_CONFIGS = (
     {"BLOCK_D": 64, "D_SLICE": 128, "RESIDENT": 1, "num_warps": 8, "num_stages": 2},
     {"BLOCK_D": 64, "D_SLICE": 256, "RESIDENT": 0, "num_warps": 8, "num_stages": 2},
     {"BLOCK_D": 64, "D_SLICE": 128, "RESIDENT": 0, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_D": 64, "D_SLICE": 256, "RESIDENT": 1, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_D": 64, "D_SLICE": 128, "RESIDENT": 1, "num_warps": 4, "num_stages": 2},
 )
 #: Programs a sweep launch aims at: the swept range is split until (fixed tiles x splits) reaches it;
 #: None = 4 per streaming multiprocessor of the device.
@@ -175,15 +182,19 @@ def backward_configs(aggregation: str) -> tuple[dict[str, int], ...]:
     return BACKWARD_CONFIGS + (WIDE_BACKWARD_CONFIGS if AGGREGATION_CODES[aggregation] != 2 else ())
 
 
-def sweep_configs(dim: int, for_text: bool) -> tuple[dict[str, int], ...]:
-    """The sweep configurations worth timing at D = ``dim`` for one gradient (``for_text``: dT).
+def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str, int], ...]:
+    """The sweep configurations worth timing at D = ``dim`` for one gradient (``for_text``: dT) of
+    ``aggregation``.
 
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
     configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
-    held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``)."""
+    held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``); with
+    4 warps, attention's dV spills at 256 too."""
     width = padded_width(dim, 128)
+    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and width > 128
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
-        not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128))))
+        not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128)
+                              and not (c["num_warps"] < 8 and narrow_spills))))
 
 
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.
@@ -619,11 +630,16 @@ def _aggregation_name(code: int) -> str:
     return next(name for name, value in AGGREGATION_CODES.items() if value == code)
 
 
+def _allowed(configs: list[Any], offered: Sequence[dict[str, int]]) -> list[Any]:
+    """The autotuner's ``configs`` that are among ``offered`` (constexprs, warps and stages alike)."""
+    keys = [(_tuned_keys(c), c["num_warps"], c["num_stages"]) for c in offered]
+    return [config for config in configs if (config.kwargs, config.num_warps, config.num_stages) in keys]
+
+
 def _forward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
     """The autotuner's candidates for one launch: those of ``forward_configs``."""
     args = {**named_args, **kwargs}
-    allowed = [_tuned_keys(c) for c in forward_configs(_aggregation_name(args["AGG"]), args["M"], args["D"])]
-    return [config for config in configs if config.kwargs in allowed]
+    return _allowed(configs, forward_configs(_aggregation_name(args["AGG"]), args["M"], args["D"]))
 
 
 def _tuned_keys(config: dict[str, int]) -> dict[str, int]:
@@ -633,16 +649,14 @@ def _tuned_keys(config: dict[str, int]) -> dict[str, int]:
 
 def _backward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
     """The autotuner's candidates for one launch: those of ``backward_configs`` for its aggregation."""
-    allowed = [_tuned_keys(c)
-               for c in backward_configs(_aggregation_name({**named_args, **kwargs}["AGG"]))]
-    return [config for config in configs if config.kwargs in allowed]
+    return _allowed(configs, backward_configs(_aggregation_name({**named_args, **kwargs}["AGG"])))
 
 
 def _sweep_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
-    """The sweep's candidates for one launch: those of ``sweep_configs`` for its D and gradient."""
+    """The sweep's candidates for one launch: those of ``sweep_configs`` for its D, gradient and
+    aggregation."""
     args = {**named_args, **kwargs}
-    allowed = [_tuned_keys(c) for c in sweep_configs(args["D"], bool(args["FOR_TEXT"]))]
-    return [config for config in configs if config.kwargs in allowed]
+    return _allowed(configs, sweep_configs(args["D"], bool(args["FOR_TEXT"]), _aggregation_name(args["AGG"])))
 
 
 def _config(config: dict[str, int]) -> Any:
@@ -658,7 +672,7 @@ def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: 
     aggregation = _aggregation_name(aggregation_code)
     kernel, configs = {"forward": (_forward_kernel, forward_configs(aggregation, phrases, dim)),
                        "backward": (_backward_kernel, backward_configs(aggregation)),
-                       "sweep": (_sweep_backward_kernel, sweep_configs(dim, for_text))}[name]
+                       "sweep": (_sweep_backward_kernel, sweep_configs(dim, for_text, aggregation))}[name]
     return kernel, _tuned_keys(configs[0])
 
 

@@ -33,8 +33,8 @@ def test_every_kernel_and_configuration_has_a_row(report):
     out, rows = report
     configs = sum(len(triton_scores.forward_configs(aggregation, 32, 256))
                   + len(triton_scores.backward_configs(aggregation))
-                  + len(triton_scores.sweep_configs(256, for_text=False))
-                  + len(triton_scores.sweep_configs(256, for_text=True)) for aggregation in AGGREGATION_CODES)
+                  + len(triton_scores.sweep_configs(256, False, aggregation))
+                  + len(triton_scores.sweep_configs(256, True, aggregation)) for aggregation in AGGREGATION_CODES)
     assert len(rows) == 2 * configs  # two input dtypes
     assert {row["kernel"] for row in rows} == set(kernel_report.KERNELS)
     assert {row["config"].split()[0] for row in rows if row["kernel"] == "backward"} == {"BLOCK_N=64",
@@ -45,7 +45,7 @@ def test_every_kernel_and_configuration_has_a_row(report):
     assert {row["config"].split()[4] for row in sweeps} == {"D_SLICE=128", "D_SLICE=256"}
     # the sweeps' rows exist where they run: texts of at most 64 phrases
     assert kernel_report.kernel_configs("sweep_text", "max", 128, 256) == ()
-    assert kernel_report.kernel_configs("sweep_text", "max", 64, 128) == triton_scores.sweep_configs(128, True)
+    assert kernel_report.kernel_configs("sweep_text", "max", 64, 128) == triton_scores.sweep_configs(128, True, "max")
     assert {row["config"].split()[5] for row in sweeps if row["kernel"] == "sweep_video"} == {"RESIDENT=0",
                                                                                               "RESIDENT=1"}
     for row in rows:
@@ -80,3 +80,79 @@ def test_cli_compile_only_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_report, "compile_report", fake_report)
     assert cli.main(["bench-loss", "--compile-only", "--arch", "sm80", "--out", str(tmp_path), "--quiet"]) == 0
     assert calls == {"out_dir": str(tmp_path), "arch": "sm80"}
+
+
+SASS = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+.L_x_0:
+        /*0010*/                   FADD R1, R1, R2 ;
+.L_x_1:
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0030*/              @!P1 BRA `(.L_x_1) ;
+        /*0040*/                   SHFL.BFLY PT, R8, R5, 0x10, 0x1f ;
+        /*0050*/                   MUFU.EX2 R9, R8 ;
+        /*0060*/               @P0 BRA `(.L_x_0) ;
+        /*0070*/                   EXIT ;
+.L_x_2:
+        /*0080*/                   BRA `(.L_x_2);
+"""
+
+
+def test_sass_loops_nest_and_skip_the_trap():
+    program = kernel_report.sass_loops(SASS)
+    assert [op for op, _ in program["instructions"]] == ["S2R", "FADD", "HGMMA", "BRA", "SHFL", "MUFU", "BRA",
+                                                         "EXIT", "BRA"]
+    assert program["loops"] == [{"start": 1, "end": 6, "parent": None}, {"start": 2, "end": 3, "parent": 0}]
+
+
+def test_work_unit_multiplies_loop_bodies_by_their_trips():
+    # a streamed forward: the outer loop is the cell loop (196 cells: 4 blocks of 64), the inner one
+    # takes D = 256 in 4 chunks of 64
+    program = kernel_report.sass_loops(SASS)
+    config = {"BLOCK_N": 64, "BLOCK_D": 64, "VIDEOS": 1, "num_warps": 8, "BLOCK_M": 32, "TEXTS": 4}
+    unit = kernel_report.work_unit("forward", program, config, dim=256, cells=196)
+    per_block = 6 + 3 * 2  # the cell loop once, its inner body 3 more times
+    assert unit["warp_instructions"] == 3 + 4 * per_block  # S2R, EXIT and the trap once a video
+    assert unit["shuffles"] == 4 and unit["mufu"] == 4
+    assert unit["tensor_macs"] == 8 * 4 * 4 * 64 * 64 * 16 // 4  # 8 warps, 4 blocks x 4 chunks
+    assert unit["counted_macs"] == 196 * 128 * 256
+    cycles = {"issue": 8 * unit["warp_instructions"] / 4, "SHFL": 8 * 4, "MUFU": 8 * 4 / 0.5,
+              "tensor": unit["tensor_macs"] / 2048}
+    assert unit["bound_by"] == max(cycles, key=cycles.get) == "tensor"
+    assert unit["issue_bound"] == pytest.approx(196 * 128 * 256 / 2048 / cycles["tensor"], abs=1e-4)
+    with pytest.raises(ValueError, match="one sweep loop"):
+        kernel_report.work_unit("sweep_text", {"instructions": [], "loops": []}, {**config, "D_SLICE": 256}, 256)
+
+
+def test_sass_units_run_the_multiply_adds_of_their_tiles(report):
+    _, rows = report
+    for row in rows:
+        config = dict(item.split("=") for item in row["config"].split() if "=" in item)
+        config = {key: int(value) for key, value in config.items()}
+        columns = config["BLOCK_M"] * config["TEXTS"]
+        similarity = 0 if row["aggregation"] == "mean" else 1  # mean's gradients need no similarity
+        if row["kernel"] == "forward":
+            expected = 4 * config["BLOCK_N"] * columns * 256  # 196 cells in 4 blocks of 64
+        elif row["kernel"] == "backward":
+            expected = (2 + similarity) * config["BLOCK_N"] * columns * 256
+        else:
+            slices = 256 // config["D_SLICE"]
+            expected = slices * (similarity * 64 * columns * 256 + 64 * columns * config["D_SLICE"])
+        # with 8 warps a resident sweep runs its similarity twice (both warpgroups, all of D)
+        twice = row["kernel"].startswith("sweep") and config["RESIDENT"] and similarity and config["warps"] == 8
+        assert row["tensor_macs"] == expected + twice * 64 * columns * 256, row["config"]
+        assert 0 < row["issue_bound"] <= 1 and row["bound_by"] in ("issue", "SHFL", "MUFU", "tensor")
+    ceilings = json.loads((report[0] / "ceilings.json").read_text())
+    assert {(c["aggregation"], c["forward"], c["backward"]) for c in ceilings} == {
+        (a, f, b) for a in AGGREGATION_CODES for f in ("streamed", "resident") for b in ("tiles", "sweep")}
+
+
+def test_step_ceiling_weighs_each_kernel_by_the_gemms_it_counts():
+    def row(kernel, bound, config="BLOCK_N=64 D_RESIDENT=0"):
+        return {"kernel": kernel, "aggregation": "max", "M": 32, "D": 256, "config": config, "issue_bound": bound,
+                "bound_by": "issue"}
+    rows = [row("forward", 0.2), row("forward", 0.3, "VIDEOS=4 D_RESIDENT=256"), row("backward", 0.4),
+            row("backward", 0.5), row("sweep_video", 0.25), row("sweep_text", 0.5)]
+    table = {(c["forward"], c["backward"]): c["step_issue_bound"] for c in kernel_report.step_ceilings(rows)}
+    assert table[("streamed", "tiles")] == pytest.approx(3 / (1 / 0.2 + 2 / 0.5), abs=1e-4)  # the best backward
+    assert table[("resident", "sweep")] == pytest.approx(3 / (1 / 0.3 + 1 / 0.25 + 1 / 0.5), abs=1e-4)

@@ -146,19 +146,33 @@ def test_sweep_splits_and_slices_match_reference(monkeypatch, aggregation):
 def test_sweep_at_d_above_128_holds_cells_resident_and_streams_for_texts(monkeypatch, aggregation):
     # D = 130: dV in one resident slice of 256, dT in one streamed slice (a resident one spills)
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
-    assert triton_scores.sweep_configs(130, for_text=False)[0]["RESIDENT"] == 1
-    assert {c["RESIDENT"] for c in triton_scores.sweep_configs(130, for_text=True)} == {0}
+    assert triton_scores.sweep_configs(130, False, aggregation)[0]["RESIDENT"] == 1
+    assert {c["RESIDENT"] for c in triton_scores.sweep_configs(130, True, aggregation)} == {0}
     assert_fused_matches_reference((2, 5, 20, 7, 130), 6, aggregation=aggregation)
 
 
 def test_sweep_configs_fit_their_dimension():
-    def shapes(dim, for_text):
-        return [(c["D_SLICE"], c["RESIDENT"]) for c in triton_scores.sweep_configs(dim, for_text)]
+    def shapes(dim, for_text, aggregation="max"):
+        return [(c["D_SLICE"], c["RESIDENT"], c["num_warps"])
+                for c in triton_scores.sweep_configs(dim, for_text, aggregation)]
 
-    assert shapes(96, False) == shapes(96, True) == [(128, 1), (128, 0)]
-    assert shapes(256, False) == [(256, 1), (256, 0), (128, 0)]
-    assert shapes(256, True) == [(256, 0), (128, 0)]
-    assert shapes(1024, True) == shapes(1024, False) == [(256, 0), (128, 0)]
+    assert shapes(96, False) == shapes(96, True) == shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8),
+                                                                                     (128, 1, 4)]
+    assert shapes(256, False) == [(256, 1, 8), (256, 0, 8), (128, 0, 8), (256, 1, 4)]
+    assert shapes(256, False, "attention") == [(256, 1, 8), (256, 0, 8), (128, 0, 8)]  # 4 warps spill
+    assert shapes(256, True) == [(256, 0, 8), (128, 0, 8)]
+    assert shapes(1024, True) == shapes(1024, False) == [(256, 0, 8), (128, 0, 8)]
+
+
+def test_autotuner_prunes_by_warps_too():
+    triton = pytest.importorskip("triton")
+    offered = triton_scores.sweep_configs(256, False, "attention")
+    configs = [triton.Config(triton_scores._tuned_keys(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
+               for c in triton_scores.SWEEP_CONFIGS]
+    kept = triton_scores._allowed(configs, offered)
+    assert [(c.kwargs["D_SLICE"], c.kwargs["RESIDENT"], c.num_warps) for c in kept] == [
+        (c["D_SLICE"], c["RESIDENT"], c["num_warps"]) for c in offered]
+    assert len(kept) == len(offered) == len(configs) - 3
 
 
 def test_sweep_splits_cover_the_swept_tiles_once():
