@@ -42,7 +42,7 @@ INPUT_DTYPES = ("bfloat16", "float32")
 #: launch for the text gradient (``FOR_TEXT``) compile to different code.
 KERNELS = ("forward", "backward", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
-           "registers", "spill_bytes", "mma", "compile_s"]
+           "registers", "spill_bytes", "mma", "compile_s", "temp_grad"]
 #: Columns the sm90 rows add from the SASS: per unit of work, the warp instructions of one warp (in
 #: all, shuffles, MUFU), the multiply-adds its HGMMAs run and the ones the step counts, the SM
 #: cycles each limit needs, the limit that binds, and ``issue_bound`` (counted multiply-adds per
@@ -99,13 +99,15 @@ def _ptxas(capability: int) -> str:
 
 
 def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
-                arch: str = "sm90") -> dict[str, Any]:
-    """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``."""
-    return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch)[0]
+                arch: str = "sm90", temp_grad: bool | None = None) -> dict[str, Any]:
+    """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``. The
+    forward's ``temp_grad`` (the variant that also sums what learnable temperatures' gradients
+    need; attention only) defaults to the heavier variant."""
+    return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch, temp_grad)[0]
 
 
 def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
-             arch: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+             arch: str, temp_grad: bool | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The row of ``compile_one``, and the SASS loops of the kernel (``sass_loops``; sm90 only)."""
     import time
 
@@ -128,8 +130,9 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         "AGG": ts.AGGREGATION_CODES[aggregation], "PRECISION": "ieee" if dtype == "float32" else "tf32",
         "UPCAST": False, "BLOCK_M": block_m, "TEXTS": texts, **ts._tuned_keys(config),
     }
+    temp_grad = aggregation == "attention" if temp_grad is None else temp_grad and aggregation == "attention"
     if kernel == "forward":
-        constexprs["TEMP_GRAD"] = aggregation == "attention"  # the heavier variant
+        constexprs["TEMP_GRAD"] = temp_grad
     if sweep:
         constexprs["FOR_TEXT"] = kernel == "sweep_text"
     signature = _signature(kernel, dtype)
@@ -163,7 +166,8 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         + (f" VIDEOS={config['VIDEOS']} D_RESIDENT={config['D_RESIDENT']}" if kernel == "forward" else "")
         + f" BLOCK_M={block_m} TEXTS={texts}",
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
-        "mma": mma, "compile_s": round(time.perf_counter() - started, 1), **sass_row,
+        "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
+        "temp_grad": kernel == "forward" and temp_grad, **sass_row,
     }, program
 
 
@@ -325,31 +329,33 @@ def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim:
 
 
 def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The SASS ceiling of one InfoNCE step (forward and backward) per aggregation, M, D and pair of
-    designs (forward streamed or resident, backward tiles or sweep), each kernel at its best
-    configuration: the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward +
-    2 / tiled backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text)."""
+    """The SASS ceiling of one InfoNCE step (forward and backward) per aggregation, M, D, pair of
+    designs (forward streamed or resident, backward tiles or sweep) and, for attention, fixed or
+    learnable temperatures (the forward's ``temp_grad``), each kernel at its best configuration:
+    the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward + 2 / tiled
+    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text)."""
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if "issue_bound" not in row:
             continue
         design = ("resident" if "D_RESIDENT=0" not in row["config"] else "streamed") if row["kernel"] == "forward" \
             else row["kernel"]
-        key = (row["aggregation"], row["M"], row["D"], design)
+        key = (row["aggregation"], row["M"], row["D"], design, bool(row.get("temp_grad")))
         if key not in best or row["issue_bound"] > best[key]["issue_bound"]:
             best[key] = row
     table = []
-    for (aggregation, m, d, design) in sorted(k for k in best if k[3] in ("streamed", "resident")):
-        forward = best[(aggregation, m, d, design)]
-        backwards = {"tiles": [best.get((aggregation, m, d, "backward"))],
-                     "sweep": [best.get((aggregation, m, d, "sweep_video")), best.get((aggregation, m, d, "sweep_text"))]}
+    for (aggregation, m, d, design, learnable) in sorted(k for k in best if k[3] in ("streamed", "resident")):
+        forward = best[(aggregation, m, d, design, learnable)]
+        backwards = {"tiles": [best.get((aggregation, m, d, "backward", False))],
+                     "sweep": [best.get((aggregation, m, d, kernel, False)) for kernel in ("sweep_video", "sweep_text")]}
         for name, kernels in backwards.items():
             if any(k is None for k in kernels):
                 continue
             weights = [2.0] if name == "tiles" else [1.0, 1.0]
             share = 3.0 / (1.0 / forward["issue_bound"]
                            + sum(w / k["issue_bound"] for w, k in zip(weights, kernels)))
-            table.append({"aggregation": aggregation, "M": m, "D": d, "forward": design, "backward": name,
+            table.append({"aggregation": aggregation, "M": m, "D": d, "learnable_temperatures": learnable,
+                          "forward": design, "backward": name,
                           "forward_bound": forward["issue_bound"],
                           "backward_bounds": [k["issue_bound"] for k in kernels],
                           "bound_by": [forward["bound_by"]] + [k["bound_by"] for k in kernels],
@@ -376,15 +382,18 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        for config in kernel_configs(kernel, aggregation, m, d):
+        # attention's forward has two variants: with the sums learnable temperatures need, and without
+        variants = (True, False) if kernel == "forward" and aggregation == "attention" else (False,)
+        for config, temp_grad in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
             # the code depends on D only through its divisibility (and, in the sweeps, through the
             # accumulator slice, which is part of the configuration)
-            key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())))
+            key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())), temp_grad)
             if key not in compiled:
-                compiled[key] = _compile(kernel, aggregation, dtype, m, d, config, arch)
+                compiled[key] = _compile(kernel, aggregation, dtype, m, d, config, arch, temp_grad)
                 if progress:
                     row = compiled[key][0]
-                    print(f"{kernel:8s} {aggregation:9s} {row['kernel_dtype']:8s} M={m:<3d} {row['config']}: "
+                    print(f"{kernel:8s} {aggregation:9s} {row['kernel_dtype']:8s} M={m:<3d} {row['config']}"
+                          f"{' TEMP_GRAD' if temp_grad else ''}: "
                           f"shared {row['shared_bytes']} B, {row['registers']} registers, "
                           f"spills {row['spill_bytes']} B, {' '.join(row['mma'])} ({row['compile_s']} s)", flush=True)
             row, program = compiled[key]
@@ -401,7 +410,8 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
                   f"{out / 'ceilings.json'}):")
             for c in ceilings:
                 print(f"  {c['aggregation']:9s} M={c['M']:<3d} D={c['D']:<3d} forward {c['forward']:8s} "
-                      f"backward {c['backward']:5s} {c['step_issue_bound']:.1%}")
+                      f"backward {c['backward']:5s} {c['step_issue_bound']:.1%}"
+                      + (" (learnable temperatures)" if c["learnable_temperatures"] else ""))
     return rows
 
 

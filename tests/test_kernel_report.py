@@ -35,7 +35,12 @@ def test_every_kernel_and_configuration_has_a_row(report):
                   + len(triton_scores.backward_configs(aggregation))
                   + len(triton_scores.sweep_configs(256, False, aggregation))
                   + len(triton_scores.sweep_configs(256, True, aggregation)) for aggregation in AGGREGATION_CODES)
-    assert len(rows) == 2 * configs  # two input dtypes
+    # attention's forward twice: with and without learnable temperatures' sums
+    attention_forwards = len(triton_scores.forward_configs("attention", 32, 256))
+    assert len(rows) == 2 * (configs + attention_forwards)  # two input dtypes
+    assert {row["temp_grad"] for row in rows if row["kernel"] == "forward" and row["aggregation"] == "attention"} \
+        == {True, False}
+    assert not any(row["temp_grad"] for row in rows if row["aggregation"] != "attention" or row["kernel"] != "forward")
     assert {row["kernel"] for row in rows} == set(kernel_report.KERNELS)
     assert {row["config"].split()[0] for row in rows if row["kernel"] == "backward"} == {"BLOCK_N=64",
                                                                                           "BLOCK_N=128"}
@@ -143,14 +148,18 @@ def test_sass_units_run_the_multiply_adds_of_their_tiles(report):
         assert row["tensor_macs"] == expected + twice * 64 * columns * 256, row["config"]
         assert 0 < row["issue_bound"] <= 1 and row["bound_by"] in ("issue", "SHFL", "MUFU", "tensor")
     ceilings = json.loads((report[0] / "ceilings.json").read_text())
-    assert {(c["aggregation"], c["forward"], c["backward"]) for c in ceilings} == {
-        (a, f, b) for a in AGGREGATION_CODES for f in ("streamed", "resident") for b in ("tiles", "sweep")}
+    assert sorted((c["aggregation"], c["learnable_temperatures"], c["forward"], c["backward"]) for c in ceilings) == sorted(
+        (a, learnable, f, b) for a in AGGREGATION_CODES for learnable in ((False, True) if a == "attention" else (False,))
+        for f in ("streamed", "resident") for b in ("tiles", "sweep"))
+    fixed, learnable = ({c["forward"] + c["backward"]: c["step_issue_bound"] for c in ceilings
+                         if c["aggregation"] == "attention" and c["learnable_temperatures"] is flag} for flag in (False, True))
+    assert all(fixed[pair] > learnable[pair] for pair in fixed)  # the temperatures' sums cost instructions
 
 
 def test_step_ceiling_weighs_each_kernel_by_the_gemms_it_counts():
     def row(kernel, bound, config="BLOCK_N=64 D_RESIDENT=0"):
         return {"kernel": kernel, "aggregation": "max", "M": 32, "D": 256, "config": config, "issue_bound": bound,
-                "bound_by": "issue"}
+                "bound_by": "issue", "temp_grad": False}
     rows = [row("forward", 0.2), row("forward", 0.3, "VIDEOS=4 D_RESIDENT=256"), row("backward", 0.4),
             row("backward", 0.5), row("sweep_video", 0.25), row("sweep_text", 0.5)]
     table = {(c["forward"], c["backward"]): c["step_issue_bound"] for c in kernel_report.step_ceilings(rows)}
