@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import math
 import os
 import re
@@ -30,6 +29,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from fgmm_lib.runs import write_json
 
 #: Shared memory one block may use on an H100 (bytes; the opt-in limit of sm_90).
 SHARED_LIMIT = {"sm90": 232448, "sm80": 166912}
@@ -124,11 +125,11 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     function = {"forward": ts._forward_kernel, "backward": ts._backward_kernel}.get(kernel, ts._sweep_backward_kernel)
     dtype = kernel_dtype(input_dtype)
     sweep = kernel.startswith("sweep")
-    block_m, texts = ts.sweep_shape(phrases) if sweep else ts.tile_shape(phrases)
-    config = {"BLOCK_N": ts.SWEEP_BLOCK_N, **config} if sweep else config
+    config = _unit_config(kernel, config, phrases)
+    block_m, texts = config["BLOCK_M"], config["TEXTS"]
     constexprs: dict[str, Any] = {
         "AGG": ts.AGGREGATION_CODES[aggregation], "PRECISION": "ieee" if dtype == "float32" else "tf32",
-        "UPCAST": False, "BLOCK_M": block_m, "TEXTS": texts, **ts._tuned_keys(config),
+        "UPCAST": False, **ts._tuned_keys(config),
     }
     temp_grad = aggregation == "attention" if temp_grad is None else temp_grad and aggregation == "attention"
     if kernel == "forward":
@@ -154,7 +155,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     program, sass_row = None, {}
     if arch == "sm90":
         program = sass_loops(_disassemble(compiled.asm["cubin"], capability))
-        sass_row = work_unit(kernel, program, _unit_config(kernel, config, phrases), dim)
+        sass_row = work_unit(kernel, program, config, dim)
     shapes = sorted(set(re.findall(r"\b(wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+|mma\.sync\.aligned\.m\d+n\d+k\d+)",
                                    ptx)))
     mma = sorted({re.sub(r"\.(mma_async|sync|aligned)", "", shape) for shape in shapes})
@@ -172,7 +173,8 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
 
 
 def _unit_config(kernel: str, config: dict[str, int], phrases: int) -> dict[str, int]:
-    """``config`` with the tile's BLOCK_M and TEXTS (and the sweep's BLOCK_N) that ``work_unit`` reads."""
+    """``config`` with the tile's BLOCK_M and TEXTS (and the sweep's BLOCK_N): the constexprs of a
+    compilation, and what ``work_unit`` reads."""
     from fgmm_lib import triton_scores as ts
 
     sweep = kernel.startswith("sweep")
@@ -400,11 +402,10 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
             at_dim = {} if program is None else work_unit(kernel, program, _unit_config(kernel, config, m), d)
             rows.append({**row, "dtype": dtype, "M": m, "D": d, **at_dim})
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "kernels.json", rows)
+    write_json(out / "kernels.json", rows)
     if arch == "sm90":
         ceilings = step_ceilings(rows)
-        _write_json(out / "ceilings.json", ceilings)
+        write_json(out / "ceilings.json", ceilings)
         if progress:
             print(f"ceiling of one step from the SASS (share of the bf16 peak, N = {CEILING_CELLS}; "
                   f"{out / 'ceilings.json'}):")
@@ -413,13 +414,6 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
                       f"backward {c['backward']:5s} {c['step_issue_bound']:.1%}"
                       + (" (learnable temperatures)" if c["learnable_temperatures"] else ""))
     return rows
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(temporary, path)
 
 
 def check_rows(rows: Iterable[dict[str, Any]]) -> list[str]:
