@@ -15,11 +15,19 @@ Peak memory is the extra memory one step needs above what is held before it (the
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before the step.
 - CPU: the kernel's high-water mark of this process' resident memory (``VmHWM``, reset by
-  writing 5 to ``/proc/self/clear_refs``) minus the resident memory before the step. glibc is
-  told to serve every allocation of 128 KiB or more with its own mmap (``mallopt``) and to give
-  freed memory back before each step (``malloc_trim``), so that memory freed by an earlier step
-  cannot hide a later step's allocations. This counts pages really touched, allocator overhead
-  included; it needs Linux with glibc and reports ``nan`` elsewhere.
+  writing 5 to ``/proc/self/clear_refs``) minus the resident memory before the step. It comes
+  from a pass over the grid of its own, before the timed pass: per configuration, one step after
+  an untimed one. For that pass glibc is told to serve every allocation of 128 KiB or more with
+  its own mmap (``mallopt``) and to give freed memory back before the step (``malloc_trim``), so
+  that memory freed by an earlier step cannot hide a later step's allocations. This counts pages
+  really touched, allocator overhead included; it needs Linux with glibc and reports ``nan``
+  elsewhere.
+
+CPU times come from the timed pass, with glibc's steady-state setting (blocks under 32 MiB are
+reused from the heap, not mapped afresh): the exact setting maps and zero-fills every freed and
+reallocated block, which made the chunked backend, with its many block-sized temporaries, 2.8x
+slower than it runs in training (5.6 s against 2.0 s at B = 256, N = 64, M = 16, D = 256), while
+the naive backend's few large tensors are mapped afresh in either setting.
 
 Statuses: ``ok``; ``oom`` (the step ran out of memory); ``over_budget`` (it ran, but its peak
 exceeded ``memory_budget_gib``); ``skipped`` (not run: its estimated peak exceeds the budget
@@ -97,15 +105,23 @@ CSV_COLUMNS = [
 # --------------------------------------------------------------------------------------------
 
 
+#: glibc ``mallopt`` parameters and the settings of the two kinds of CPU run (module docstring).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_EXACT_MMAP_THRESHOLD = 128 * 1024  # every block of 128 KiB or more mapped on its own, unmapped on free
+_REUSE_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest dynamic threshold (64-bit): its steady state
+_REUSE_TRIM_THRESHOLD = 2 * _REUSE_MMAP_THRESHOLD  # what glibc's dynamic mode pairs with it
+
+
 class _CpuMemory:
-    """Peak resident memory of one step above the resident memory before it (Linux + glibc)."""
+    """Peak resident memory of one step above the resident memory before it (Linux + glibc), and
+    times of steps with the allocator in its steady state."""
 
     def __init__(self) -> None:
         self.libc: Any = None
         self.available = False
         try:
             libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, so large blocks are unmapped on free
+            libc.mallopt(_M_MMAP_THRESHOLD, _EXACT_MMAP_THRESHOLD)
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")
             self.libc = libc
@@ -124,10 +140,21 @@ class _CpuMemory:
             return None
         return None
 
+    def timed(self, step: Callable[[], None]) -> float:
+        """Seconds of ``step`` with glibc reusing freed blocks under 32 MiB, as it does by default once
+        a program has freed a large block (a training loop, a benchmark's repeats)."""
+        if self.libc is not None:
+            self.libc.mallopt(_M_MMAP_THRESHOLD, _REUSE_MMAP_THRESHOLD)
+            self.libc.mallopt(_M_TRIM_THRESHOLD, _REUSE_TRIM_THRESHOLD)
+        return _timed(step)
+
     def measure(self, step: Callable[[], None]) -> tuple[float, float]:
-        """Run ``step``; return its seconds and its peak extra resident bytes (nan where unavailable)."""
+        """Run ``step``; return its seconds and its peak extra resident bytes (nan where unavailable).
+        The seconds include mapping every block afresh: report times from ``timed``."""
         if not self.available:
             return _timed(step), math.nan
+        self.libc.mallopt(_M_MMAP_THRESHOLD, _EXACT_MMAP_THRESHOLD)
+        self.libc.mallopt(_M_TRIM_THRESHOLD, _EXACT_MMAP_THRESHOLD)
         gc.collect()
         self.libc.malloc_trim(0)
         before = self._status_bytes("VmRSS:")
@@ -208,7 +235,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 def _run_config(backend: str, aggregation: str, batch: int, cells: int, phrases: int, dim: int, dtype_name: str,
                 device: torch.device, repeats: int, budget_bytes: float | None, cpu_memory: _CpuMemory | None,
-                seed: int) -> dict[str, Any]:
+                seed: int, peak_run: bool = False) -> dict[str, Any]:
+    """One configuration's row: ``repeats`` timed steps (on CUDA with their peak memory), or with
+    ``peak_run`` the untimed CPU step that measures peak memory (``_CpuMemory.measure``)."""
     dtype = DTYPES[dtype_name]
     row: dict[str, Any] = {
         "backend": backend, "aggregation": aggregation, "batch": batch, "cells": cells, "phrases": phrases,
@@ -248,19 +277,26 @@ def _run_config(backend: str, aggregation: str, batch: int, cells: int, phrases:
             return _cuda_measure(step, device)
         if cpu_memory is None:
             return _timed(step), math.nan
-        return cpu_memory.measure(step)
+        return cpu_memory.timed(step), math.nan
 
     times: list[float] = []
     peaks: list[float] = []
     try:
-        if device.type == "cuda" or row["gflop"] <= CPU_WARMUP_MAX_GFLOP:
-            # warm-up: kernel compilation, lazy initialisation and allocator growth stay out of the
-            # numbers (on CPU only for small steps, where they would dominate)
-            _timed(step, device)
-        for _ in range(repeats):
-            seconds, peak = measure()
-            times.append(seconds)
-            peaks.append(peak)
+        if peak_run:
+            assert cpu_memory is not None
+            # after an untimed step: the first step of a size grows the allocator's per-thread arenas
+            # (chunked attention at B = 256, N = 64: 109 MiB on a first step, 88 MiB on every later one)
+            _timed(step)
+            peaks.append(cpu_memory.measure(step)[1])
+        else:
+            if device.type == "cuda" or row["gflop"] <= CPU_WARMUP_MAX_GFLOP:
+                # warm-up: kernel compilation, lazy initialisation and allocator growth stay out of
+                # the numbers (on CPU only for small steps, where they would dominate)
+                _timed(step, device)
+            for _ in range(repeats):
+                seconds, peak = measure()
+                times.append(seconds)
+                peaks.append(peak)
     except Exception as error:  # noqa: BLE001 - every failure becomes a row, the sweep goes on
         status = "oom" if _is_out_of_memory(error) else "error"
         row.update(status=status, reason=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -270,14 +306,20 @@ def _run_config(backend: str, aggregation: str, batch: int, cells: int, phrases:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if peaks and not all(math.isnan(p) for p in peaks):
+        row["peak_mib"] = float(np.nanmax(peaks)) / 2**20
     if times:
         row["time_ms"] = 1e3 * float(np.median(times))
         row["time_ms_min"] = 1e3 * float(min(times))
-        row["peak_mib"] = float(np.nanmax(peaks)) / 2**20 if not all(math.isnan(p) for p in peaks) else math.nan
         row["tflops"] = row["gflop"] / 1e3 / (row["time_ms"] / 1e3)
         row["repeats"] = len(times)
-        if row["status"] == "ok" and budget_bytes is not None and row["peak_mib"] * 2**20 > budget_bytes:
-            row.update(status="over_budget", reason=f"peak {row['peak_mib'] / 1024:.2f} GiB > budget")
+    return row
+
+
+def _check_budget(row: dict[str, Any], budget_bytes: float | None) -> dict[str, Any]:
+    """Mark a row that ran but peaked above the budget as "over_budget"."""
+    if row["status"] == "ok" and budget_bytes is not None and row["peak_mib"] * 2**20 > budget_bytes:
+        row.update(status="over_budget", reason=f"peak {row['peak_mib'] / 1024:.2f} GiB > budget")
     return row
 
 
@@ -360,7 +402,8 @@ def bench_loss(
         memory_budget_gib: configurations estimated above it are skipped, measured above it are
             "over_budget"; also the budget of "the largest batch each backend fits" (default
             ``DEFAULT_FIT_BUDGET_GIB`` of the device type).
-        repeats: timed runs per configuration (median reported; CUDA adds one untimed warm-up).
+        repeats: timed runs per configuration (median reported; CUDA adds one untimed warm-up, CPU
+            two untimed runs for the peak memory, in a pass of its own before the timed one).
         quick: replace the grid by the tiny ``QUICK_SWEEP`` (and D by at most its dim).
         progress: show a progress bar.
         max_seconds: stop starting configurations after this long (the rest become "skipped");
@@ -397,14 +440,25 @@ def bench_loss(
          for n in cells for m in phrases),
         key=_target_first,
     )
-    iterator: Iterable[Any] = configs
+    # On CPU, peak memory and time come from separate passes over the grid: every peak first, with
+    # the exact allocator setting, then every timed run, with the steady-state one (module docstring;
+    # a peak measured after timed runs sees their freed blocks still resident).
+    peak_pass = cpu_memory is not None and cpu_memory.available
+    passes = (True, False) if peak_pass else (False,)
+    units: list[Any] = [(peak_run, index, config) for peak_run in passes for index, config in enumerate(configs)]
+    iterator: Iterable[Any] = units
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(configs, desc="bench-loss", unit="config")
+        iterator = tqdm(units, desc="bench-loss", unit="run")
     started = time.perf_counter()
+    peak_rows: dict[int, dict[str, Any]] = {}
     rows = []
-    for index, (backend, aggregation, batch, n, m) in enumerate(iterator):
+    for peak_run, index, (backend, aggregation, batch, n, m) in iterator:
+        peak_row = peak_rows.get(index) if not peak_run else None
+        if peak_row is not None and peak_row["status"] != "ok":
+            rows.append(peak_row)  # skipped, out of memory or failed in the peak pass: not timed
+            continue
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
             row = {
                 "backend": backend, "aggregation": aggregation, "batch": batch, "cells": n, "phrases": m,
@@ -416,8 +470,13 @@ def bench_loss(
             }
         else:
             row = _run_config(backend, aggregation, batch, n, m, dim, dtype, torch_device, repeats, budget_bytes,
-                              cpu_memory, seed + index)
-        rows.append(row)
+                              cpu_memory, seed + index, peak_run=peak_run)
+        if peak_run:
+            peak_rows[index] = row
+            continue
+        if peak_row is not None and row["status"] == "ok":
+            row["peak_mib"] = peak_row["peak_mib"]
+        rows.append(_check_budget(row, budget_bytes))
 
     table = pd.DataFrame(rows, columns=CSV_COLUMNS).sort_values(
         ["aggregation", "cells", "phrases", "backend", "batch"], kind="stable").reset_index(drop=True)

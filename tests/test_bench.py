@@ -57,6 +57,50 @@ def test_cpu_memory_measure_sees_an_allocation():
     assert idle < 8 * 2**20, idle / 2**20
 
 
+def test_cpu_peaks_come_from_a_pass_before_every_timed_run(tmp_path, monkeypatch):
+    """Peak memory is measured with the exact allocator setting, every configuration's before any
+    timed run (a timed run leaves freed blocks resident that a later peak would count); the times
+    come from ``timed`` runs, and each row carries its configuration's peak."""
+    if not bench._CpuMemory().available:
+        pytest.skip("no /proc/self/clear_refs or glibc here: no peak pass")
+    calls = []
+    peaks = iter(float(mib) * 2**20 for mib in range(1, 100))
+
+    def measure(self, step):
+        step()
+        calls.append("peak")
+        return 0.0, next(peaks)
+
+    def timed(self, step):
+        calls.append("time")
+        return bench._timed(step)
+
+    monkeypatch.setattr(bench._CpuMemory, "measure", measure)
+    monkeypatch.setattr(bench._CpuMemory, "timed", timed)
+    table = bench.bench_loss(out_dir=tmp_path, device="cpu", quick=True, progress=False,
+                             backends=("naive", "chunked"), aggregations=("max",))
+    configs = len(table)
+    assert calls == ["peak"] * configs + ["time"] * configs * bench.QUICK_SWEEP["repeats"]
+    assert set(table["status"]) == {"ok"}
+    assert sorted(table["peak_mib"]) == [float(mib) for mib in range(1, configs + 1)]
+    assert (table["repeats"] == bench.QUICK_SWEEP["repeats"]).all()
+
+
+def test_a_configuration_failing_its_peak_run_is_not_timed(tmp_path, monkeypatch):
+    if not bench._CpuMemory().available:
+        pytest.skip("no /proc/self/clear_refs or glibc here: no peak pass")
+    def measure(self, step):
+        raise RuntimeError("boom in the peak pass")
+
+    timed = []
+    monkeypatch.setattr(bench._CpuMemory, "measure", measure)
+    monkeypatch.setattr(bench._CpuMemory, "timed", lambda self, step: timed.append(1) or 1.0)
+    table = bench.bench_loss(out_dir=tmp_path, device="cpu", quick=True, progress=False,
+                             backends=("naive",), aggregations=("mean",))
+    assert set(table["status"]) == {"error"} and table["reason"].str.contains("boom in the peak pass").all()
+    assert not timed and table["time_ms"].isna().all()
+
+
 def test_budget_skips_and_plot_survives_nothing_run(tmp_path):
     table = bench.bench_loss(out_dir=tmp_path, device="cpu", quick=True, progress=False,
                              backends=("naive",), aggregations=("max",), memory_budget_gib=1e-6)
