@@ -43,7 +43,7 @@ INPUT_DTYPES = ("bfloat16", "float32")
 #: launch for the text gradient (``FOR_TEXT``) compile to different code.
 KERNELS = ("forward", "backward", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
-           "registers", "spill_bytes", "mma", "compile_s", "temp_grad"]
+           "registers", "spill_bytes", "mma", "compile_s", "temp_grad", "unshifted"]
 #: Columns the sm90 rows add from the SASS: per unit of work, the warp instructions of one warp (in
 #: all, shuffles, MUFU), the multiply-adds its HGMMAs run and the ones the step counts, the SM
 #: cycles each limit needs, the limit that binds, and ``issue_bound`` (counted multiply-adds per
@@ -100,15 +100,17 @@ def _ptxas(capability: int) -> str:
 
 
 def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
-                arch: str = "sm90", temp_grad: bool | None = None) -> dict[str, Any]:
-    """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``. The
-    forward's ``temp_grad`` (the variant that also sums what learnable temperatures' gradients
-    need; attention only) defaults to the heavier variant."""
-    return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch, temp_grad)[0]
+                arch: str = "sm90", temp_grad: bool | None = None, unshifted: bool = True) -> dict[str, Any]:
+    """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``. Attention's
+    forward has variants: ``temp_grad`` (it also sums what learnable temperatures' gradients need)
+    defaults to the heavier one; ``unshifted`` (exponentials without running maxima, what runs at
+    temperatures of at least 1/``MAX_UNSHIFTED_INVERSE_TEMPERATURE``) to the one that usually runs."""
+    return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch, temp_grad, unshifted)[0]
 
 
 def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
-             arch: str, temp_grad: bool | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+             arch: str, temp_grad: bool | None = None, unshifted: bool = True
+             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The row of ``compile_one``, and the SASS loops of the kernel (``sass_loops``; sm90 only)."""
     import time
 
@@ -132,8 +134,10 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         "UPCAST": False, **ts._tuned_keys(config),
     }
     temp_grad = aggregation == "attention" if temp_grad is None else temp_grad and aggregation == "attention"
+    unshifted = unshifted and aggregation == "attention"
     if kernel == "forward":
         constexprs["TEMP_GRAD"] = temp_grad
+        constexprs["UNSHIFTED"] = unshifted
     if sweep:
         constexprs["FOR_TEXT"] = kernel == "sweep_text"
     signature = _signature(kernel, dtype)
@@ -168,7 +172,8 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         + f" BLOCK_M={block_m} TEXTS={texts}",
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
         "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
-        "temp_grad": kernel == "forward" and temp_grad, **sass_row,
+        "temp_grad": kernel == "forward" and temp_grad, "unshifted": kernel == "forward" and unshifted,
+        **sass_row,
     }, program
 
 
@@ -335,10 +340,14 @@ def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     designs (forward streamed or resident, backward tiles or sweep) and, for attention, fixed or
     learnable temperatures (the forward's ``temp_grad``), each kernel at its best configuration:
     the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward + 2 / tiled
-    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text)."""
+    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text). Attention's forward is the
+    unshifted one, which runs at temperatures of at least 1/64 (its fallback below them has rows
+    in ``kernels.json``, not a ceiling here)."""
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if "issue_bound" not in row:
+            continue
+        if row["kernel"] == "forward" and row["aggregation"] == "attention" and not row.get("unshifted"):
             continue
         design = ("resident" if "D_RESIDENT=0" not in row["config"] else "streamed") if row["kernel"] == "forward" \
             else row["kernel"]
@@ -384,18 +393,21 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        # attention's forward has two variants: with the sums learnable temperatures need, and without
-        variants = (True, False) if kernel == "forward" and aggregation == "attention" else (False,)
-        for config, temp_grad in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
+        # attention's forward has variants: with the sums learnable temperatures need or without, and
+        # with its exponentials unshifted or (temperatures below 1/64) with running maxima
+        attention_forward = kernel == "forward" and aggregation == "attention"
+        variants = list(itertools.product((True, False), repeat=2)) if attention_forward else [(False, False)]
+        for config, (temp_grad, unshifted) in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
             # the code depends on D only through its divisibility (and, in the sweeps, through the
             # accumulator slice, which is part of the configuration)
-            key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())), temp_grad)
+            key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())), temp_grad,
+                   unshifted)
             if key not in compiled:
-                compiled[key] = _compile(kernel, aggregation, dtype, m, d, config, arch, temp_grad)
+                compiled[key] = _compile(kernel, aggregation, dtype, m, d, config, arch, temp_grad, unshifted)
                 if progress:
                     row = compiled[key][0]
                     print(f"{kernel:8s} {aggregation:9s} {row['kernel_dtype']:8s} M={m:<3d} {row['config']}"
-                          f"{' TEMP_GRAD' if temp_grad else ''}: "
+                          f"{' TEMP_GRAD' if temp_grad else ''}{' UNSHIFTED' if unshifted else ''}: "
                           f"shared {row['shared_bytes']} B, {row['registers']} registers, "
                           f"spills {row['spill_bytes']} B, {' '.join(row['mma'])} ({row['compile_s']} s)", flush=True)
             row, program = compiled[key]

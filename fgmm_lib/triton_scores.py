@@ -9,8 +9,17 @@
   ``BLOCK_D``, so shared memory does not grow with D;
 - statistics per text (softmax and max over the phrases of a cell) are grouped reductions over a
   [BLOCK_N, TEXTS, BLOCK_M] view of the tile; statistics per phrase (softmax and max over the
-  cells of a video) are running column statistics (an online softmax, as in FlashAttention);
-  every exponential is an ``exp2`` with 1/tau * log2(e) folded into one scale.
+  cells of a video) are running column statistics; every exponential is an ``exp2`` with
+  1/tau * log2(e) folded into one scale;
+- attention's softmaxes need no running maximum while both temperatures are at least 1/64
+  (``MAX_UNSHIFTED_INVERSE_TEMPERATURE``): cosines lie in [-1, 1], so exp2(s / tau * log2 e)
+  stays within float32's normal range, and one exponential per entry serves the softmax over cells
+  and the one over phrases. That forward (``UNSHIFTED``) drops a max reduction over cells, one over
+  phrases and one over the pairs' cells, and the rescaling, per block of cells: a third more
+  similarity per issued instruction on sm90 (``fgmm_lib.kernel_report``). Below 1/64 the forward
+  keeps running maxima (an online softmax, as in FlashAttention). Both are launched, and a flag
+  computed on the device from the temperatures makes one of them return at once, so nothing
+  waits for the device to read a temperature.
 
 Forward: one program per (group of texts, ``VIDEOS`` consecutive videos) loops over the cells of
 each video and writes S (float32), per-phrase statistics [Bv, Bt, 3, M] and per-pair statistics
@@ -91,6 +100,11 @@ MAX_PHRASES = 128
 #: Columns (texts x phrases) a tile aims at; texts of up to 16 phrases fill it with 8 texts.
 TILE_COLUMNS = 128
 LOG2E = math.log2(math.e)
+#: Largest 1/tau (both temperatures) at which attention's forward takes its exponentials unshifted,
+#: exp2(s / tau * log2(e)) with no running max: cosines lie in [-1, 1], so every term lies within
+#: 2^(+-93) and neither a term nor a sum of up to 2^30 of them leaves float32's normal range. Smaller
+#: temperatures run the forward with running maxima (``UNSHIFTED`` = False), decided on the device.
+MAX_UNSHIFTED_INVERSE_TEMPERATURE = 64.0
 #: On CUDA, float32 tokens are cast to bfloat16 for the dot products (the tensor cores). False keeps
 #: them float32 (IEEE dot products, no tensor cores): slower, but the same similarities as the
 #: float32 references, which a check of ``max`` needs (bfloat16 rounding moves near-tied argmaxes).
@@ -283,14 +297,21 @@ def _text_columns(TMASK, g, Bt, M, TEXTS: tl.constexpr, BLOCK_M: tl.constexpr):
 def _forward_kernel(
     V, T, VMASK, TMASK, NCNT, MCNT, TEMPS, OUT, PAIR, PHRASE, SLOPES,
     Bv, Bt, N, M, D,
-    AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    VIDEOS: tl.constexpr, D_RESIDENT: tl.constexpr,
+    AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, UNSHIFTED: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, VIDEOS: tl.constexpr, D_RESIDENT: tl.constexpr,
 ):
     """One program = TEXTS texts and VIDEOS consecutive videos; for each video it streams over
     blocks of the video's cells. D_RESIDENT = 0: both operands are loaded in chunks of BLOCK_D for
     every block of cells; D_RESIDENT >= D: the texts' [columns x D_RESIDENT] tile is loaded once per
-    program and stays (the cells are the only operand streamed)."""
+    program and stays (the cells are the only operand streamed).
+
+    Attention is launched twice, UNSHIFTED True and False; TEMPS[2] (set on the device from the
+    temperatures, ``MAX_UNSHIFTED_INVERSE_TEMPERATURE``) says which of the two computes, the other
+    returns at once."""
+    if AGG == 2:
+        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
+            return
     g = tl.program_id(0)
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     m_valid3 = tl.reshape(m_valid, [1, TEXTS, BLOCK_M])
@@ -308,22 +329,22 @@ def _forward_kernel(
     if VIDEOS == 1:  # no loop: a loop of one video holds more registers (attention at M = 128 spilled)
         _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile if D_RESIDENT > 0 else T,
                        tl.program_id(1), g, Bt, N, M, D, texts, phrases, col_in, t_rows, m_valid, m_valid3, group,
-                       group_in, m_cnt, inv_ta, inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, PRECISION, UPCAST, BLOCK_M,
-                       TEXTS, BLOCK_N, BLOCK_D, D_RESIDENT)
+                       group_in, m_cnt, inv_ta, inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, UNSHIFTED, PRECISION, UPCAST,
+                       BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, D_RESIDENT)
     else:
         first = tl.program_id(1) * VIDEOS
         for i in range(first, tl.minimum(first + VIDEOS, Bv)):
             _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile if D_RESIDENT > 0 else T, i, g, Bt,
                            N, M, D, texts, phrases, col_in, t_rows, m_valid, m_valid3, group, group_in, m_cnt, inv_ta,
-                           inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
-                           BLOCK_D, D_RESIDENT)
+                           inv_tw, scale_a, scale_w, AGG, TEMP_GRAD, UNSHIFTED, PRECISION, UPCAST, BLOCK_M, TEXTS,
+                           BLOCK_N, BLOCK_D, D_RESIDENT)
 
 
 def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, Bt, N, M, D, texts, phrases, col_in,
                    t_rows, m_valid, m_valid3, group, group_in, m_cnt, inv_ta, inv_tw, scale_a, scale_w,
-                   AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                   BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   D_RESIDENT: tl.constexpr):
+                   AGG: tl.constexpr, TEMP_GRAD: tl.constexpr, UNSHIFTED: tl.constexpr, PRECISION: tl.constexpr,
+                   UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, D_RESIDENT: tl.constexpr):
     """The scores and statistics of video i against the program's TEXTS texts."""
     COLS: tl.constexpr = TEXTS * BLOCK_M
     n_cnt = tl.load(NCNT + i)
@@ -363,6 +384,30 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             col_max = tl.where(better, chunk_max, col_max)
             row_max = tl.max(tl.where(m_valid3, tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M]), -1e30), axis=2)
             row_total += tl.sum(tl.where(n_valid[:, None], row_max, 0.0), axis=0)
+        elif UNSHIFTED:
+            # no running maxima (see MAX_UNSHIFTED_INVERSE_TEMPERATURE): no max over cells or
+            # phrases, no rescaling, and one exponential serves both softmaxes
+            ex = tl.exp2(s * scale_a)
+            # per phrase: softmax over cells
+            p = tl.where(n_valid[:, None], ex, 0.0)
+            col_l += tl.sum(p, axis=0)
+            col_sum += tl.sum(p * s, axis=0)
+            if TEMP_GRAD:
+                col_sq += tl.sum(p * s * s, axis=0)
+            # per cell and text: softmax over the text's phrases (all in the tile)
+            s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
+            q = tl.where(m_valid3, tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
+            q_l = tl.maximum(tl.sum(q, axis=2), 1e-30)  # a text past the last has no valid phrase
+            e = tl.sum(q * s3, axis=2) / q_l
+            # per pair: softmax over cells of e / tau_w
+            pu = tl.where(n_valid[:, None], tl.exp2(e * scale_w), 0.0)
+            u_l += tl.sum(pu, axis=0)
+            u_acc += tl.sum(pu * e, axis=0)
+            if TEMP_GRAD:
+                var_row = tl.sum(q * s3 * s3, axis=2) / q_l - e * e
+                u_sq += tl.sum(pu * e * e, axis=0)
+                u_var += tl.sum(pu * var_row, axis=0)
+                u_evar += tl.sum(pu * e * var_row, axis=0)
         else:
             x = s * scale_a
             # per phrase: online softmax over cells
@@ -404,6 +449,9 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
         score = 0.5 * (best_cell / m_cnt + row_total / n_cnt)
         tl.store(col_out, col_arg.to(tl.float32), mask=col_in)
     else:
+        if UNSHIFTED:  # the sums' shift: 0
+            col_max = tl.zeros([COLS], tl.float32)
+            u_max = tl.zeros([TEXTS], tl.float32)
         col_l = tl.where(col_l > 0.0, col_l, 1.0)  # columns past the last text
         c = col_sum / col_l
         c3 = tl.reshape(c, [TEXTS, BLOCK_M])
@@ -613,7 +661,7 @@ def _load_kernels() -> None:
         # alone would reuse the first aggregation's choice for the others)
         key = ["N", "M", "D", "AGG"]
         _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS + RESIDENT_FORWARD_CONFIGS],
-                                            key=key + ["TEMP_GRAD"],
+                                            key=key + ["TEMP_GRAD", "UNSHIFTED"],
                                             prune_configs_by={"early_config_prune": _forward_prune})(_forward_kernel)
         _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS], key=key,
                                              prune_configs_by={"early_config_prune": _backward_prune},
@@ -821,7 +869,7 @@ class _TritonPairScores(torch.autograd.Function):
         block_m, texts = tile_shape(M)
         n_count = video_valid.sum(dim=1).to(torch.float32)
         m_count = text_valid.sum(dim=1).to(torch.float32)
-        temps = torch.stack((inv_ta.detach(), inv_tw.detach())).to(torch.float32)
+        temps = _kernel_temperatures(inv_ta, inv_tw)
         temp_grad = aggregation_code == 2 and (ctx.needs_input_grad[4] or ctx.needs_input_grad[5])
         scores = torch.empty(Bv, Bt, device=device, dtype=torch.float32)
         # statistics an aggregation does not use get a one-element placeholder
@@ -836,13 +884,15 @@ class _TritonPairScores(torch.autograd.Function):
             return triton.cdiv(Bt, texts), triton.cdiv(Bv, meta["VIDEOS"])
 
         with _device_context(device):
-            kernel[grid](
-                video, text, video_valid_u8, text_valid_u8, n_count, m_count, temps,
-                scores, pair_stats, phrase_stats, slopes,
-                Bv, Bt, N, M, D,
-                AGG=aggregation_code, TEMP_GRAD=temp_grad, PRECISION=precision, UPCAST=upcast,
-                BLOCK_M=block_m, TEXTS=texts, **blocks,
-            )  # fmt: skip
+            # attention: both variants are launched, and the temperatures (TEMPS[2]) pick the one that runs
+            for unshifted in ((True, False) if aggregation_code == 2 else (False,)):
+                kernel[grid](
+                    video, text, video_valid_u8, text_valid_u8, n_count, m_count, temps,
+                    scores, pair_stats, phrase_stats, slopes,
+                    Bv, Bt, N, M, D,
+                    AGG=aggregation_code, TEMP_GRAD=temp_grad, UNSHIFTED=unshifted, PRECISION=precision,
+                    UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, **blocks,
+                )  # fmt: skip
         ctx.save_for_backward(video, text, video_valid_u8, text_valid_u8, n_count, m_count, temps, pair_stats,
                               phrase_stats, slopes)
         ctx.settings = (aggregation_code, temp_grad, precision, upcast)
@@ -893,6 +943,13 @@ def _inverse_temperature(value: float | torch.Tensor, device: torch.device) -> t
     if isinstance(value, torch.Tensor):
         return 1.0 / value.reshape(()).to(device=device, dtype=torch.float32)
     return torch.full((), 1.0 / float(value), device=device, dtype=torch.float32)
+
+
+def _kernel_temperatures(inv_ta: torch.Tensor, inv_tw: torch.Tensor) -> torch.Tensor:
+    """TEMPS of the kernels, float32 on the device: [1/tau_a, 1/tau_w, unshifted], where unshifted is
+    1.0 when both are at most ``MAX_UNSHIFTED_INVERSE_TEMPERATURE`` (computed on the device: no wait)."""
+    inverse = torch.stack((inv_ta.detach(), inv_tw.detach())).to(torch.float32)
+    return torch.cat((inverse, (inverse.amax() <= MAX_UNSHIFTED_INVERSE_TEMPERATURE).to(torch.float32)[None]))
 
 
 def fused_limits(phrases: int) -> str | None:

@@ -7,7 +7,8 @@
 #    python3 lacks one, makes a virtual environment (.venv-gpu) and installs them from PyPI.
 #    fgmm_lib itself is pure Python and is used from this checkout (PYTHONPATH).
 # 2. Correctness first: the triton backend against naive and chunked on this card (values and
-#    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures), for each
+#    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures, and attention
+#    at tau_a = 0.01, where the forward keeps running maxima), for each
 #    kernel design (streamed forward + tiled backward, resident forward + backward in sweeps):
 #    OUT_DIR/gpu_check.json; stops if they disagree.
 #    Then where the time goes at B=1024, N=196, M=32, D=256: forward, backward and step of each
@@ -85,20 +86,30 @@ for forward_design, backward_design in (("streamed", "tiles"), ("resident", "swe
             text_mask = torch.rand(Bt, M, device=device) > 0.3
             text_mask[:, 0] = True
             upstream = torch.randn(Bv, Bt, device=device)
-            for aggregation in AGGREGATIONS:
+            # attention also at tau_a = 0.01 on the first shape: the forward with running maxima, which
+            # runs below 1/64. There 1/tau_a = 100 magnifies bfloat16 rounding of the similarities in the
+            # gradients: float32 tokens check them with float32 dot products, bfloat16 tokens only the
+            # scores; the temperature gradients (rounding grows by 1/tau^2) are not gated
+            cases = [(aggregation, (0.1, 0.2)) for aggregation in AGGREGATIONS]
+            if shape[0] == 37:
+                cases.append(("attention", (0.01, 0.2)))
+            for aggregation, tau_values in cases:
                 # max's gradient follows its argmax, which bfloat16 rounding of the similarities moves
                 # wherever two cells (or phrases) are nearly tied: float32 tokens check max's gradients with
                 # float32 dot products (BF16_ON_CUDA off); with bfloat16 tokens only its scores must agree
-                triton_scores.BF16_ON_CUDA = not (aggregation == "max" and dtype == torch.float32)
-                gated = ("scores",) if aggregation == "max" and dtype == torch.bfloat16 else \
+                sharp = aggregation == "max" or tau_values[0] < 1 / triton_scores.MAX_UNSHIFTED_INVERSE_TEMPERATURE
+                triton_scores.BF16_ON_CUDA = not (sharp and dtype == torch.float32)
+                gated = ("scores",) if sharp and dtype == torch.bfloat16 else \
                     ("scores", "video_grad", "text_grad", "temperature_grad")
+                if aggregation != "max" and sharp:
+                    gated = tuple(name for name in gated if name != "temperature_grad")
                 outputs = {}
                 for backend in ("naive", "chunked", "triton"):
                     # the references run in float32 on the same rounded inputs
                     run_dtype = dtype if backend == "triton" else torch.float32
                     v = video.to(dtype).to(run_dtype).clone().requires_grad_()
                     t = text.to(dtype).to(run_dtype).clone().requires_grad_()
-                    taus = [torch.tensor(tau, device=device, requires_grad=True) for tau in (0.1, 0.2)]
+                    taus = [torch.tensor(tau, device=device, requires_grad=True) for tau in tau_values]
                     try:
                         scores = pair_scores(v, t, text_mask, video_mask, aggregation=aggregation, backend=backend,
                                              attn_temperature=taus[0], weight_temperature=taus[1])
@@ -118,11 +129,12 @@ for forward_design, backward_design in (("streamed", "tiles"), ("resident", "swe
                         errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
                     ok = all(errors[name] <= tolerance for name in gated)
                     results.append({"dtype": str(dtype), "shape": shape, "aggregation": aggregation, "gated": gated,
+                                    "temperatures": tau_values,
                                     "forward_design": forward_design, "backward_design": backward_design,
                                     "float32_dots": not triton_scores.BF16_ON_CUDA,
                                     "reference": reference, "relative_max_error": errors, "tolerance": tolerance,
                                     "ok": ok, "scores_dtype": str(outputs["triton"][0].dtype)})
-                    print(forward_design, backward_design, dtype, shape, aggregation, "vs", reference,
+                    print(forward_design, backward_design, dtype, shape, aggregation, tau_values, "vs", reference,
                           "ok" if ok else "MISMATCH", errors)
 triton_scores.BF16_ON_CUDA = True
 triton_scores.FORWARD_DESIGN = triton_scores.BACKWARD_DESIGN = "auto"

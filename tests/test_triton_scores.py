@@ -323,6 +323,40 @@ def test_temperature_gradients_match_reference():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
+def test_unshifted_forward_flag_follows_the_temperatures():
+    limit = triton_scores.MAX_UNSHIFTED_INVERSE_TEMPERATURE
+    for inv_ta, inv_tw, unshifted in ((limit, limit, 1.0), (limit * 1.01, 1.0, 0.0), (1.0, limit * 1.01, 0.0),
+                                      (10.0, 0.1, 1.0)):
+        temps = triton_scores._kernel_temperatures(torch.tensor(inv_ta), torch.tensor(inv_tw))
+        assert temps.tolist() == pytest.approx([inv_ta, inv_tw, unshifted])
+
+
+@pytest.mark.parametrize("taus", [(0.01, 0.2), (0.2, 0.01), (1 / 64, 1 / 64)], ids=["small-tau_a", "small-tau_w",
+                                                                                   "at-the-limit"])
+def test_small_temperatures_match_reference(taus):
+    """Below 1/64 the forward keeps running maxima (unshifted, exp2(s / 0.01 * log2 e) overflows
+    float32 at cosines above 0.89); at 1/64 it takes its exponentials unshifted, and cosines near -1
+    must not underflow."""
+    video, text, video_mask, text_mask, upstream = random_case(3, 4, 9, 5, 16, seed=21)
+    video[0] = text[0, torch.arange(9) % 5] + 0.05 * video[0]  # video 0 against text 0: cosines near 1
+    video[1] = -text[2, torch.arange(9) % 5] + 0.05 * video[1]  # video 1 against text 2: cosines near -1
+    for learnable in (False, True):
+        outputs = []
+        for function, dtype in ((reference_scores, torch.float64), (fused, torch.float32)):
+            temperatures = [torch.tensor(tau, dtype=dtype, requires_grad=learnable) for tau in taus]
+            v = video.to(dtype).clone().requires_grad_()
+            scores = function(v, text.to(dtype), text_mask, video_mask, aggregation="attention",
+                              attn_temperature=temperatures[0], weight_temperature=temperatures[1])
+            (scores.double() * upstream).sum().backward()
+            outputs.append([scores.double(), v.grad.double()]
+                           + ([torch.stack([t.grad.double() for t in temperatures])] if learnable else []))
+        assert_matches(outputs[1][:2], outputs[0][:2], ("scores", "video grad"))
+        if learnable:
+            # a temperature's gradient is -(1/tau^2) times a weighted variance taken as E[x^2] - E[x]^2:
+            # float32 cancellation (about 1e-7) grows by 1/tau^2, 10^4 at tau = 0.01
+            torch.testing.assert_close(outputs[1][2], outputs[0][2], rtol=2e-3, atol=1e-7 / min(taus) ** 2)
+
+
 def test_matches_library_naive_and_chunked_backends():
     video, text, video_mask, text_mask, upstream = random_case(4, 3, 11, 7, 16, seed=11)
     for aggregation in AGGREGATIONS:
