@@ -77,7 +77,8 @@ for forward_design, backward_design in (("streamed", "tiles"), ("resident", "swe
     triton_scores.reset_tuning()
     # bfloat16 inputs, and float32 inputs (cast to bfloat16 inside): both meet bf16 rounding of the tokens
     for dtype, tolerance in ((torch.bfloat16, 3e-2), (torch.float32, 3e-2)):
-        for shape in ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256), (9, 9, 30, 128, 1024)):
+        shapes = ((37, 29, 50, 13, 96), (64, 64, 196, 32, 256), (9, 9, 30, 128, 1024))
+        for shape in shapes:
             Bv, Bt, N, M, D = shape
             video = torch.randn(Bv, N, D, device=device)
             text = torch.randn(Bt, M, D, device=device)
@@ -91,18 +92,17 @@ for forward_design, backward_design in (("streamed", "tiles"), ("resident", "swe
             # gradients: float32 tokens check them with float32 dot products, bfloat16 tokens only the
             # scores; the temperature gradients (rounding grows by 1/tau^2) are not gated
             cases = [(aggregation, (0.1, 0.2)) for aggregation in AGGREGATIONS]
-            if shape[0] == 37:
+            if shape == shapes[0]:
                 cases.append(("attention", (0.01, 0.2)))
             for aggregation, tau_values in cases:
                 # max's gradient follows its argmax, which bfloat16 rounding of the similarities moves
                 # wherever two cells (or phrases) are nearly tied: float32 tokens check max's gradients with
                 # float32 dot products (BF16_ON_CUDA off); with bfloat16 tokens only its scores must agree
-                sharp = aggregation == "max" or tau_values[0] < 1 / triton_scores.MAX_UNSHIFTED_INVERSE_TEMPERATURE
+                small_tau = tau_values[0] < 1 / triton_scores.MAX_UNSHIFTED_INVERSE_TEMPERATURE
+                sharp = aggregation == "max" or small_tau
                 triton_scores.BF16_ON_CUDA = not (sharp and dtype == torch.float32)
                 gated = ("scores",) if sharp and dtype == torch.bfloat16 else \
-                    ("scores", "video_grad", "text_grad", "temperature_grad")
-                if aggregation != "max" and sharp:
-                    gated = tuple(name for name in gated if name != "temperature_grad")
+                    ("scores", "video_grad", "text_grad") + (() if small_tau else ("temperature_grad",))
                 outputs = {}
                 for backend in ("naive", "chunked", "triton"):
                     # the references run in float32 on the same rounded inputs
