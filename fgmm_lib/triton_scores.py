@@ -31,8 +31,13 @@ at B = 1024, N = 196, M = 32, D = 256; in the 16.5 ms the `mean` forward took on
 about 6 TB/s, near the L2's bandwidth, so we take that forward to be bound by it. The resident
 tile cuts the traffic to about a third. The autotuner times both.
 
-Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics,
-gathered per cell's video, so tiles of flattened cells run over video boundaries:
+Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics per
+cell's video, so tiles of flattened cells run over video boundaries. Where a tile spans two videos
+at most (``two_videos``: videos of at least BLOCK_N - 1 cells), the statistics of both are loaded
+as vectors and each row picks its video's; otherwise they are gathered entry by entry. Masks are
+applied per row only: a masked phrase carries a zero phrase gradient and an exponent of -1e30.
+At the target size this took attention's tiled backward from 3,948 to 3,044 warp instructions a
+tile (``kernel_report``), most of the difference being predicates of per-entry masks.
 
 - tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
   recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
@@ -203,9 +208,10 @@ def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str,
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
     configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
     held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``); with
-    4 warps, attention's dV spills at 256 too."""
+    4 warps, attention's dV spills at 256 too, and its dT at 128 (a swept tile's statistics of two
+    videos, ``_ds_tile``)."""
     width = padded_width(dim, 128)
-    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and width > 128
+    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and (width > 128 or for_text)
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
         not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128)
                               and not (c["num_warps"] < 8 and narrow_spills))))
@@ -384,53 +390,44 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             col_max = tl.where(better, chunk_max, col_max)
             row_max = tl.max(tl.where(m_valid3, tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M]), -1e30), axis=2)
             row_total += tl.sum(tl.where(n_valid[:, None], row_max, 0.0), axis=0)
-        elif UNSHIFTED:
-            # no running maxima (see MAX_UNSHIFTED_INVERSE_TEMPERATURE): no max over cells or
-            # phrases, no rescaling, and one exponential serves both softmaxes
-            ex = tl.exp2(s * scale_a)
-            # per phrase: softmax over cells
-            p = tl.where(n_valid[:, None], ex, 0.0)
-            col_l += tl.sum(p, axis=0)
-            col_sum += tl.sum(p * s, axis=0)
-            if TEMP_GRAD:
-                col_sq += tl.sum(p * s * s, axis=0)
-            # per cell and text: softmax over the text's phrases (all in the tile)
-            s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
-            q = tl.where(m_valid3, tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
-            q_l = tl.maximum(tl.sum(q, axis=2), 1e-30)  # a text past the last has no valid phrase
-            e = tl.sum(q * s3, axis=2) / q_l
-            # per pair: softmax over cells of e / tau_w
-            pu = tl.where(n_valid[:, None], tl.exp2(e * scale_w), 0.0)
-            u_l += tl.sum(pu, axis=0)
-            u_acc += tl.sum(pu * e, axis=0)
-            if TEMP_GRAD:
-                var_row = tl.sum(q * s3 * s3, axis=2) / q_l - e * e
-                u_sq += tl.sum(pu * e * e, axis=0)
-                u_var += tl.sum(pu * var_row, axis=0)
-                u_evar += tl.sum(pu * e * var_row, axis=0)
         else:
-            x = s * scale_a
-            # per phrase: online softmax over cells
-            xc = tl.where(n_valid[:, None], x, -1e30)
-            new_max = tl.maximum(col_max, tl.max(xc, axis=0))
-            alpha = tl.exp2(col_max - new_max)
-            p = tl.where(n_valid[:, None], tl.exp2(xc - new_max[None, :]), 0.0)
+            # per phrase: softmax over cells, online (running max, sums rescaled) unless UNSHIFTED: then
+            # no maxima (see MAX_UNSHIFTED_INVERSE_TEMPERATURE) and one exponential serves both softmaxes
+            if UNSHIFTED:
+                ex = tl.exp2(s * scale_a)
+                p = tl.where(n_valid[:, None], ex, 0.0)
+                alpha = 1.0
+            else:
+                x = s * scale_a
+                xc = tl.where(n_valid[:, None], x, -1e30)
+                new_max = tl.maximum(col_max, tl.max(xc, axis=0))
+                alpha = tl.exp2(col_max - new_max)
+                p = tl.where(n_valid[:, None], tl.exp2(xc - new_max[None, :]), 0.0)
+                col_max = new_max
             col_l = col_l * alpha + tl.sum(p, axis=0)
             col_sum = col_sum * alpha + tl.sum(p * s, axis=0)
             if TEMP_GRAD:
                 col_sq = col_sq * alpha + tl.sum(p * s * s, axis=0)
-            col_max = new_max
             # per cell and text: softmax over the text's phrases (all in the tile)
             s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
-            xr = tl.where(m_valid3, tl.reshape(x, [BLOCK_N, TEXTS, BLOCK_M]), -1e30)
-            q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
-            q_l = tl.sum(q, axis=2)
+            if UNSHIFTED:
+                q = tl.where(m_valid3, tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
+                q_l = tl.maximum(tl.sum(q, axis=2), 1e-30)  # a text past the last has no valid phrase
+            else:
+                xr = tl.where(m_valid3, tl.reshape(x, [BLOCK_N, TEXTS, BLOCK_M]), -1e30)
+                q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
+                q_l = tl.sum(q, axis=2)
             e = tl.sum(q * s3, axis=2) / q_l
-            # per pair: online softmax over cells of e / tau_w
-            xe = tl.where(n_valid[:, None], e * scale_w, -1e30)
-            new_u_max = tl.maximum(u_max, tl.max(xe, axis=0))
-            beta = tl.exp2(u_max - new_u_max)
-            pu = tl.where(n_valid[:, None], tl.exp2(xe - new_u_max[None, :]), 0.0)
+            # per pair: softmax over cells of e / tau_w, online unless UNSHIFTED
+            if UNSHIFTED:
+                pu = tl.where(n_valid[:, None], tl.exp2(e * scale_w), 0.0)
+                beta = 1.0
+            else:
+                xe = tl.where(n_valid[:, None], e * scale_w, -1e30)
+                new_u_max = tl.maximum(u_max, tl.max(xe, axis=0))
+                beta = tl.exp2(u_max - new_u_max)
+                pu = tl.where(n_valid[:, None], tl.exp2(xe - new_u_max[None, :]), 0.0)
+                u_max = new_u_max
             u_l = u_l * beta + tl.sum(pu, axis=0)
             u_acc = u_acc * beta + tl.sum(pu * e, axis=0)
             if TEMP_GRAD:
@@ -438,7 +435,6 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
                 u_sq = u_sq * beta + tl.sum(pu * e * e, axis=0)
                 u_var = u_var * beta + tl.sum(pu * var_row, axis=0)
                 u_evar = u_evar * beta + tl.sum(pu * e * var_row, axis=0)
-            u_max = new_u_max
 
     pair = i * Bt + group
     col_out = PHRASE + (i * Bt + texts) * 3 * M + phrases
@@ -482,54 +478,90 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
     tl.store(OUT + pair, score, mask=group_in)
 
 
-def _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-             AGG: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dS/ds on a tile of cells ``rows`` (flattened [Bv * N], may span videos) by the columns of text
-    group g, from the similarity tile s; zero off the valid cells and phrases (float32).
+def _tile_values(BASE, per_video, offs, offs_in, r_in, video, second, v0, v1, TWO_VIDEOS: tl.constexpr):
+    """BASE[video[r] * per_video + offs[c]] on a tile [rows x len(offs)], 0 where offs_in is False.
+    TWO_VIDEOS: the tile's rows span videos v0 and v1 at most (``second`` marks those of v1), so two
+    vectors are loaded and each row picks one; otherwise each entry is gathered."""
+    if TWO_VIDEOS:
+        a0 = tl.load(BASE + v0 * per_video + offs, mask=offs_in, other=0.0)
+        a1 = tl.load(BASE + v1 * per_video + offs, mask=offs_in, other=0.0)
+        return tl.where(second[:, None], a1[None, :], a0[None, :])
+    return tl.load(BASE + video[:, None] * per_video + offs[None, :], mask=r_in[:, None] & offs_in[None, :],
+                   other=0.0)
+
+
+def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, R,
+             AGG: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr,
+             TWO_VIDEOS: tl.constexpr):
+    """dS/ds on a tile of cells ``rows`` = first + arange(BLOCK_N) (flattened [Bv * N], may span
+    videos) by the columns of text group g, from the similarity tile s; zero off the valid cells and
+    phrases (float32). TWO_VIDEOS (``two_videos``): BLOCK_N <= N + 1, so the tile spans two videos at
+    most and their statistics are loaded as vectors, not gathered entry by entry.
 
     COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] hold what ds needs per pair and per phrase
-    (prepared from the forward's statistics and the incoming gradient, see ``_backward_inputs``)."""
+    (prepared from the forward's statistics and the incoming gradient, see ``_backward_inputs``;
+    attention's phrase gradient there is zero on masked phrases)."""
     COLS: tl.constexpr = TEXTS * BLOCK_M
-    video = rows // N
-    cell = rows % N
-    valid = n_valid[:, None] & m_valid[None, :]
+    if TWO_VIDEOS:
+        v0 = first // N
+        second = rows >= (v0 + 1) * N
+        video = v0 + second.to(tl.int32)
+        # the last video's tile has no second video: its rows past the last cell read the first's
+        # statistics, and are masked
+        v1 = tl.minimum(v0 + 1, (R - 1) // N)
+    else:
+        video = rows // N
+        second = r_in
+        v0 = 0
+        v1 = 0
     group = g * TEXTS + tl.arange(0, TEXTS)
-    pair = video[:, None] * Bt + group[None, :]  # [BLOCK_N, TEXTS]
-    pair_in = r_in[:, None] & (group < Bt)[None, :]
-    col_stat = PHRASE + (video[:, None] * Bt + texts[None, :]) * 3 * M + phrases[None, :]
+    group_in = group < Bt
+    col_offs = texts * 3 * M + phrases  # of a phrase's statistics within its video's block of PHRASE
     if AGG == 0:
-        ds = _per_column(tl.load(COEF + pair * 3, mask=pair_in, other=0.0), BLOCK_N, TEXTS, BLOCK_M)
+        ds = _per_column(_tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS),
+                         BLOCK_N, TEXTS, BLOCK_M)
+        return tl.where(n_valid[:, None] & m_valid[None, :], ds, 0.0)
     elif AGG == 1:
-        col_arg = tl.load(col_stat, mask=valid, other=-1.0).to(tl.int32)
-        col_coef = _per_column(tl.load(COEF + pair * 3, mask=pair_in, other=0.0), BLOCK_N, TEXTS, BLOCK_M)
-        row_coef = _per_column(tl.load(COEF + pair * 3 + 1, mask=pair_in, other=0.0), BLOCK_N, TEXTS, BLOCK_M)
+        cell = rows - video * N
+        col_arg = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1,
+                               TWO_VIDEOS).to(tl.int32)
+        col_coef = _per_column(_tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1,
+                                            TWO_VIDEOS), BLOCK_N, TEXTS, BLOCK_M)
+        row_coef = _per_column(_tile_values(COEF + 1, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1,
+                                            TWO_VIDEOS), BLOCK_N, TEXTS, BLOCK_M)
         masked = tl.where(tl.reshape(m_valid, [1, TEXTS, BLOCK_M]), tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M]), -1e30)
         row_arg = _per_column(tl.argmax(masked, axis=2).to(tl.int32), BLOCK_N, TEXTS, BLOCK_M)
         ds = tl.where(cell[:, None] == col_arg, col_coef, 0.0) + tl.where(phrases[None, :] == row_arg, row_coef, 0.0)
+        return tl.where(n_valid[:, None] & m_valid[None, :], ds, 0.0)
     else:
+        # masks by rows only (a predicate per row): a masked phrase has a zero phrase gradient and no
+        # weight in its text's softmax, a text past the last a zero pair gradient
         inv_ta = tl.load(TEMPS)
+        inv_tw = tl.load(TEMPS + 1)
         scale_a = inv_ta * 1.4426950408889634
-        scale_w = tl.load(TEMPS + 1) * 1.4426950408889634
-        c = tl.load(col_stat, mask=valid, other=0.0)
-        lse_col = tl.load(col_stat + M, mask=valid, other=0.0)
-        grad_c = tl.load(col_stat + 2 * M, mask=valid, other=0.0)
-        x = s * scale_a
-        # text to video: phrase m attends over cells (softmax over n), phrases weighted by w
-        p = tl.where(valid, tl.exp2(x - lse_col), 0.0)
+        scale_w = inv_tw * 1.4426950408889634
+        c = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+        lse_col = _tile_values(PHRASE + M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+        grad_c = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1,
+                              TWO_VIDEOS)
+        # text to video: phrase m attends over cells (softmax over n), phrases weighted by w; a valid
+        # cell's term is at most 1 (lse_col sums it), a masked cell's may overflow and is selected away
+        p = tl.where(n_valid[:, None], tl.exp2(s * scale_a - lse_col), 0.0)
         ds = grad_c * p * (1.0 + (s - c) * inv_ta)
-        # video to text: cell n attends over phrases (softmax over m), cells weighted by u
+        # video to text: cell n attends over phrases (softmax over m), cells weighted by u; a masked
+        # phrase's exponent is -1e30 (zero weight: every text has a valid phrase)
         s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
-        xr = tl.where(tl.reshape(m_valid, [1, TEXTS, BLOCK_M]), tl.reshape(x, [BLOCK_N, TEXTS, BLOCK_M]), -1e30)
+        xr = tl.reshape(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :], [BLOCK_N, TEXTS, BLOCK_M])
         q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
-        q = q / tl.sum(q, axis=2)[:, :, None]
+        q = q * (1.0 / tl.sum(q, axis=2))[:, :, None]
         e = tl.sum(q * s3, axis=2)
-        half_g = tl.load(COEF + pair * 3, mask=pair_in, other=0.0)
-        v2t = tl.load(COEF + pair * 3 + 1, mask=pair_in, other=0.0)
-        lse_u = tl.load(COEF + pair * 3 + 2, mask=pair_in, other=0.0)
+        half_g = _tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+        v2t = _tile_values(COEF + 1, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+        lse_u = _tile_values(COEF + 2, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         u = tl.where(n_valid[:, None], tl.exp2(e * scale_w - lse_u), 0.0)
-        grad_e = half_g * u * (1.0 + (e - v2t) * tl.load(TEMPS + 1))
+        grad_e = half_g * u * (1.0 + (e - v2t) * inv_tw)
         ds += tl.reshape(grad_e[:, :, None] * q * (1.0 + (s3 - e[:, :, None]) * inv_ta), [BLOCK_N, COLS])
-    return tl.where(valid, ds, 0.0)
+        return ds
 
 
 def _backward_kernel(
@@ -537,6 +569,7 @@ def _backward_kernel(
     Bt, N, M, D, R,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    TWO_VIDEOS: tl.constexpr,
 ):
     """Backward in tiles: one program = BLOCK_N consecutive cells of the flattened [Bv * N] cells and
     TEXTS texts; recomputes its similarity tile once and adds ds @ T and ds^T @ V to the float32
@@ -544,13 +577,14 @@ def _backward_kernel(
     g = tl.program_id(0)
     block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
-    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    first = block * BLOCK_N
+    rows = first + tl.arange(0, BLOCK_N)
     r_in = rows < R
     n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
-    ds = _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                  AGG, BLOCK_M, TEXTS, BLOCK_N).to(V.dtype.element_ty)
+    ds = _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
+                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS).to(V.dtype.element_ty)
 
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
@@ -565,17 +599,18 @@ def _backward_kernel(
                       sem="relaxed")
 
 
-def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF, PHRASE,
-              Bt, N, M, D, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-              TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, RESIDENT: tl.constexpr):
+def _sweep_ds(V, T, v, t, first, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
+              PHRASE, Bt, N, M, D, R, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+              BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              RESIDENT: tl.constexpr, TWO_VIDEOS: tl.constexpr):
     """dS/ds of a sweep's tile in the dot products' dtype: the similarity from the loaded tiles v and t
     (RESIDENT) or streamed from V and T in chunks of BLOCK_D."""
     if RESIDENT:
         s = _dot(v, tl.trans(t), PRECISION, UPCAST)
     else:
         s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
-    return _ds_tile(s, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, AGG,
-                    BLOCK_M, TEXTS, BLOCK_N).to(V.dtype.element_ty)
+    return _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
+                    R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS).to(V.dtype.element_ty)
 
 
 def _sweep_backward_kernel(
@@ -583,7 +618,7 @@ def _sweep_backward_kernel(
     Bt, N, M, D, R, PER_SPLIT,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr,
+    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr, TWO_VIDEOS: tl.constexpr,
 ):
     """Backward in sweeps: one gradient per launch, no atomic add inside the loop.
 
@@ -610,9 +645,9 @@ def _sweep_backward_kernel(
             r_in = rows < R
             n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
             v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
-            ds = _sweep_ds(V, T, v, t if RESIDENT else T, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
-                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
-                           BLOCK_D, RESIDENT)
+            ds = _sweep_ds(V, T, v, t if RESIDENT else T, block * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
+                           col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
+                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT, TWO_VIDEOS)
             acc += _dot(tl.trans(ds), v, PRECISION, UPCAST)
         tl.atomic_add(DT + t_rows[:, None] * D + offs_a[None, :], acc, mask=col_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -626,15 +661,16 @@ def _sweep_backward_kernel(
         for g in range(first, tl.minimum(first + PER_SPLIT, tl.cdiv(Bt, TEXTS))):
             texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
             t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
-            ds = _sweep_ds(V, T, v if RESIDENT else V, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
-                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
-                           BLOCK_D, RESIDENT)
+            ds = _sweep_ds(V, T, v if RESIDENT else V, t, fixed * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
+                           col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
+                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT, TWO_VIDEOS)
             acc += _dot(ds, t, PRECISION, UPCAST)
         tl.atomic_add(DV + rows[:, None] * D + offs_a[None, :], acc, mask=r_in[:, None] & a_in[None, :],
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_similarity", "_per_column", "_text_columns", "_ds_tile", "_forward_kernel",
+_JIT_FUNCTIONS = ("_dot", "_similarity", "_per_column", "_text_columns", "_tile_values", "_ds_tile",
+                  "_forward_kernel",
                   "_forward_video", "_backward_kernel", "_sweep_ds", "_sweep_backward_kernel")
 
 
@@ -730,9 +766,10 @@ def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: 
 
 
 def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.Tensor, m_count: torch.Tensor,
-                     temps: torch.Tensor, pair_stats: torch.Tensor, phrase_stats: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] of ``_backward_kernel``, on the device."""
+                     temps: torch.Tensor, pair_stats: torch.Tensor, phrase_stats: torch.Tensor,
+                     text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] of ``_backward_kernel``, on the device; attention's
+    phrase gradient (PHRASE[:, :, 2]) is zero on the masked phrases of ``text_valid`` [Bt, M]."""
     Bv, Bt = grad.shape
     coef = torch.zeros(Bv, Bt, 3, device=grad.device, dtype=torch.float32)
     if aggregation_code == 0:
@@ -747,7 +784,8 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
     c = phrase_stats[:, :, 0]
     w = torch.exp2(c * (inv_tw * LOG2E) - lse_w[..., None])
     phrase = phrase_stats.clone()
-    phrase[:, :, 2] = (0.5 * grad)[..., None] * w * (1.0 + (c - t2v[..., None]) * inv_tw)
+    grad_c = (0.5 * grad)[..., None] * w * (1.0 + (c - t2v[..., None]) * inv_tw)
+    phrase[:, :, 2] = torch.where(text_valid != 0, grad_c, 0.0)
     coef[:, :, 0] = 0.5 * grad
     coef[:, :, 1] = v2t
     coef[:, :, 2] = lse_u
@@ -764,8 +802,9 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torc
     def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(Bt, texts), triton.cdiv(Bv * N, meta["BLOCK_N"])
 
+    rows = max(c["BLOCK_N"] for c in backward_configs(_aggregation_name(aggregation_code)))
     kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, AGG=aggregation_code, PRECISION=precision, UPCAST=upcast,
-                 BLOCK_M=block_m, TEXTS=texts, **blocks)
+                 BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(N, rows), **blocks)
 
 
 def _sweep_programs(device: torch.device) -> int:
@@ -781,6 +820,12 @@ def sweep_splits(fixed: int, swept: int, programs: int) -> tuple[int, int]:
     ``programs / fixed`` splits of equal length (at most one per swept tile), none empty."""
     per_split = _cdiv(swept, min(swept, max(1, _cdiv(programs, fixed))))
     return _cdiv(swept, per_split), per_split
+
+
+def two_videos(cells: int, block_n: int) -> bool:
+    """Whether a backward tile of ``block_n`` consecutive cells spans two videos of ``cells`` cells at
+    most (the ``TWO_VIDEOS`` of ``_ds_tile``: statistics loaded per video, not gathered per entry)."""
+    return block_n <= cells + 1
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -809,7 +854,7 @@ def _sweep_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torc
 
         kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
                      PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
-                     FOR_TEXT=for_text, **blocks)
+                     FOR_TEXT=for_text, TWO_VIDEOS=two_videos(N, SWEEP_BLOCK_N), **blocks)
 
 
 _DESIGNS: dict[tuple[Any, ...], str] = {}
@@ -911,7 +956,8 @@ class _TritonPairScores(torch.autograd.Function):
         grad_video = grad_text = grad_inv_ta = grad_inv_tw = None
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         if any(needs):
-            coef, phrase = _backward_inputs(aggregation_code, grad, n_count, m_count, temps, pair_stats, phrase_stats)
+            coef, phrase = _backward_inputs(aggregation_code, grad, n_count, m_count, temps, pair_stats, phrase_stats,
+                                           text_valid_u8)
             dv = torch.empty(Bv, N, D, device=device, dtype=torch.float32)  # zeroed by run()
             dt = torch.empty(Bt, M, D, device=device, dtype=torch.float32)
             inputs = (video, text, video_valid_u8, text_valid_u8, temps, coef, phrase)

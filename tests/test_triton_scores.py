@@ -119,6 +119,30 @@ def test_float32_matches_reference(shape, aggregation, design):
                                    attn_temperature=0.1, weight_temperature=0.2)
 
 
+def test_two_videos_holds_exactly_while_a_tile_spans_at_most_two_videos():
+    assert triton_scores.two_videos(63, 64) and triton_scores.two_videos(196, 128)
+    assert not triton_scores.two_videos(62, 64) and not triton_scores.two_videos(70, 128)
+    # the shape below takes the two-video path in both designs, at its limit: 64-cell tiles over
+    # 63-cell videos, each tile holding both ends of a video boundary
+    assert {c["BLOCK_N"] for c in triton_scores.backward_configs("attention")} == {triton_scores.SWEEP_BLOCK_N} == {64}
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("shape", [pytest.param((4, 5, 63, 9, 24), id="tiles-span-two-videos"),
+                                   pytest.param((3, 5, 19, 9, 24), id="tiles-span-more-videos")])
+def test_masked_slots_have_no_influence_and_get_no_gradient(shape, aggregation, design):
+    # the kernel entry itself, with random tokens left in the masked slots (the caller zeroes them):
+    # scores and gradients equal the reference's, which reads valid slots only, so a masked slot's
+    # gradient must be zero
+    video, text, video_mask, text_mask, upstream = random_case(*shape, seed=11)
+    kwargs = dict(aggregation=aggregation, attn_temperature=0.1, weight_temperature=0.2)
+    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
+                                **kwargs)
+    assert (expected[1][~video_mask] == 0).all() and (expected[2][~text_mask] == 0).all()
+    assert_matches(values_and_grads(triton_scores.triton_pair_scores, video, text, video_mask, text_mask, upstream,
+                                    torch.float32, **kwargs), expected)
+
+
 @pytest.mark.parametrize("aggregation", ["mean", "max"])
 def test_wide_backward_tiles_match_reference(monkeypatch, aggregation):
     # the 128-cell backward tiles the autotuner may pick for mean and max (the interpreter runs the
@@ -156,8 +180,9 @@ def test_sweep_configs_fit_their_dimension():
         return [(c["D_SLICE"], c["RESIDENT"], c["num_warps"])
                 for c in triton_scores.sweep_configs(dim, for_text, aggregation)]
 
-    assert shapes(96, False) == shapes(96, True) == shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8),
-                                                                                     (128, 1, 4)]
+    assert shapes(96, False) == shapes(96, True) == shapes(96, False, "attention") == [(128, 1, 8), (128, 0, 8),
+                                                                                      (128, 1, 4)]
+    assert shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8)]  # 4 warps spill
     assert shapes(256, False) == [(256, 1, 8), (256, 0, 8), (128, 0, 8), (256, 1, 4)]
     assert shapes(256, False, "attention") == [(256, 1, 8), (256, 0, 8), (128, 0, 8)]  # 4 warps spill
     assert shapes(256, True) == [(256, 0, 8), (128, 0, 8)]
