@@ -140,8 +140,8 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         constexprs["UNSHIFTED"] = unshifted
     if sweep:
         constexprs["FOR_TEXT"] = kernel == "sweep_text"
-    if kernel != "forward":  # compiled for videos of CEILING_CELLS cells, as they run there
-        constexprs["TWO_VIDEOS"] = ts.two_videos(CEILING_CELLS, config["BLOCK_N"])
+    if kernel == "backward":  # compiled for videos of CEILING_CELLS cells, as it runs there
+        constexprs["TWO_VIDEOS"] = ts.two_videos(constexprs["AGG"], CEILING_CELLS, config["BLOCK_N"])
     signature = _signature(kernel, dtype)
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
     # arguments that are multiples of 16 (D and M here; N = 196 is not, and Bt is not assumed)

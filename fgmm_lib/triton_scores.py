@@ -31,13 +31,13 @@ at B = 1024, N = 196, M = 32, D = 256; in the 16.5 ms the `mean` forward took on
 about 6 TB/s, near the L2's bandwidth, so we take that forward to be bound by it. The resident
 tile cuts the traffic to about a third. The autotuner times both.
 
-Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics per
-cell's video, so tiles of flattened cells run over video boundaries. Where a tile spans two videos
-at most (``two_videos``: videos of at least BLOCK_N - 1 cells), the statistics of both are loaded
-as vectors and each row picks its video's; otherwise they are gathered entry by entry. Masks are
-applied per row only: a masked phrase carries a zero phrase gradient and an exponent of -1e30.
-At the target size this took attention's tiled backward from 3,948 to 3,044 warp instructions a
-tile (``kernel_report``), most of the difference being predicates of per-entry masks.
+Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics,
+gathered per cell's video, so tiles of flattened cells run over video boundaries. The gathers are
+masked by bounds only and attention's dS/ds by rows only (a masked phrase carries a zero phrase
+gradient and an exponent of -1e30): per-entry masks cost more predicate logic than the arithmetic
+they guard. Attention's tiles that span two videos at most (``two_videos``) load the statistics of
+both as vectors and each row picks its video's. At the target size these took attention's tiled
+backward from 3,948 to 3,044 warp instructions a tile (``kernel_report``).
 
 - tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
   recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
@@ -208,10 +208,9 @@ def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str,
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
     configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
     held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``); with
-    4 warps, attention's dV spills at 256 too, and its dT at 128 (a swept tile's statistics of two
-    videos, ``_ds_tile``)."""
+    4 warps, attention's dV spills at 256 too."""
     width = padded_width(dim, 128)
-    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and (width > 128 or for_text)
+    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and width > 128
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
         not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128)
                               and not (c["num_warps"] < 8 and narrow_spills))))
@@ -495,8 +494,9 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
              TWO_VIDEOS: tl.constexpr):
     """dS/ds on a tile of cells ``rows`` = first + arange(BLOCK_N) (flattened [Bv * N], may span
     videos) by the columns of text group g, from the similarity tile s; zero off the valid cells and
-    phrases (float32). TWO_VIDEOS (``two_videos``): BLOCK_N <= N + 1, so the tile spans two videos at
-    most and their statistics are loaded as vectors, not gathered entry by entry.
+    phrases (float32). TWO_VIDEOS (``two_videos``; attention's tiled backward): BLOCK_N <= N + 1, so
+    the tile spans two videos at most and their statistics are loaded as vectors, not gathered entry
+    by entry.
 
     COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] hold what ds needs per pair and per phrase
     (prepared from the forward's statistics and the incoming gradient, see ``_backward_inputs``;
@@ -602,7 +602,7 @@ def _backward_kernel(
 def _sweep_ds(V, T, v, t, first, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
               PHRASE, Bt, N, M, D, R, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
               BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              RESIDENT: tl.constexpr, TWO_VIDEOS: tl.constexpr):
+              RESIDENT: tl.constexpr):
     """dS/ds of a sweep's tile in the dot products' dtype: the similarity from the loaded tiles v and t
     (RESIDENT) or streamed from V and T in chunks of BLOCK_D."""
     if RESIDENT:
@@ -610,7 +610,7 @@ def _sweep_ds(V, T, v, t, first, rows, r_in, n_valid, g, texts, phrases, col_in,
     else:
         s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
     return _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                    R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS).to(V.dtype.element_ty)
+                    R, AGG, BLOCK_M, TEXTS, BLOCK_N, False).to(V.dtype.element_ty)
 
 
 def _sweep_backward_kernel(
@@ -618,7 +618,7 @@ def _sweep_backward_kernel(
     Bt, N, M, D, R, PER_SPLIT,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr, TWO_VIDEOS: tl.constexpr,
+    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr,
 ):
     """Backward in sweeps: one gradient per launch, no atomic add inside the loop.
 
@@ -647,7 +647,7 @@ def _sweep_backward_kernel(
             v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
             ds = _sweep_ds(V, T, v, t if RESIDENT else T, block * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
                            col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
-                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT, TWO_VIDEOS)
+                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT)
             acc += _dot(tl.trans(ds), v, PRECISION, UPCAST)
         tl.atomic_add(DT + t_rows[:, None] * D + offs_a[None, :], acc, mask=col_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -663,7 +663,7 @@ def _sweep_backward_kernel(
             t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
             ds = _sweep_ds(V, T, v if RESIDENT else V, t, fixed * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
                            col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
-                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT, TWO_VIDEOS)
+                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT)
             acc += _dot(ds, t, PRECISION, UPCAST)
         tl.atomic_add(DV + rows[:, None] * D + offs_a[None, :], acc, mask=r_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -804,7 +804,7 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torc
 
     rows = max(c["BLOCK_N"] for c in backward_configs(_aggregation_name(aggregation_code)))
     kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, AGG=aggregation_code, PRECISION=precision, UPCAST=upcast,
-                 BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(N, rows), **blocks)
+                 BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(aggregation_code, N, rows), **blocks)
 
 
 def _sweep_programs(device: torch.device) -> int:
@@ -822,10 +822,13 @@ def sweep_splits(fixed: int, swept: int, programs: int) -> tuple[int, int]:
     return _cdiv(swept, per_split), per_split
 
 
-def two_videos(cells: int, block_n: int) -> bool:
-    """Whether a backward tile of ``block_n`` consecutive cells spans two videos of ``cells`` cells at
-    most (the ``TWO_VIDEOS`` of ``_ds_tile``: statistics loaded per video, not gathered per entry)."""
-    return block_n <= cells + 1
+def two_videos(aggregation_code: int, cells: int, block_n: int) -> bool:
+    """The ``TWO_VIDEOS`` of the tiled backward (``_ds_tile``): attention's tiles of ``block_n``
+    consecutive cells that span two videos of ``cells`` cells at most load the statistics of both
+    as vectors instead of gathering them entry by entry. Not for ``mean`` and ``max``, which gather
+    one or two values an entry: their SASS counts favour the gather at 128 cells a tile, nor for the
+    sweeps, whose counts favour it too (``kernel_report``)."""
+    return aggregation_code == AGGREGATION_CODES["attention"] and block_n <= cells + 1
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -854,7 +857,7 @@ def _sweep_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torc
 
         kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
                      PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
-                     FOR_TEXT=for_text, TWO_VIDEOS=two_videos(N, SWEEP_BLOCK_N), **blocks)
+                     FOR_TEXT=for_text, **blocks)
 
 
 _DESIGNS: dict[tuple[Any, ...], str] = {}

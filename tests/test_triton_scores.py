@@ -119,12 +119,14 @@ def test_float32_matches_reference(shape, aggregation, design):
                                    attn_temperature=0.1, weight_temperature=0.2)
 
 
-def test_two_videos_holds_exactly_while_a_tile_spans_at_most_two_videos():
-    assert triton_scores.two_videos(63, 64) and triton_scores.two_videos(196, 128)
-    assert not triton_scores.two_videos(62, 64) and not triton_scores.two_videos(70, 128)
-    # the shape below takes the two-video path in both designs, at its limit: 64-cell tiles over
-    # 63-cell videos, each tile holding both ends of a video boundary
-    assert {c["BLOCK_N"] for c in triton_scores.backward_configs("attention")} == {triton_scores.SWEEP_BLOCK_N} == {64}
+def test_two_videos_holds_for_attention_tiles_spanning_at_most_two_videos():
+    attention = AGGREGATION_CODES["attention"]
+    assert triton_scores.two_videos(attention, 63, 64) and triton_scores.two_videos(attention, 196, 128)
+    assert not triton_scores.two_videos(attention, 62, 64) and not triton_scores.two_videos(attention, 70, 128)
+    assert not any(triton_scores.two_videos(AGGREGATION_CODES[name], 196, 64) for name in ("mean", "max"))
+    # the shape below takes the two-video path in attention's tiles, at its limit: 64-cell tiles
+    # over 63-cell videos, each tile holding both ends of a video boundary
+    assert {c["BLOCK_N"] for c in triton_scores.backward_configs("attention")} == {64}
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
@@ -180,9 +182,8 @@ def test_sweep_configs_fit_their_dimension():
         return [(c["D_SLICE"], c["RESIDENT"], c["num_warps"])
                 for c in triton_scores.sweep_configs(dim, for_text, aggregation)]
 
-    assert shapes(96, False) == shapes(96, True) == shapes(96, False, "attention") == [(128, 1, 8), (128, 0, 8),
-                                                                                      (128, 1, 4)]
-    assert shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8)]  # 4 warps spill
+    assert shapes(96, False) == shapes(96, True) == shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8),
+                                                                                     (128, 1, 4)]
     assert shapes(256, False) == [(256, 1, 8), (256, 0, 8), (128, 0, 8), (256, 1, 4)]
     assert shapes(256, False, "attention") == [(256, 1, 8), (256, 0, 8), (128, 0, 8)]  # 4 warps spill
     assert shapes(256, True) == [(256, 0, 8), (128, 0, 8)]
