@@ -146,6 +146,21 @@ def test_masked_slots_have_no_influence_and_get_no_gradient(shape, aggregation, 
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_two_video_statistics_serve_mean_and_max_too(monkeypatch, aggregation):
+    # two_videos keeps mean and max on the gather (their SASS counts favour it); the two-video path
+    # of _ds_tile is written for every aggregation, and holds for them as well
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "tiles")
+    monkeypatch.setattr(triton_scores, "two_videos", lambda aggregation_code, cells, block_n: block_n <= cells + 1)
+    monkeypatch.setattr(triton_scores, "WIDE_BACKWARD_CONFIGS", ())
+    video, text, video_mask, text_mask, upstream = random_case(4, 5, 63, 9, 24, seed=13)
+    kwargs = dict(aggregation=aggregation)
+    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
+                                **kwargs)
+    assert_matches(values_and_grads(triton_scores.triton_pair_scores, video, text, video_mask, text_mask, upstream,
+                                    torch.float32, **kwargs), expected)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
 def test_wide_backward_tiles_match_reference(monkeypatch, aggregation):
     # the 128-cell backward tiles the autotuner may pick for mean and max (the interpreter runs the
     # first configuration of the list): tiles straddle three videos and end past the last cell
