@@ -86,9 +86,15 @@ def assert_matches(actual, expected, names=("scores", "video grad", "text grad")
 def assert_fused_matches_reference(shape, seed, masked=True, **kwargs):
     """Scores and token gradients of the fused kernels (float32) against the float64 reference on a
     random case of ``shape`` (Bv, Bt, N, M, D)."""
-    case = random_case(*shape, seed=seed, masked=masked)
+    assert_case_matches_reference(random_case(*shape, seed=seed, masked=masked), **kwargs)
+
+
+def assert_case_matches_reference(case, function=None, **kwargs):
+    """``function`` (default: ``fused``) in float32 against the float64 reference on ``case`` (of
+    ``random_case``); returns the reference's scores and gradients."""
     expected = values_and_grads(reference_scores, *case, torch.float64, **kwargs)
-    assert_matches(values_and_grads(fused, *case, torch.float32, **kwargs), expected)
+    assert_matches(values_and_grads(function or fused, *case, torch.float32, **kwargs), expected)
+    return expected
 
 
 def fused(video, text, text_mask, video_mask, **kwargs):
@@ -136,13 +142,11 @@ def test_masked_slots_have_no_influence_and_get_no_gradient(shape, aggregation, 
     # the kernel entry itself, with random tokens left in the masked slots (the caller zeroes them):
     # scores and gradients equal the reference's, which reads valid slots only, so a masked slot's
     # gradient must be zero
-    video, text, video_mask, text_mask, upstream = random_case(*shape, seed=11)
-    kwargs = dict(aggregation=aggregation, attn_temperature=0.1, weight_temperature=0.2)
-    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
-                                **kwargs)
+    case = random_case(*shape, seed=11)
+    expected = assert_case_matches_reference(case, triton_scores.triton_pair_scores, aggregation=aggregation,
+                                             attn_temperature=0.1, weight_temperature=0.2)
+    video_mask, text_mask = case[2], case[3]
     assert (expected[1][~video_mask] == 0).all() and (expected[2][~text_mask] == 0).all()
-    assert_matches(values_and_grads(triton_scores.triton_pair_scores, video, text, video_mask, text_mask, upstream,
-                                    torch.float32, **kwargs), expected)
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "max"])
@@ -152,12 +156,8 @@ def test_two_video_statistics_serve_mean_and_max_too(monkeypatch, aggregation):
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "tiles")
     monkeypatch.setattr(triton_scores, "two_videos", lambda aggregation_code, cells, block_n: block_n <= cells + 1)
     monkeypatch.setattr(triton_scores, "WIDE_BACKWARD_CONFIGS", ())
-    video, text, video_mask, text_mask, upstream = random_case(4, 5, 63, 9, 24, seed=13)
-    kwargs = dict(aggregation=aggregation)
-    expected = values_and_grads(reference_scores, video, text, video_mask, text_mask, upstream, torch.float64,
-                                **kwargs)
-    assert_matches(values_and_grads(triton_scores.triton_pair_scores, video, text, video_mask, text_mask, upstream,
-                                    torch.float32, **kwargs), expected)
+    assert_case_matches_reference(random_case(4, 5, 63, 9, 24, seed=13), triton_scores.triton_pair_scores,
+                                  aggregation=aggregation)
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "max"])
