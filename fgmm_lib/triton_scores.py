@@ -8,9 +8,13 @@
   so that Hopper's wgmma and Ampere's mma.sync run at a useful width); D is looped in chunks of
   ``BLOCK_D``, so shared memory does not grow with D;
 - statistics per text (softmax and max over the phrases of a cell) are grouped reductions over a
-  [BLOCK_N, TEXTS, BLOCK_M] view of the tile; statistics per phrase (softmax and max over the
-  cells of a video) are running column statistics; every exponential is an ``exp2`` with
-  1/tau * log2(e) folded into one scale;
+  [BLOCK_N, TEXTS, BLOCK_M] view of the tile; statistics over the cells of a video (per phrase:
+  sum, max and its cell, softmax sums; per text: the pair's softmax sums) are kept per cell row
+  of the tile, [BLOCK_N, columns] in registers, and reduced over cells once per video: a
+  reduction per block of cells costs more issued instructions (cross-warp shuffles, barriers)
+  than the sums it reduces (attention's shifted forward, whose sums are rescaled, keeps running
+  column statistics); every exponential is an ``exp2`` with 1/tau * log2(e) folded into one
+  scale, and the compiled kernels take log2 on the special function unit (``_log2_fast``);
 - attention's softmaxes need no running maximum while both temperatures are at least 1/64
   (``MAX_UNSHIFTED_INVERSE_TEMPERATURE``): cosines lie in [-1, 1], so exp2(s / tau * log2 e)
   stays within float32's normal range, and one exponential per entry serves the softmax over cells
@@ -219,6 +223,8 @@ def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str,
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.
 triton: Any = None
 tl: Any = None
+libdevice: Any = None
+_log2: Any = None
 _KERNELS_READY = False
 _TUNED: dict[str, Any] = {}
 
@@ -268,6 +274,19 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b, input_precision=PRECISION)
+
+
+def _log2_exact(x):
+    """tl.log2 (a polynomial of about 25 instructions in the compiled code): ``_log2`` under the
+    interpreter, which cannot run libdevice."""
+    return tl.log2(x)
+
+
+def _log2_fast(x):
+    """log2 on the special function unit (``lg2.approx``, relative error below 2^-22): ``_log2`` of
+    the compiled kernels. Its arguments, sums of exponentials, lie far above float32's subnormals,
+    which it flushes to zero."""
+    return libdevice.fast_log2f(x)
 
 
 def _similarity(V, T, v_rows, v_in, t_rows, t_in, D, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -354,18 +373,34 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
     COLS: tl.constexpr = TEXTS * BLOCK_M
     n_cnt = tl.load(NCNT + i)
 
-    col_sum = tl.zeros([COLS], tl.float32)  # mean: column sums; attention: softmax-weighted s
-    col_max = tl.full([COLS], -1e30, tl.float32)  # max: column max; attention: running max (log2)
-    col_arg = tl.zeros([COLS], tl.int32)
+    # Statistics over cells stay per (cell, column) and per (cell, text) until the video ends, where
+    # one reduction over cells takes them: a reduction per block of cells costs more issue slots
+    # (cross-warp shuffles and barriers) than the arithmetic it reduces. Attention's shifted forward
+    # rescales its sums by running maxima and keeps them per column and per text, reduced block by
+    # block, as do both attention forwards for the temperatures' sums per text (per cell, they spill).
+    col_sum = tl.zeros([COLS], tl.float32)  # softmax-weighted s
+    col_max = tl.full([COLS], -1e30, tl.float32)  # running max (log2)
     col_l = tl.zeros([COLS], tl.float32)
     col_sq = tl.zeros([COLS], tl.float32)
-    row_total = tl.zeros([TEXTS], tl.float32)  # max: sum over cells of the row max of each text
     u_max = tl.full([TEXTS], -1e30, tl.float32)
     u_l = tl.zeros([TEXTS], tl.float32)
     u_acc = tl.zeros([TEXTS], tl.float32)
     u_sq = tl.zeros([TEXTS], tl.float32)  # sum of u * e^2 (temperature gradient)
     u_var = tl.zeros([TEXTS], tl.float32)  # sum of u * var_q(s) (temperature gradient)
     u_evar = tl.zeros([TEXTS], tl.float32)  # sum of u * e * var_q(s) (temperature gradient)
+    if AGG == 0:
+        cell_sum = tl.zeros([BLOCK_N, COLS], tl.float32)  # sum of s
+    elif AGG == 1:
+        cell_max = tl.full([BLOCK_N, COLS], -1e30, tl.float32)  # max of s, and its cell
+        cell_arg = tl.zeros([BLOCK_N, COLS], tl.int32)
+        cell_total = tl.zeros([BLOCK_N, TEXTS], tl.float32)  # sum of each text's max over phrases
+    elif UNSHIFTED:
+        cell_l = tl.zeros([BLOCK_N, COLS], tl.float32)
+        cell_s = tl.zeros([BLOCK_N, COLS], tl.float32)
+        cell_u = tl.zeros([BLOCK_N, TEXTS], tl.float32)
+        cell_ue = tl.zeros([BLOCK_N, TEXTS], tl.float32)
+        if TEMP_GRAD:
+            cell_sq = tl.zeros([BLOCK_N, COLS], tl.float32)
 
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -379,23 +414,24 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
         else:
             s = _similarity(V, T, i * N + offs_n, n_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
         if AGG == 0:
-            col_sum += tl.sum(tl.where(n_valid[:, None] & m_valid[None, :], s, 0.0), axis=0)
+            cell_sum += tl.where(n_valid[:, None] & m_valid[None, :], s, 0.0)
         elif AGG == 1:
             xc = tl.where(n_valid[:, None], s, -1e30)
-            chunk_max = tl.max(xc, axis=0)
-            chunk_arg = tl.argmax(xc, axis=0).to(tl.int32) + n0
-            better = chunk_max > col_max
-            col_arg = tl.where(better, chunk_arg, col_arg)
-            col_max = tl.where(better, chunk_max, col_max)
+            better = xc > cell_max  # a tie keeps the earlier cell
+            cell_arg = tl.where(better, offs_n[:, None], cell_arg)
+            cell_max = tl.where(better, xc, cell_max)
             row_max = tl.max(tl.where(m_valid3, tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M]), -1e30), axis=2)
-            row_total += tl.sum(tl.where(n_valid[:, None], row_max, 0.0), axis=0)
+            cell_total += tl.where(n_valid[:, None], row_max, 0.0)
         else:
             # per phrase: softmax over cells, online (running max, sums rescaled) unless UNSHIFTED: then
             # no maxima (see MAX_UNSHIFTED_INVERSE_TEMPERATURE) and one exponential serves both softmaxes
             if UNSHIFTED:
                 ex = tl.exp2(s * scale_a)
                 p = tl.where(n_valid[:, None], ex, 0.0)
-                alpha = 1.0
+                cell_l += p
+                cell_s += p * s
+                if TEMP_GRAD:
+                    cell_sq += p * s * s
             else:
                 x = s * scale_a
                 xc = tl.where(n_valid[:, None], x, -1e30)
@@ -403,10 +439,10 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
                 alpha = tl.exp2(col_max - new_max)
                 p = tl.where(n_valid[:, None], tl.exp2(xc - new_max[None, :]), 0.0)
                 col_max = new_max
-            col_l = col_l * alpha + tl.sum(p, axis=0)
-            col_sum = col_sum * alpha + tl.sum(p * s, axis=0)
-            if TEMP_GRAD:
-                col_sq = col_sq * alpha + tl.sum(p * s * s, axis=0)
+                col_l = col_l * alpha + tl.sum(p, axis=0)
+                col_sum = col_sum * alpha + tl.sum(p * s, axis=0)
+                if TEMP_GRAD:
+                    col_sq = col_sq * alpha + tl.sum(p * s * s, axis=0)
             # per cell and text: softmax over the text's phrases (all in the tile)
             s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
             if UNSHIFTED:
@@ -417,24 +453,43 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
                 q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
                 q_l = tl.sum(q, axis=2)
             e = tl.sum(q * s3, axis=2) / q_l
+            if TEMP_GRAD:
+                var_row = tl.sum(q * s3 * s3, axis=2) / q_l - e * e
             # per pair: softmax over cells of e / tau_w, online unless UNSHIFTED
             if UNSHIFTED:
                 pu = tl.where(n_valid[:, None], tl.exp2(e * scale_w), 0.0)
-                beta = 1.0
+                cell_u += pu
+                cell_ue += pu * e
+                if TEMP_GRAD:
+                    u_sq += tl.sum(pu * e * e, axis=0)
+                    u_var += tl.sum(pu * var_row, axis=0)
+                    u_evar += tl.sum(pu * e * var_row, axis=0)
             else:
                 xe = tl.where(n_valid[:, None], e * scale_w, -1e30)
                 new_u_max = tl.maximum(u_max, tl.max(xe, axis=0))
                 beta = tl.exp2(u_max - new_u_max)
                 pu = tl.where(n_valid[:, None], tl.exp2(xe - new_u_max[None, :]), 0.0)
                 u_max = new_u_max
-            u_l = u_l * beta + tl.sum(pu, axis=0)
-            u_acc = u_acc * beta + tl.sum(pu * e, axis=0)
-            if TEMP_GRAD:
-                var_row = tl.sum(q * s3 * s3, axis=2) / q_l - e * e
-                u_sq = u_sq * beta + tl.sum(pu * e * e, axis=0)
-                u_var = u_var * beta + tl.sum(pu * var_row, axis=0)
-                u_evar = u_evar * beta + tl.sum(pu * e * var_row, axis=0)
+                u_l = u_l * beta + tl.sum(pu, axis=0)
+                u_acc = u_acc * beta + tl.sum(pu * e, axis=0)
+                if TEMP_GRAD:
+                    u_sq = u_sq * beta + tl.sum(pu * e * e, axis=0)
+                    u_var = u_var * beta + tl.sum(pu * var_row, axis=0)
+                    u_evar = u_evar * beta + tl.sum(pu * e * var_row, axis=0)
 
+    if AGG == 0:
+        col_sum = tl.sum(cell_sum, axis=0)
+    elif AGG == 1:
+        col_max = tl.max(cell_max, axis=0)
+        col_arg = tl.min(tl.where(cell_max == col_max[None, :], cell_arg, N), axis=0)  # the first best cell
+        row_total = tl.sum(cell_total, axis=0)
+    elif UNSHIFTED:
+        col_l = tl.sum(cell_l, axis=0)
+        col_sum = tl.sum(cell_s, axis=0)
+        u_l = tl.sum(cell_u, axis=0)
+        u_acc = tl.sum(cell_ue, axis=0)
+        if TEMP_GRAD:
+            col_sq = tl.sum(cell_sq, axis=0)
     pair = i * Bt + group
     col_out = PHRASE + (i * Bt + texts) * 3 * M + phrases
     if AGG == 0:
@@ -458,11 +513,11 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
         v2t = u_acc / u_l
         score = 0.5 * (t2v + v2t)
         tl.store(col_out, c, mask=col_in)
-        tl.store(col_out + M, col_max + tl.log2(col_l), mask=col_in)
+        tl.store(col_out + M, col_max + _log2(col_l), mask=col_in)
         tl.store(PAIR + pair * 4 + 0, t2v, mask=group_in)
-        tl.store(PAIR + pair * 4 + 1, w_max + tl.log2(w_l), mask=group_in)
+        tl.store(PAIR + pair * 4 + 1, w_max + _log2(w_l), mask=group_in)
         tl.store(PAIR + pair * 4 + 2, v2t, mask=group_in)
-        tl.store(PAIR + pair * 4 + 3, u_max + tl.log2(u_l), mask=group_in)
+        tl.store(PAIR + pair * 4 + 3, u_max + _log2(u_l), mask=group_in)
         if TEMP_GRAD:
             # dS/d(1/tau_a): c and e move by their attention-weighted variance of s
             var_col = tl.reshape(col_sq / col_l - c * c, [TEXTS, BLOCK_M])
@@ -669,9 +724,9 @@ def _sweep_backward_kernel(
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_similarity", "_per_column", "_text_columns", "_tile_values", "_ds_tile",
-                  "_forward_kernel",
-                  "_forward_video", "_backward_kernel", "_sweep_ds", "_sweep_backward_kernel")
+_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_similarity", "_per_column", "_text_columns", "_tile_values",
+                  "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel", "_sweep_ds",
+                  "_sweep_backward_kernel")
 
 
 def _load_kernels() -> None:
@@ -692,6 +747,11 @@ def _load_kernels() -> None:
     module_globals = globals()
     for name in _JIT_FUNCTIONS:
         module_globals[name] = triton.jit(module_globals[name])
+    if _interpret_mode():
+        module_globals["_log2"] = module_globals["_log2_exact"]
+    else:
+        from triton.language.extra import libdevice as libdevice_module
+        module_globals["libdevice"], module_globals["_log2"] = libdevice_module, module_globals["_log2_fast"]
     if not _interpret_mode():
         # the aggregation is part of the key: each has its own best configuration (a key of sizes
         # alone would reuse the first aggregation's choice for the others)
