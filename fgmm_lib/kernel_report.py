@@ -77,6 +77,8 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
                  ("N", "i32"), ("M", "i32"), ("D", "i32"), ("R", "i32")]
         if kernel.startswith("sweep"):
             names.append(("PER_SPLIT", "i32"))
+        else:
+            names.append(("D_PAD", "i32"))
     return dict(names)
 
 
@@ -144,8 +146,9 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         constexprs["TWO_VIDEOS"] = ts.two_videos(constexprs["AGG"], CEILING_CELLS, config["BLOCK_N"])
     signature = _signature(kernel, dtype)
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
-    # arguments that are multiples of 16 (D and M here; N = 196 is not, and Bt is not assumed)
-    divisible = {"D": dim, "M": phrases}
+    # arguments that are multiples of 16 (D, M and the backward's padded D here; N = 196 is not, and
+    # Bt is not assumed)
+    divisible = {"D": dim, "M": phrases, "D_PAD": 64}
     attrs = {(index,): [["tt.divisibility", 16]] for index, (name, kind) in enumerate(signature.items())
              if kind.startswith("*") or (name in divisible and divisible[name] % 16 == 0)}
     signature.update({name: "constexpr" for name in constexprs})

@@ -45,9 +45,10 @@ backward from 3,948 to 3,044 warp instructions a tile (``kernel_report``).
 
 - tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
   recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
-  atomic adds. On an H100 (``results/bench/gpu_kernel_times.json``) its cost is those adds, one
-  [cells x D] and one [columns x D] add per tile: 128-cell tiles (``WIDE_BACKWARD_CONFIGS``, mean
-  and max) add a third fewer and took the mean backward from 112 to 65 ms at the size above;
+  atomic adds, unmasked: the gradients are padded so that every add lands in bounds. On an H100
+  (``results/bench/gpu_kernel_times.json``) its cost is those adds, one [cells x D] and one
+  [columns x D] add per tile: 128-cell tiles (``WIDE_BACKWARD_CONFIGS``, mean and max) add a third
+  fewer and took the mean backward from 112 to 65 ms at the size above;
 - sweeps (``_sweep_backward_kernel``, texts of at most 64 phrases): one launch per gradient. For
   dV a program holds a tile of cells and sweeps every group of texts, for dT a program holds a
   group of texts and sweeps every tile of cells; the gradient accumulates in registers and
@@ -621,14 +622,16 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
 
 def _backward_kernel(
     V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DV, DT,
-    Bt, N, M, D, R,
+    Bt, N, M, D, R, D_PAD,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     TWO_VIDEOS: tl.constexpr,
 ):
     """Backward in tiles: one program = BLOCK_N consecutive cells of the flattened [Bv * N] cells and
     TEXTS texts; recomputes its similarity tile once and adds ds @ T and ds^T @ V to the float32
-    gradients DV and DT with atomic adds, D in chunks of BLOCK_D (any D)."""
+    gradients DV and DT with atomic adds, D in chunks of BLOCK_D (any D). DV [cells, D_PAD] and DT
+    [texts, BLOCK_M, D_PAD] are padded (``_tiled_backward``) so that every add of every tile lands
+    in bounds: the adds take no masks (the padding receives zeros or is discarded)."""
     g = tl.program_id(0)
     block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
@@ -642,20 +645,19 @@ def _backward_kernel(
                   R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS).to(V.dtype.element_ty)
 
     offs_d = tl.arange(0, BLOCK_D)
+    dt_rows = (g * TEXTS) * BLOCK_M + tl.arange(0, COLS)  # of DT's padded [texts * BLOCK_M] rows
     for d0 in range(0, D, BLOCK_D):
         d_in = (d0 + offs_d) < D
         t = tl.load(T + t_rows[:, None] * D + d0 + offs_d[None, :], mask=col_in[:, None] & d_in[None, :], other=0.0)
         dv = _dot(ds, t, PRECISION, UPCAST)
-        tl.atomic_add(DV + rows[:, None] * D + d0 + offs_d[None, :], dv, mask=r_in[:, None] & d_in[None, :],
-                      sem="relaxed")
+        tl.atomic_add(DV + rows[:, None] * D_PAD + d0 + offs_d[None, :], dv, sem="relaxed")
         v = tl.load(V + rows[:, None] * D + d0 + offs_d[None, :], mask=r_in[:, None] & d_in[None, :], other=0.0)
         dt = _dot(tl.trans(ds), v, PRECISION, UPCAST)
-        tl.atomic_add(DT + t_rows[:, None] * D + d0 + offs_d[None, :], dt, mask=col_in[:, None] & d_in[None, :],
-                      sem="relaxed")
+        tl.atomic_add(DT + dt_rows[:, None] * D_PAD + d0 + offs_d[None, :], dt, sem="relaxed")
 
 
-def _sweep_ds(V, T, v, t, first, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
-              PHRASE, Bt, N, M, D, R, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
+              PHRASE, Bt, N, M, D, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
               BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               RESIDENT: tl.constexpr):
     """dS/ds of a sweep's tile in the dot products' dtype: the similarity from the loaded tiles v and t
@@ -664,8 +666,9 @@ def _sweep_ds(V, T, v, t, first, rows, r_in, n_valid, g, texts, phrases, col_in,
         s = _dot(v, tl.trans(t), PRECISION, UPCAST)
     else:
         s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
-    return _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                    R, AGG, BLOCK_M, TEXTS, BLOCK_N, False).to(V.dtype.element_ty)
+    # the sweeps gather the statistics (TWO_VIDEOS False), which needs neither first nor R (0 here)
+    return _ds_tile(s, 0, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, 0,
+                    AGG, BLOCK_M, TEXTS, BLOCK_N, False).to(V.dtype.element_ty)
 
 
 def _sweep_backward_kernel(
@@ -700,9 +703,9 @@ def _sweep_backward_kernel(
             r_in = rows < R
             n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
             v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
-            ds = _sweep_ds(V, T, v, t if RESIDENT else T, block * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
-                           col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
-                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT)
+            ds = _sweep_ds(V, T, v, t if RESIDENT else T, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
+                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS,
+                           BLOCK_N, BLOCK_D, RESIDENT)
             acc += _dot(tl.trans(ds), v, PRECISION, UPCAST)
         tl.atomic_add(DT + t_rows[:, None] * D + offs_a[None, :], acc, mask=col_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -716,9 +719,9 @@ def _sweep_backward_kernel(
         for g in range(first, tl.minimum(first + PER_SPLIT, tl.cdiv(Bt, TEXTS))):
             texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
             t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
-            ds = _sweep_ds(V, T, v if RESIDENT else V, t, fixed * BLOCK_N, rows, r_in, n_valid, g, texts, phrases,
-                           col_in, t_rows, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
-                           BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, RESIDENT)
+            ds = _sweep_ds(V, T, v if RESIDENT else V, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
+                           m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS,
+                           BLOCK_N, BLOCK_D, RESIDENT)
             acc += _dot(ds, t, PRECISION, UPCAST)
         tl.atomic_add(DV + rows[:, None] * D + offs_a[None, :], acc, mask=r_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -852,19 +855,30 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
     return coef, phrase
 
 
-def _tiled_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torch.Tensor,
-                    settings: tuple[Any, ...]) -> None:
-    """Both gradients by ``_backward_kernel`` (atomic adds into the zeroed dv and dt)."""
+def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients [Bv, N, D] and [Bt, M, D] (float32) by ``_backward_kernel``: atomic adds into
+    zeroed buffers padded so that no tile of any configuration adds out of bounds (cells to a
+    multiple of the largest BLOCK_N, texts to whole groups, phrases to BLOCK_M, D to a multiple of
+    the largest BLOCK_D), then cut to size. Masks on the adds (with their branches around each add)
+    cost attention's tile at M = 32, D = 256 about a tenth of its warp instructions (``kernel_report``)."""
     aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
     block_m, texts = tile_shape(M)
     kernel, blocks = _launch("backward", aggregation_code, M, D)
+    configs = backward_configs(_aggregation_name(aggregation_code))
+    block_n, block_d = max(c["BLOCK_N"] for c in configs), max(c["BLOCK_D"] for c in configs)
+    d_pad = _cdiv(D, block_d) * block_d
+    device = inputs[0].device
+    dv = torch.zeros(_cdiv(Bv * N, block_n) * block_n, d_pad, device=device, dtype=torch.float32)
+    dt = torch.zeros(_cdiv(Bt, texts) * texts, block_m, d_pad, device=device, dtype=torch.float32)
 
     def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(Bt, texts), triton.cdiv(Bv * N, meta["BLOCK_N"])
 
-    rows = max(c["BLOCK_N"] for c in backward_configs(_aggregation_name(aggregation_code)))
-    kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, AGG=aggregation_code, PRECISION=precision, UPCAST=upcast,
-                 BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(aggregation_code, N, rows), **blocks)
+    kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, d_pad, AGG=aggregation_code, PRECISION=precision,
+                 UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(aggregation_code, N, block_n),
+                 **blocks)
+    return dv[:Bv * N, :D].reshape(Bv, N, D), dt[:Bt, :M, :D].contiguous()
 
 
 def _sweep_programs(device: torch.device) -> int:
@@ -895,10 +909,14 @@ def _cdiv(a: int, b: int) -> int:
     return -(-int(a) // int(b))
 
 
-def _sweep_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torch.Tensor, settings: tuple[Any, ...],
-                    needs: tuple[bool, bool]) -> None:
-    """The gradients ``needs`` asks for, one ``_sweep_backward_kernel`` launch each."""
+def _sweep_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...], needs: tuple[bool, bool]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients [Bv, N, D] and [Bt, M, D] (float32; one is zero where ``needs`` does not ask
+    for it), one ``_sweep_backward_kernel`` launch each."""
     aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
+    device = inputs[0].device
+    dv = torch.zeros(Bv, N, D, device=device, dtype=torch.float32)
+    dt = torch.zeros(Bt, M, D, device=device, dtype=torch.float32)
     shape = sweep_shape(M)
     assert shape is not None
     block_m, texts = shape
@@ -918,6 +936,7 @@ def _sweep_backward(inputs: tuple[torch.Tensor, ...], dv: torch.Tensor, dt: torc
         kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
                      PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
                      FOR_TEXT=for_text, **blocks)
+    return dv, dt
 
 
 _DESIGNS: dict[tuple[Any, ...], str] = {}
@@ -1021,21 +1040,16 @@ class _TritonPairScores(torch.autograd.Function):
         if any(needs):
             coef, phrase = _backward_inputs(aggregation_code, grad, n_count, m_count, temps, pair_stats, phrase_stats,
                                            text_valid_u8)
-            dv = torch.empty(Bv, N, D, device=device, dtype=torch.float32)  # zeroed by run()
-            dt = torch.empty(Bt, M, D, device=device, dtype=torch.float32)
             inputs = (video, text, video_valid_u8, text_valid_u8, temps, coef, phrase)
             settings = (aggregation_code, precision, upcast, Bv, Bt, N, M, D)
 
-            def run(design: str) -> None:
-                dv.zero_()
-                dt.zero_()
+            def run(design: str) -> tuple[torch.Tensor, torch.Tensor]:
                 with _device_context(device):
                     if design == "sweep":
-                        _sweep_backward(inputs, dv, dt, settings, needs)
-                    else:
-                        _tiled_backward(inputs, dv, dt, settings)
+                        return _sweep_backward(inputs, settings, needs)
+                    return _tiled_backward(inputs, settings)
 
-            run(_backward_design(settings, needs, video.dtype, device, run))
+            dv, dt = run(_backward_design(settings, needs, video.dtype, device, run))
             input_dtype = ctx.input_dtype
             grad_video = dv.to(input_dtype) if needs[0] else None
             grad_text = dt.to(input_dtype) if needs[1] else None

@@ -231,9 +231,9 @@ def test_sweep_computes_only_the_gradient_asked_for(monkeypatch, needs):
     launches = []
     original = triton_scores._sweep_backward
 
-    def spy(inputs, dv, dt, settings, wanted):
+    def spy(inputs, settings, wanted):
         launches.append(wanted)
-        return original(inputs, dv, dt, settings, wanted)
+        return original(inputs, settings, wanted)
 
     monkeypatch.setattr(triton_scores, "_sweep_backward", spy)
     video, text, video_mask, text_mask, upstream = random_case(2, 3, 11, 5, 16, seed=2)
