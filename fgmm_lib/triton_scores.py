@@ -596,28 +596,32 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
         inv_tw = tl.load(TEMPS + 1)
         scale_a = inv_ta * 1.4426950408889634
         scale_w = inv_tw * 1.4426950408889634
-        c = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+        # text to video: phrase m attends over cells (softmax p over n), phrases weighted by w:
+        # ds = grad_c * p * (1 + (s - c) / tau_a) = p * (a + b * s), a and b per phrase from
+        # ``_backward_inputs``. A valid cell's p is at most 1 (lse_col sums it), a masked cell's may
+        # overflow and is selected away.
+        a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         lse_col = _tile_values(PHRASE + M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
-        grad_c = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1,
-                              TWO_VIDEOS)
-        # text to video: phrase m attends over cells (softmax over n), phrases weighted by w; a valid
-        # cell's term is at most 1 (lse_col sums it), a masked cell's may overflow and is selected away
+        b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         p = tl.where(n_valid[:, None], tl.exp2(s * scale_a - lse_col), 0.0)
-        ds = grad_c * p * (1.0 + (s - c) * inv_ta)
-        # video to text: cell n attends over phrases (softmax over m), cells weighted by u; a masked
-        # phrase's exponent is -1e30 (zero weight: every text has a valid phrase)
+        ds = p * (a + b * s)
+        # video to text: cell n attends over phrases (softmax q over m, unnormalised here, 1 / q_l its
+        # norm), cells weighted by u: ds += grad_e * q / q_l * (1 + (s - e) / tau_a) = q * (a_row +
+        # b_row * s) with a_row and b_row per cell and text. A masked phrase's exponent is -1e30 (zero
+        # weight: every text has a valid phrase).
         s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
         xr = tl.reshape(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :], [BLOCK_N, TEXTS, BLOCK_M])
         q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
-        q = q * (1.0 / tl.sum(q, axis=2))[:, :, None]
-        e = tl.sum(q * s3, axis=2)
+        inv_q_l = 1.0 / tl.sum(q, axis=2)
+        e = tl.sum(q * s3, axis=2) * inv_q_l
         half_g = _tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         v2t = _tile_values(COEF + 1, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         lse_u = _tile_values(COEF + 2, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         u = tl.where(n_valid[:, None], tl.exp2(e * scale_w - lse_u), 0.0)
-        grad_e = half_g * u * (1.0 + (e - v2t) * inv_tw)
-        ds += tl.reshape(grad_e[:, :, None] * q * (1.0 + (s3 - e[:, :, None]) * inv_ta), [BLOCK_N, COLS])
-        return ds
+        grad_e = half_g * u * (1.0 + (e - v2t) * inv_tw) * inv_q_l
+        b_row = grad_e * inv_ta
+        a_row = grad_e - b_row * e
+        return ds + tl.reshape(q * (a_row[:, :, None] + b_row[:, :, None] * s3), [BLOCK_N, COLS])
 
 
 def _backward_kernel(
@@ -831,8 +835,11 @@ def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: 
 def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.Tensor, m_count: torch.Tensor,
                      temps: torch.Tensor, pair_stats: torch.Tensor, phrase_stats: torch.Tensor,
                      text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] of ``_backward_kernel``, on the device; attention's
-    phrase gradient (PHRASE[:, :, 2]) is zero on the masked phrases of ``text_valid`` [Bt, M]."""
+    """COEF [Bv, Bt, 3] and PHRASE [Bv, Bt, 3, M] of ``_backward_kernel``, on the device. Attention's
+    PHRASE holds a, lse and b per phrase, where the phrase's gradient grad_c (of the score through
+    its attended similarity c) gives dS/ds = p * (a + b * s) over its softmax p of cells:
+    a = grad_c * (1 - c / tau_a), b = grad_c / tau_a; both are zero on the masked phrases of
+    ``text_valid`` [Bt, M]."""
     Bv, Bt = grad.shape
     coef = torch.zeros(Bv, Bt, 3, device=grad.device, dtype=torch.float32)
     if aggregation_code == 0:
@@ -842,13 +849,14 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
         coef[:, :, 0] = 0.5 * grad / m_count[None, :]
         coef[:, :, 1] = 0.5 * grad / n_count[:, None]
         return coef, phrase_stats
-    inv_tw = temps[1]
+    inv_ta, inv_tw = temps[0], temps[1]
     t2v, lse_w, v2t, lse_u = pair_stats.unbind(-1)
     c = phrase_stats[:, :, 0]
     w = torch.exp2(c * (inv_tw * LOG2E) - lse_w[..., None])
     phrase = phrase_stats.clone()
-    grad_c = (0.5 * grad)[..., None] * w * (1.0 + (c - t2v[..., None]) * inv_tw)
-    phrase[:, :, 2] = torch.where(text_valid != 0, grad_c, 0.0)
+    grad_c = torch.where(text_valid != 0, (0.5 * grad)[..., None] * w * (1.0 + (c - t2v[..., None]) * inv_tw), 0.0)
+    phrase[:, :, 0] = grad_c * (1.0 - c * inv_ta)
+    phrase[:, :, 2] = grad_c * inv_ta
     coef[:, :, 0] = 0.5 * grad
     coef[:, :, 1] = v2t
     coef[:, :, 2] = lse_u
