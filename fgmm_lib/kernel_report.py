@@ -104,9 +104,10 @@ def _ptxas(capability: int) -> str:
 def compile_one(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim: int, config: dict[str, int],
                 arch: str = "sm90", temp_grad: bool | None = None, unshifted: bool = True) -> dict[str, Any]:
     """Compile one kernel configuration for ``arch``; return its row of ``kernels.json``. Attention's
-    forward has variants: ``temp_grad`` (it also sums what learnable temperatures' gradients need)
-    defaults to the heavier one; ``unshifted`` (exponentials without running maxima, what runs at
-    temperatures of at least 1/``MAX_UNSHIFTED_INVERSE_TEMPERATURE``) to the one that usually runs."""
+    kernels have variants: ``unshifted`` (exponentials without running maxima, what runs at
+    temperatures of at least 1/``MAX_UNSHIFTED_INVERSE_TEMPERATURE``) defaults to the one that
+    usually runs; the forward's ``temp_grad`` (it also sums what learnable temperatures' gradients
+    need) to the heavier one."""
     return _compile(kernel, aggregation, input_dtype, phrases, dim, config, arch, temp_grad, unshifted)[0]
 
 
@@ -139,7 +140,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     unshifted = unshifted and aggregation == "attention"
     if kernel == "forward":
         constexprs["TEMP_GRAD"] = temp_grad
-        constexprs["UNSHIFTED"] = unshifted
+    constexprs["UNSHIFTED"] = unshifted
     if sweep:
         constexprs["FOR_TEXT"] = kernel == "sweep_text"
     if kernel == "backward":  # compiled for videos of CEILING_CELLS cells, as it runs there
@@ -148,7 +149,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
     # arguments that are multiples of 16 (D, M and the backward's padded D here; N = 196 is not, and
     # Bt is not assumed)
-    divisible = {"D": dim, "M": phrases, "D_PAD": 64}
+    divisible = {"D": dim, "M": phrases, "D_PAD": ts.backward_padding(aggregation)[1]}
     attrs = {(index,): [["tt.divisibility", 16]] for index, (name, kind) in enumerate(signature.items())
              if kind.startswith("*") or (name in divisible and divisible[name] % 16 == 0)}
     signature.update({name: "constexpr" for name in constexprs})
@@ -177,7 +178,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         + f" BLOCK_M={block_m} TEXTS={texts}",
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
         "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
-        "temp_grad": kernel == "forward" and temp_grad, "unshifted": kernel == "forward" and unshifted,
+        "temp_grad": kernel == "forward" and temp_grad, "unshifted": unshifted,
         **sass_row,
     }, program
 
@@ -345,14 +346,14 @@ def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     designs (forward streamed or resident, backward tiles or sweep) and, for attention, fixed or
     learnable temperatures (the forward's ``temp_grad``), each kernel at its best configuration:
     the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward + 2 / tiled
-    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text). Attention's forward is the
-    unshifted one, which runs at temperatures of at least 1/64 (its fallback below them has rows
+    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text). Attention's kernels are the
+    unshifted ones, which run at temperatures of at least 1/64 (their fallbacks below them have rows
     in ``kernels.json``, not a ceiling here)."""
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if "issue_bound" not in row:
             continue
-        if row["kernel"] == "forward" and row["aggregation"] == "attention" and not row.get("unshifted"):
+        if row["aggregation"] == "attention" and not row.get("unshifted"):
             continue
         design = ("resident" if "D_RESIDENT=0" not in row["config"] else "streamed") if row["kernel"] == "forward" \
             else row["kernel"]
@@ -398,10 +399,14 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        # attention's forward has variants: with the sums learnable temperatures need or without, and
-        # with its exponentials unshifted or (temperatures below 1/64) with running maxima
-        attention_forward = kernel == "forward" and aggregation == "attention"
-        variants = list(itertools.product((True, False), repeat=2)) if attention_forward else [(False, False)]
+        # attention's kernels have variants: with their exponentials unshifted or (temperatures below
+        # 1/64) with running maxima, and the forward with the sums learnable temperatures need or without
+        if aggregation != "attention":
+            variants = [(False, False)]
+        elif kernel == "forward":
+            variants = list(itertools.product((True, False), repeat=2))
+        else:
+            variants = [(False, True), (False, False)]
         for config, (temp_grad, unshifted) in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
             # the code depends on D only through its divisibility (and, in the sweeps, through the
             # accumulator slice, which is part of the configuration)

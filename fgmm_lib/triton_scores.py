@@ -21,9 +21,9 @@
   and the one over phrases. That forward (``UNSHIFTED``) drops a max reduction over cells, one over
   phrases and one over the pairs' cells, and the rescaling, per block of cells: a third more
   similarity per issued instruction on sm90 (``fgmm_lib.kernel_report``). Below 1/64 the forward
-  keeps running maxima (an online softmax, as in FlashAttention). Both are launched, and a flag
-  computed on the device from the temperatures makes one of them return at once, so nothing
-  waits for the device to read a temperature.
+  keeps running maxima (an online softmax, as in FlashAttention). The backward kernels have the
+  same two variants. Both are launched, and a flag computed on the device from the temperatures
+  makes one of them return at once, so nothing waits for the device to read a temperature.
 
 Forward: one program per (group of texts, ``VIDEOS`` consecutive videos) loops over the cells of
 each video and writes S (float32), per-phrase statistics [Bv, Bt, 3, M] and per-pair statistics
@@ -40,8 +40,10 @@ gathered per cell's video, so tiles of flattened cells run over video boundaries
 masked by bounds only and attention's dS/ds by rows only (a masked phrase carries a zero phrase
 gradient and an exponent of -1e30): per-entry masks cost more predicate logic than the arithmetic
 they guard. Attention's tiles that span two videos at most (``two_videos``) load the statistics of
-both as vectors and each row picks its video's. At the target size these took attention's tiled
-backward from 3,948 to 3,044 warp instructions a tile (``kernel_report``).
+both as vectors and each row picks its video's. Attention's unshifted backward takes one
+exponential an entry for both softmaxes, with the column softmax's norm folded into its per-phrase
+factors (``_backward_inputs``): at B = 1024, N = 196, M = 32, D = 256 its tile issues 2,431 warp
+instructions against the shifted variant's 2,647, in 183 registers against 250 (``kernel_report``).
 
 - tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
   recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
@@ -206,19 +208,25 @@ def backward_configs(aggregation: str) -> tuple[dict[str, int], ...]:
     return BACKWARD_CONFIGS + (WIDE_BACKWARD_CONFIGS if AGGREGATION_CODES[aggregation] != 2 else ())
 
 
+def backward_padding(aggregation: str) -> tuple[int, int]:
+    """(cells, dimensions): the tiled backward pads its gradients' rows and D to multiples of these,
+    the largest BLOCK_N and BLOCK_D of its configurations (``_tiled_backward``)."""
+    configs = backward_configs(aggregation)
+    return max(c["BLOCK_N"] for c in configs), max(c["BLOCK_D"] for c in configs)
+
+
 def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str, int], ...]:
     """The sweep configurations worth timing at D = ``dim`` for one gradient (``for_text``: dT) of
     ``aggregation``.
 
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
-    configuration needs D within its one slice; for dT only up to 128 dimensions, since at 256 its
-    held texts, streamed cells and accumulator spill registers on sm_90 (``kernel_report``); with
-    4 warps, attention's dV spills at 256 too."""
+    configuration needs D within its one slice, and only up to 128 dimensions for dT and for
+    attention: at 256 their held tiles, streamed tiles and accumulator spill registers on sm_90
+    (``kernel_report``; attention's dV with 4 warps, and with 8 in its unshifted variant)."""
     width = padded_width(dim, 128)
-    narrow_spills = AGGREGATION_CODES[aggregation] == 2 and width > 128
+    resident_spills = width > 128 and (for_text or AGGREGATION_CODES[aggregation] == 2)
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
-        not c["RESIDENT"] or (c["D_SLICE"] == width and not (for_text and width > 128)
-                              and not (c["num_warps"] < 8 and narrow_spills))))
+        not c["RESIDENT"] or (c["D_SLICE"] == width and not resident_spills)))
 
 
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.
@@ -379,29 +387,31 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
     # (cross-warp shuffles and barriers) than the arithmetic it reduces. Attention's shifted forward
     # rescales its sums by running maxima and keeps them per column and per text, reduced block by
     # block, as do both attention forwards for the temperatures' sums per text (per cell, they spill).
-    col_sum = tl.zeros([COLS], tl.float32)  # softmax-weighted s
-    col_max = tl.full([COLS], -1e30, tl.float32)  # running max (log2)
-    col_l = tl.zeros([COLS], tl.float32)
-    col_sq = tl.zeros([COLS], tl.float32)
-    u_max = tl.full([TEXTS], -1e30, tl.float32)
-    u_l = tl.zeros([TEXTS], tl.float32)
-    u_acc = tl.zeros([TEXTS], tl.float32)
-    u_sq = tl.zeros([TEXTS], tl.float32)  # sum of u * e^2 (temperature gradient)
-    u_var = tl.zeros([TEXTS], tl.float32)  # sum of u * var_q(s) (temperature gradient)
-    u_evar = tl.zeros([TEXTS], tl.float32)  # sum of u * e * var_q(s) (temperature gradient)
     if AGG == 0:
         cell_sum = tl.zeros([BLOCK_N, COLS], tl.float32)  # sum of s
     elif AGG == 1:
         cell_max = tl.full([BLOCK_N, COLS], -1e30, tl.float32)  # max of s, and its cell
         cell_arg = tl.zeros([BLOCK_N, COLS], tl.int32)
         cell_total = tl.zeros([BLOCK_N, TEXTS], tl.float32)  # sum of each text's max over phrases
-    elif UNSHIFTED:
-        cell_l = tl.zeros([BLOCK_N, COLS], tl.float32)
-        cell_s = tl.zeros([BLOCK_N, COLS], tl.float32)
-        cell_u = tl.zeros([BLOCK_N, TEXTS], tl.float32)
-        cell_ue = tl.zeros([BLOCK_N, TEXTS], tl.float32)
-        if TEMP_GRAD:
-            cell_sq = tl.zeros([BLOCK_N, COLS], tl.float32)
+    else:
+        u_sq = tl.zeros([TEXTS], tl.float32)  # sum of u * e^2 (temperature gradient)
+        u_var = tl.zeros([TEXTS], tl.float32)  # sum of u * var_q(s) (temperature gradient)
+        u_evar = tl.zeros([TEXTS], tl.float32)  # sum of u * e * var_q(s) (temperature gradient)
+        if UNSHIFTED:
+            cell_l = tl.zeros([BLOCK_N, COLS], tl.float32)
+            cell_s = tl.zeros([BLOCK_N, COLS], tl.float32)
+            cell_u = tl.zeros([BLOCK_N, TEXTS], tl.float32)
+            cell_ue = tl.zeros([BLOCK_N, TEXTS], tl.float32)
+            if TEMP_GRAD:
+                cell_sq = tl.zeros([BLOCK_N, COLS], tl.float32)
+        else:
+            col_sum = tl.zeros([COLS], tl.float32)  # softmax-weighted s
+            col_max = tl.full([COLS], -1e30, tl.float32)  # running max (log2)
+            col_l = tl.zeros([COLS], tl.float32)
+            col_sq = tl.zeros([COLS], tl.float32)
+            u_max = tl.full([TEXTS], -1e30, tl.float32)
+            u_l = tl.zeros([TEXTS], tl.float32)
+            u_acc = tl.zeros([TEXTS], tl.float32)
 
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -547,7 +557,7 @@ def _tile_values(BASE, per_video, offs, offs_in, r_in, video, second, v0, v1, TW
 
 def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, R,
              AGG: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr,
-             TWO_VIDEOS: tl.constexpr):
+             TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr):
     """dS/ds on a tile of cells ``rows`` = first + arange(BLOCK_N) (flattened [Bv * N], may span
     videos) by the columns of text group g, from the similarity tile s; zero off the valid cells and
     phrases (float32). TWO_VIDEOS (``two_videos``; attention's tiled backward): BLOCK_N <= N + 1, so
@@ -596,23 +606,34 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
         inv_tw = tl.load(TEMPS + 1)
         scale_a = inv_ta * 1.4426950408889634
         scale_w = inv_tw * 1.4426950408889634
-        # text to video: phrase m attends over cells (softmax p over n), phrases weighted by w:
-        # ds = grad_c * p * (1 + (s - c) / tau_a) = p * (a + b * s), a and b per phrase from
-        # ``_backward_inputs``. A valid cell's p is at most 1 (lse_col sums it), a masked cell's may
-        # overflow and is selected away.
-        a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
-        lse_col = _tile_values(PHRASE + M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
-        b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
-        p = tl.where(n_valid[:, None], tl.exp2(s * scale_a - lse_col), 0.0)
-        ds = p * (a + b * s)
-        # video to text: cell n attends over phrases (softmax q over m, unnormalised here, 1 / q_l its
-        # norm), cells weighted by u: ds += grad_e * q / q_l * (1 + (s - e) / tau_a) = q * (a_row +
-        # b_row * s) with a_row and b_row per cell and text. A masked phrase's exponent is -1e30 (zero
-        # weight: every text has a valid phrase).
         s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
-        xr = tl.reshape(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :], [BLOCK_N, TEXTS, BLOCK_M])
-        q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
-        inv_q_l = 1.0 / tl.sum(q, axis=2)
+        if UNSHIFTED:
+            # one exponential serves both softmaxes (MAX_UNSHIFTED_INVERSE_TEMPERATURE): the column
+            # softmax's norm 2^-lse is folded into a and b (``_backward_inputs``), and the row softmax
+            # q over phrases is ex with masked phrases selected away
+            ex = tl.exp2(s * scale_a)
+            a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+            b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+            ds = tl.where(n_valid[:, None], ex * (a + b * s), 0.0)
+            q = tl.where(tl.reshape(m_valid, [1, TEXTS, BLOCK_M]), tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
+            inv_q_l = 1.0 / tl.maximum(tl.sum(q, axis=2), 1e-30)
+        else:
+            # text to video: phrase m attends over cells (softmax p over n), phrases weighted by w:
+            # ds = grad_c * p * (1 + (s - c) / tau_a) = p * (a + b * s), a and b per phrase from
+            # ``_backward_inputs``. A valid cell's p is at most 1 (lse_col sums it), a masked cell's may
+            # overflow and is selected away.
+            a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+            lse_col = _tile_values(PHRASE + M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+            b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
+            p = tl.where(n_valid[:, None], tl.exp2(s * scale_a - lse_col), 0.0)
+            ds = p * (a + b * s)
+            # video to text: cell n attends over phrases (softmax q over m, unnormalised here, 1 / q_l
+            # its norm), cells weighted by u: ds += grad_e * q / q_l * (1 + (s - e) / tau_a) = q *
+            # (a_row + b_row * s) with a_row and b_row per cell and text. A masked phrase's exponent is
+            # -1e30 (zero weight: every text has a valid phrase).
+            xr = tl.reshape(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :], [BLOCK_N, TEXTS, BLOCK_M])
+            q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
+            inv_q_l = 1.0 / tl.sum(q, axis=2)
         e = tl.sum(q * s3, axis=2) * inv_q_l
         half_g = _tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         v2t = _tile_values(COEF + 1, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
@@ -629,13 +650,17 @@ def _backward_kernel(
     Bt, N, M, D, R, D_PAD,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    TWO_VIDEOS: tl.constexpr,
+    TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr,
 ):
     """Backward in tiles: one program = BLOCK_N consecutive cells of the flattened [Bv * N] cells and
     TEXTS texts; recomputes its similarity tile once and adds ds @ T and ds^T @ V to the float32
     gradients DV and DT with atomic adds, D in chunks of BLOCK_D (any D). DV [cells, D_PAD] and DT
     [texts, BLOCK_M, D_PAD] are padded (``_tiled_backward``) so that every add of every tile lands
-    in bounds: the adds take no masks (the padding receives zeros or is discarded)."""
+    in bounds: the adds take no masks (the padding receives zeros or is discarded). Attention is
+    launched twice, UNSHIFTED True and False, as the forward is."""
+    if AGG == 2:
+        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
+            return
     g = tl.program_id(0)
     block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
@@ -646,7 +671,7 @@ def _backward_kernel(
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
     ds = _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS).to(V.dtype.element_ty)
+                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS, UNSHIFTED).to(V.dtype.element_ty)
 
     offs_d = tl.arange(0, BLOCK_D)
     dt_rows = (g * TEXTS) * BLOCK_M + tl.arange(0, COLS)  # of DT's padded [texts * BLOCK_M] rows
@@ -663,7 +688,7 @@ def _backward_kernel(
 def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
               PHRASE, Bt, N, M, D, AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
               BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              RESIDENT: tl.constexpr):
+              RESIDENT: tl.constexpr, UNSHIFTED: tl.constexpr):
     """dS/ds of a sweep's tile in the dot products' dtype: the similarity from the loaded tiles v and t
     (RESIDENT) or streamed from V and T in chunks of BLOCK_D."""
     if RESIDENT:
@@ -672,7 +697,7 @@ def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows
         s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
     # the sweeps gather the statistics (TWO_VIDEOS False), which needs neither first nor R (0 here)
     return _ds_tile(s, 0, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M, 0,
-                    AGG, BLOCK_M, TEXTS, BLOCK_N, False).to(V.dtype.element_ty)
+                    AGG, BLOCK_M, TEXTS, BLOCK_N, False, UNSHIFTED).to(V.dtype.element_ty)
 
 
 def _sweep_backward_kernel(
@@ -680,7 +705,7 @@ def _sweep_backward_kernel(
     Bt, N, M, D, R, PER_SPLIT,
     AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr,
+    D_SLICE: tl.constexpr, RESIDENT: tl.constexpr, FOR_TEXT: tl.constexpr, UNSHIFTED: tl.constexpr,
 ):
     """Backward in sweeps: one gradient per launch, no atomic add inside the loop.
 
@@ -690,7 +715,11 @@ def _sweep_backward_kernel(
     PER_SPLIT tiles of BLOCK_N cells, adding ds^T @ V. The accumulator reaches DV or DT with one
     atomic add per split. RESIDENT (D <= D_SLICE, one slice): the held tile is loaded once and each
     swept tile once, for both of its dot products; otherwise the similarity is taken in chunks of
-    BLOCK_D from memory and recomputed once per slice."""
+    BLOCK_D from memory and recomputed once per slice. Attention is launched twice, UNSHIFTED True
+    and False, as the forward is."""
+    if AGG == 2:
+        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
+            return
     fixed = tl.program_id(0)
     split = tl.program_id(1)
     offs_a = tl.program_id(2) * D_SLICE + tl.arange(0, D_SLICE)
@@ -709,7 +738,7 @@ def _sweep_backward_kernel(
             v = tl.load(V + rows[:, None] * D + offs_a[None, :], mask=r_in[:, None] & a_in[None, :], other=0.0)
             ds = _sweep_ds(V, T, v, t if RESIDENT else T, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
                            m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS,
-                           BLOCK_N, BLOCK_D, RESIDENT)
+                           BLOCK_N, BLOCK_D, RESIDENT, UNSHIFTED)
             acc += _dot(tl.trans(ds), v, PRECISION, UPCAST)
         tl.atomic_add(DT + t_rows[:, None] * D + offs_a[None, :], acc, mask=col_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -725,7 +754,7 @@ def _sweep_backward_kernel(
             t = tl.load(T + t_rows[:, None] * D + offs_a[None, :], mask=col_in[:, None] & a_in[None, :], other=0.0)
             ds = _sweep_ds(V, T, v if RESIDENT else V, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows,
                            m_valid, TEMPS, COEF, PHRASE, Bt, N, M, D, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS,
-                           BLOCK_N, BLOCK_D, RESIDENT)
+                           BLOCK_N, BLOCK_D, RESIDENT, UNSHIFTED)
             acc += _dot(ds, t, PRECISION, UPCAST)
         tl.atomic_add(DV + rows[:, None] * D + offs_a[None, :], acc, mask=r_in[:, None] & a_in[None, :],
                       sem="relaxed")
@@ -766,15 +795,30 @@ def _load_kernels() -> None:
         _TUNED["forward"] = triton.autotune([_config(c) for c in FORWARD_CONFIGS + RESIDENT_FORWARD_CONFIGS],
                                             key=key + ["TEMP_GRAD", "UNSHIFTED"],
                                             prune_configs_by={"early_config_prune": _forward_prune})(_forward_kernel)
-        _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS], key=key,
+        _TUNED["backward"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS],
+                                             key=key + ["UNSHIFTED"],
                                              prune_configs_by={"early_config_prune": _backward_prune},
-                                             reset_to_zero=["DV", "DT"])(_backward_kernel)
+                                             pre_hook=_zero_gradients)(_backward_kernel)
         # each sweep launch writes one gradient; the other pointer is a placeholder, so zeroing both
         # between trials never wipes the gradient the other launch wrote
-        _TUNED["sweep"] = triton.autotune([_config(c) for c in SWEEP_CONFIGS], key=key + ["FOR_TEXT"],
+        _TUNED["sweep"] = triton.autotune([_config(c) for c in SWEEP_CONFIGS], key=key + ["FOR_TEXT", "UNSHIFTED"],
                                           prune_configs_by={"early_config_prune": _sweep_prune},
-                                          reset_to_zero=["DV", "DT"])(_sweep_backward_kernel)
+                                          pre_hook=_zero_gradients)(_sweep_backward_kernel)
     _KERNELS_READY = True
+
+
+def _zero_gradients(nargs: dict[str, Any], reset_only: bool = False) -> None:
+    """The backward autotuners' pre_hook (their reset_to_zero): zeroes DV and DT before each timed
+    trial and after tuning, except in attention's variant that returns at once, whose tuning would
+    otherwise wipe the gradients the variant that runs has just written. Which one runs is read on
+    the device (TEMPS[2]), so nothing waits."""
+    if nargs["AGG"] == AGGREGATION_CODES["attention"]:
+        runs = (nargs["TEMPS"][2] != 0.0) == bool(nargs["UNSHIFTED"])
+        for name in ("DV", "DT"):
+            nargs[name].masked_fill_(runs, 0.0)
+    else:
+        for name in ("DV", "DT"):
+            nargs[name].zero_()
 
 
 def _aggregation_name(code: int) -> str:
@@ -839,7 +883,10 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
     PHRASE holds a, lse and b per phrase, where the phrase's gradient grad_c (of the score through
     its attended similarity c) gives dS/ds = p * (a + b * s) over its softmax p of cells:
     a = grad_c * (1 - c / tau_a), b = grad_c / tau_a; both are zero on the masked phrases of
-    ``text_valid`` [Bt, M]."""
+    ``text_valid`` [Bt, M]. Where the temperatures let the kernels run unshifted (TEMPS[2]), a and b
+    also carry the softmax's norm 2^-lse, so that the kernels take p * (a + b * s) as
+    exp2(s / tau_a * log2 e) * (a + b * s); 2^-lse is at most 2^93 (a lse of a valid cell's
+    exponentials is at least -1 / tau_a * log2 e)."""
     Bv, Bt = grad.shape
     coef = torch.zeros(Bv, Bt, 3, device=grad.device, dtype=torch.float32)
     if aggregation_code == 0:
@@ -855,8 +902,9 @@ def _backward_inputs(aggregation_code: int, grad: torch.Tensor, n_count: torch.T
     w = torch.exp2(c * (inv_tw * LOG2E) - lse_w[..., None])
     phrase = phrase_stats.clone()
     grad_c = torch.where(text_valid != 0, (0.5 * grad)[..., None] * w * (1.0 + (c - t2v[..., None]) * inv_tw), 0.0)
-    phrase[:, :, 0] = grad_c * (1.0 - c * inv_ta)
-    phrase[:, :, 2] = grad_c * inv_ta
+    norm = torch.where(temps[2] != 0.0, torch.exp2(-phrase_stats[:, :, 1]), 1.0)
+    phrase[:, :, 0] = grad_c * (1.0 - c * inv_ta) * norm
+    phrase[:, :, 2] = grad_c * inv_ta * norm
     coef[:, :, 0] = 0.5 * grad
     coef[:, :, 1] = v2t
     coef[:, :, 2] = lse_u
@@ -873,8 +921,7 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
     block_m, texts = tile_shape(M)
     kernel, blocks = _launch("backward", aggregation_code, M, D)
-    configs = backward_configs(_aggregation_name(aggregation_code))
-    block_n, block_d = max(c["BLOCK_N"] for c in configs), max(c["BLOCK_D"] for c in configs)
+    block_n, block_d = backward_padding(_aggregation_name(aggregation_code))
     d_pad = _cdiv(D, block_d) * block_d
     device = inputs[0].device
     dv = torch.zeros(_cdiv(Bv * N, block_n) * block_n, d_pad, device=device, dtype=torch.float32)
@@ -883,9 +930,10 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     def grid(meta: dict[str, int]) -> tuple[int, int]:
         return triton.cdiv(Bt, texts), triton.cdiv(Bv * N, meta["BLOCK_N"])
 
-    kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, d_pad, AGG=aggregation_code, PRECISION=precision,
-                 UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, TWO_VIDEOS=two_videos(aggregation_code, N, block_n),
-                 **blocks)
+    for unshifted in _variants(aggregation_code):
+        kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, d_pad, AGG=aggregation_code, PRECISION=precision,
+                     UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts,
+                     TWO_VIDEOS=two_videos(aggregation_code, N, block_n), UNSHIFTED=unshifted, **blocks)
     return dv[:Bv * N, :D].reshape(Bv, N, D), dt[:Bt, :M, :D].contiguous()
 
 
@@ -911,6 +959,12 @@ def two_videos(aggregation_code: int, cells: int, block_n: int) -> bool:
     one or two values an entry: their SASS counts favour the gather at 128 cells a tile, nor for the
     sweeps, whose counts favour it too (``kernel_report``)."""
     return aggregation_code == AGGREGATION_CODES["attention"] and block_n <= cells + 1
+
+
+def _variants(aggregation_code: int) -> tuple[bool, ...]:
+    """The UNSHIFTED variants a kernel is launched in: attention's two (the temperatures, TEMPS[2] on
+    the device, make one of them return at once), one for the other aggregations."""
+    return (True, False) if aggregation_code == AGGREGATION_CODES["attention"] else (False,)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -941,9 +995,10 @@ def _sweep_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...],
         def grid(meta: dict[str, int], fixed: int = fixed, splits: int = splits) -> tuple[int, int, int]:
             return fixed, splits, _cdiv(D, meta["D_SLICE"])
 
-        kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
-                     PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
-                     FOR_TEXT=for_text, **blocks)
+        for unshifted in _variants(aggregation_code):
+            kernel[grid](*inputs, out_video, out_text, Bt, N, M, D, Bv * N, per_split, AGG=aggregation_code,
+                         PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts, BLOCK_N=SWEEP_BLOCK_N,
+                         FOR_TEXT=for_text, UNSHIFTED=unshifted, **blocks)
     return dv, dt
 
 
@@ -1020,7 +1075,7 @@ class _TritonPairScores(torch.autograd.Function):
 
         with _device_context(device):
             # attention: both variants are launched, and the temperatures (TEMPS[2]) pick the one that runs
-            for unshifted in ((True, False) if aggregation_code == 2 else (False,)):
+            for unshifted in _variants(aggregation_code):
                 kernel[grid](
                     video, text, video_valid_u8, text_valid_u8, n_count, m_count, temps,
                     scores, pair_stats, phrase_stats, slopes,

@@ -125,6 +125,14 @@ def test_float32_matches_reference(shape, aggregation, design):
                                    attn_temperature=0.1, weight_temperature=0.2)
 
 
+def test_backward_padding_covers_every_tiled_configuration():
+    for aggregation in AGGREGATION_CODES:
+        cells, dims = triton_scores.backward_padding(aggregation)
+        assert all(cells % c["BLOCK_N"] == 0 and dims % c["BLOCK_D"] == 0
+                   for c in triton_scores.backward_configs(aggregation))
+        assert (cells, dims) == ((64, 64) if aggregation == "attention" else (128, 64))
+
+
 def test_two_videos_holds_for_attention_tiles_spanning_at_most_two_videos():
     attention = AGGREGATION_CODES["attention"]
     assert triton_scores.two_videos(attention, 63, 64) and triton_scores.two_videos(attention, 196, 128)
@@ -185,9 +193,11 @@ def test_sweep_splits_and_slices_match_reference(monkeypatch, aggregation):
 
 @pytest.mark.parametrize("aggregation", ["max", "attention"])
 def test_sweep_at_d_above_128_holds_cells_resident_and_streams_for_texts(monkeypatch, aggregation):
-    # D = 130: dV in one resident slice of 256, dT in one streamed slice (a resident one spills)
+    # D = 130: max's dV in one resident slice of 256; dT, and attention's dV, in one streamed slice
+    # (a resident one spills)
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
-    assert triton_scores.sweep_configs(130, False, aggregation)[0]["RESIDENT"] == 1
+    assert triton_scores.sweep_configs(130, False, aggregation)[0]["RESIDENT"] == (aggregation == "max")
+    assert triton_scores.sweep_configs(130, False, aggregation)[0]["D_SLICE"] == 256
     assert {c["RESIDENT"] for c in triton_scores.sweep_configs(130, True, aggregation)} == {0}
     assert_fused_matches_reference((2, 5, 20, 7, 130), 6, aggregation=aggregation)
 
@@ -200,14 +210,15 @@ def test_sweep_configs_fit_their_dimension():
     assert shapes(96, False) == shapes(96, True) == shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8),
                                                                                      (128, 1, 4)]
     assert shapes(256, False) == [(256, 1, 8), (256, 0, 8), (128, 0, 8), (256, 1, 4)]
-    assert shapes(256, False, "attention") == [(256, 1, 8), (256, 0, 8), (128, 0, 8)]  # 4 warps spill
+    assert shapes(256, False, "attention") == [(256, 0, 8), (128, 0, 8)]  # resident ones spill
     assert shapes(256, True) == [(256, 0, 8), (128, 0, 8)]
     assert shapes(1024, True) == shapes(1024, False) == [(256, 0, 8), (128, 0, 8)]
 
 
 def test_autotuner_prunes_by_warps_too():
     triton = pytest.importorskip("triton")
-    offered = triton_scores.sweep_configs(256, False, "attention")
+    offered = [c for c in triton_scores.sweep_configs(256, False, "max") if c["num_warps"] == 8]
+    assert {(c["D_SLICE"], c["RESIDENT"]) for c in offered} == {(256, 1), (256, 0), (128, 0)}  # not (256, 1) at 4
     configs = [triton.Config(triton_scores._tuned_keys(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
                for c in triton_scores.SWEEP_CONFIGS]
     kept = triton_scores._allowed(configs, offered)
@@ -364,6 +375,20 @@ def test_temperature_gradients_match_reference():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATION_CODES)
+def test_backward_tuning_zeroes_gradients_only_in_the_variant_that_runs(aggregation):
+    """The autotuners' pre_hook zeroes DV and DT between timed trials; attention's variant that
+    returns at once must leave the gradients the other variant wrote."""
+    for flag, unshifted, runs in ((1.0, True, True), (1.0, False, False), (0.0, False, True), (0.0, True, False)):
+        nargs = {"AGG": AGGREGATION_CODES[aggregation], "UNSHIFTED": unshifted,
+                 "TEMPS": torch.tensor([10.0, 5.0, flag]), "DV": torch.ones(3, 4), "DT": torch.ones(2, 4)}
+        triton_scores._zero_gradients(nargs)
+        zeroed = runs or aggregation != "attention"
+        for name in ("DV", "DT"):
+            expected = torch.full_like(nargs[name], 0.0 if zeroed else 1.0)
+            assert torch.equal(nargs[name], expected), (name, flag, unshifted)
+
+
 def test_unshifted_forward_flag_follows_the_temperatures():
     limit = triton_scores.MAX_UNSHIFTED_INVERSE_TEMPERATURE
     for inv_ta, inv_tw, unshifted in ((limit, limit, 1.0), (limit * 1.01, 1.0, 0.0), (1.0, limit * 1.01, 0.0),
@@ -374,10 +399,10 @@ def test_unshifted_forward_flag_follows_the_temperatures():
 
 @pytest.mark.parametrize("taus", [(0.01, 0.2), (0.2, 0.01), (1 / 64, 1 / 64)], ids=["small-tau_a", "small-tau_w",
                                                                                    "at-the-limit"])
-def test_small_temperatures_match_reference(taus):
-    """Below 1/64 the forward keeps running maxima (unshifted, exp2(s / 0.01 * log2 e) overflows
-    float32 at cosines above 0.89); at 1/64 it takes its exponentials unshifted, and cosines near -1
-    must not underflow."""
+def test_small_temperatures_match_reference(taus, design):
+    """Below 1/64 the forward and both backward designs keep running maxima (unshifted,
+    exp2(s / 0.01 * log2 e) overflows float32 at cosines above 0.89); at 1/64 they take their
+    exponentials unshifted, and cosines near -1 must not underflow."""
     video, text, video_mask, text_mask, upstream = random_case(3, 4, 9, 5, 16, seed=21)
     video[0] = text[0, torch.arange(9) % 5] + 0.05 * video[0]  # video 0 against text 0: cosines near 1
     video[1] = -text[2, torch.arange(9) % 5] + 0.05 * video[1]  # video 1 against text 2: cosines near -1
