@@ -222,11 +222,14 @@ def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str,
     No accumulator slice is wider than D rounded up to a power of two (>= 128). A resident
     configuration needs D within its one slice, and only up to 128 dimensions for dT and for
     attention: at 256 their held tiles, streamed tiles and accumulator spill registers on sm_90
-    (``kernel_report``; attention's dV with 4 warps, and with 8 in its unshifted variant)."""
+    (``kernel_report``; attention's dV with 4 warps, and with 8 in its unshifted variant).
+    Attention's resident dT with 4 warps spills at 128 too."""
     width = padded_width(dim, 128)
-    resident_spills = width > 128 and (for_text or AGGREGATION_CODES[aggregation] == 2)
+    attention = AGGREGATION_CODES[aggregation] == AGGREGATION_CODES["attention"]
+    wide_spills = width > 128 and (for_text or attention)
     return tuple(c for c in SWEEP_CONFIGS if c["D_SLICE"] <= width and (
-        not c["RESIDENT"] or (c["D_SLICE"] == width and not resident_spills)))
+        not c["RESIDENT"] or (c["D_SLICE"] == width and not wide_spills
+                              and not (for_text and attention and c["num_warps"] < 8))))
 
 
 # Filled by _load_kernels(); the kernel bodies below refer to ``tl`` as a module global.

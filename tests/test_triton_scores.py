@@ -207,8 +207,9 @@ def test_sweep_configs_fit_their_dimension():
         return [(c["D_SLICE"], c["RESIDENT"], c["num_warps"])
                 for c in triton_scores.sweep_configs(dim, for_text, aggregation)]
 
-    assert shapes(96, False) == shapes(96, True) == shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8),
-                                                                                     (128, 1, 4)]
+    assert shapes(96, False) == shapes(96, True) == shapes(96, False, "attention") == [(128, 1, 8), (128, 0, 8),
+                                                                                      (128, 1, 4)]
+    assert shapes(96, True, "attention") == [(128, 1, 8), (128, 0, 8)]  # 4 warps spill
     assert shapes(256, False) == [(256, 1, 8), (256, 0, 8), (128, 0, 8), (256, 1, 4)]
     assert shapes(256, False, "attention") == [(256, 0, 8), (128, 0, 8)]  # resident ones spill
     assert shapes(256, True) == [(256, 0, 8), (128, 0, 8)]
