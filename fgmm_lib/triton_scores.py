@@ -42,8 +42,8 @@ gradient and an exponent of -1e30): per-entry masks cost more predicate logic th
 they guard. Attention's tiles that span two videos at most (``two_videos``) load the statistics of
 both as vectors and each row picks its video's. Attention's unshifted backward takes one
 exponential an entry for both softmaxes, with the column softmax's norm folded into its per-phrase
-factors (``_backward_inputs``): at B = 1024, N = 196, M = 32, D = 256 its tile issues 2,431 warp
-instructions against the shifted variant's 2,647, in 183 registers against 250 (``kernel_report``).
+factors (``_backward_inputs``): at B = 1024, N = 196, M = 32, D = 256 its tile issues 2,391 warp
+instructions against the shifted variant's 2,631, in 183 registers against 250 (``kernel_report``).
 
 - tiles (``_backward_kernel``): one program per (tile of flattened cells, group of texts)
   recomputes its similarity tile once and adds ds @ T and ds^T @ V into the float32 gradients with
@@ -301,6 +301,13 @@ def _log2_fast(x):
     return libdevice.fast_log2f(x)
 
 
+def _fast_divide(x, y):
+    """x / y by ``div.approx.f32`` (2 ulp where |y| lies in [2^-126, 2^126]): a few instructions
+    against about ten for the IEEE division. The kernels divide by sums of exponentials, which lie
+    within 2^(+-100) (``MAX_UNSHIFTED_INVERSE_TEMPERATURE``; a clamp at 1e-30 below)."""
+    return tl.fdiv(x, y, approx=True)
+
+
 def _similarity(V, T, v_rows, v_in, t_rows, t_in, D, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
     """s[r, c] = <V[v_rows[r]], T[t_rows[c]]>, D taken in chunks of BLOCK_D."""
@@ -416,6 +423,10 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             u_l = tl.zeros([TEXTS], tl.float32)
             u_acc = tl.zeros([TEXTS], tl.float32)
 
+    if AGG == 2:
+        # the unshifted exponent of a masked phrase: -1e30 (exp2 gives 0), an add folded into the
+        # scale's multiply instead of a select per entry
+        col_bias = tl.where(m_valid, 0.0, -1e30)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_in = offs_n < N
@@ -440,7 +451,7 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             # per phrase: softmax over cells, online (running max, sums rescaled) unless UNSHIFTED: then
             # no maxima (see MAX_UNSHIFTED_INVERSE_TEMPERATURE) and one exponential serves both softmaxes
             if UNSHIFTED:
-                ex = tl.exp2(s * scale_a)
+                ex = tl.exp2(s * scale_a + col_bias[None, :])
                 p = tl.where(n_valid[:, None], ex, 0.0)
                 cell_l += p
                 cell_s += p * s
@@ -460,13 +471,13 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             # per cell and text: softmax over the text's phrases (all in the tile)
             s3 = tl.reshape(s, [BLOCK_N, TEXTS, BLOCK_M])
             if UNSHIFTED:
-                q = tl.where(m_valid3, tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
+                q = tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M])
                 q_l = tl.maximum(tl.sum(q, axis=2), 1e-30)  # a text past the last has no valid phrase
             else:
                 xr = tl.where(m_valid3, tl.reshape(x, [BLOCK_N, TEXTS, BLOCK_M]), -1e30)
                 q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
                 q_l = tl.sum(q, axis=2)
-            e = tl.sum(q * s3, axis=2) / q_l
+            e = _fast_divide(tl.sum(q * s3, axis=2), q_l)
             if TEMP_GRAD:
                 var_row = tl.sum(q * s3 * s3, axis=2) / q_l - e * e
             # per pair: softmax over cells of e / tau_w, online unless UNSHIFTED
@@ -517,14 +528,14 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             col_max = tl.zeros([COLS], tl.float32)
             u_max = tl.zeros([TEXTS], tl.float32)
         col_l = tl.where(col_l > 0.0, col_l, 1.0)  # columns past the last text
-        c = col_sum / col_l
+        c = _fast_divide(col_sum, col_l)
         c3 = tl.reshape(c, [TEXTS, BLOCK_M])
         xw = tl.where(tl.reshape(m_valid, [TEXTS, BLOCK_M]), c3 * scale_w, -1e30)
         w_max = tl.max(xw, axis=1)
         pw = tl.where(tl.reshape(m_valid, [TEXTS, BLOCK_M]), tl.exp2(xw - w_max[:, None]), 0.0)
         w_l = tl.maximum(tl.sum(pw, axis=1), 1e-30)
-        t2v = tl.sum(pw * c3, axis=1) / w_l
-        v2t = u_acc / u_l
+        t2v = _fast_divide(tl.sum(pw * c3, axis=1), w_l)
+        v2t = _fast_divide(u_acc, u_l)
         score = 0.5 * (t2v + v2t)
         tl.store(col_out, c, mask=col_in)
         tl.store(col_out + M, col_max + _log2(col_l), mask=col_in)
@@ -614,12 +625,12 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
             # one exponential serves both softmaxes (MAX_UNSHIFTED_INVERSE_TEMPERATURE): the column
             # softmax's norm 2^-lse is folded into a and b (``_backward_inputs``), and the row softmax
             # q over phrases is ex with masked phrases selected away
-            ex = tl.exp2(s * scale_a)
+            ex = tl.exp2(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :])
             a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
             b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
             ds = tl.where(n_valid[:, None], ex * (a + b * s), 0.0)
-            q = tl.where(tl.reshape(m_valid, [1, TEXTS, BLOCK_M]), tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M]), 0.0)
-            inv_q_l = 1.0 / tl.maximum(tl.sum(q, axis=2), 1e-30)
+            q = tl.reshape(ex, [BLOCK_N, TEXTS, BLOCK_M])
+            inv_q_l = _fast_divide(1.0, tl.maximum(tl.sum(q, axis=2), 1e-30))
         else:
             # text to video: phrase m attends over cells (softmax p over n), phrases weighted by w:
             # ds = grad_c * p * (1 + (s - c) / tau_a) = p * (a + b * s), a and b per phrase from
@@ -636,7 +647,7 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
             # -1e30 (zero weight: every text has a valid phrase).
             xr = tl.reshape(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :], [BLOCK_N, TEXTS, BLOCK_M])
             q = tl.exp2(xr - tl.max(xr, axis=2)[:, :, None])
-            inv_q_l = 1.0 / tl.sum(q, axis=2)
+            inv_q_l = _fast_divide(1.0, tl.sum(q, axis=2))
         e = tl.sum(q * s3, axis=2) * inv_q_l
         half_g = _tile_values(COEF, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
         v2t = _tile_values(COEF + 1, Bt * 3, group * 3, group_in, r_in, video, second, v0, v1, TWO_VIDEOS)
@@ -763,7 +774,7 @@ def _sweep_backward_kernel(
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_similarity", "_per_column", "_text_columns", "_tile_values",
+_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_fast_divide", "_similarity", "_per_column", "_text_columns", "_tile_values",
                   "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel", "_sweep_ds",
                   "_sweep_backward_kernel")
 
