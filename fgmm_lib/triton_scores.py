@@ -408,6 +408,9 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
         u_var = tl.zeros([TEXTS], tl.float32)  # sum of u * var_q(s) (temperature gradient)
         u_evar = tl.zeros([TEXTS], tl.float32)  # sum of u * e * var_q(s) (temperature gradient)
         if UNSHIFTED:
+            # a masked phrase's exponent: -1e30 (exp2 gives 0), added with the scale's multiply
+            # instead of a select per entry
+            col_bias = tl.where(m_valid, 0.0, -1e30)
             cell_l = tl.zeros([BLOCK_N, COLS], tl.float32)
             cell_s = tl.zeros([BLOCK_N, COLS], tl.float32)
             cell_u = tl.zeros([BLOCK_N, TEXTS], tl.float32)
@@ -423,10 +426,6 @@ def _forward_video(V, VMASK, NCNT, OUT, PAIR, PHRASE, SLOPES, T, t_tile, i, g, B
             u_l = tl.zeros([TEXTS], tl.float32)
             u_acc = tl.zeros([TEXTS], tl.float32)
 
-    if AGG == 2:
-        # the unshifted exponent of a masked phrase: -1e30 (exp2 gives 0), an add folded into the
-        # scale's multiply instead of a select per entry
-        col_bias = tl.where(m_valid, 0.0, -1e30)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_in = offs_n < N
@@ -624,7 +623,7 @@ def _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, 
         if UNSHIFTED:
             # one exponential serves both softmaxes (MAX_UNSHIFTED_INVERSE_TEMPERATURE): the column
             # softmax's norm 2^-lse is folded into a and b (``_backward_inputs``), and the row softmax
-            # q over phrases is ex with masked phrases selected away
+            # q over phrases is ex, a masked phrase's exponent -1e30 (added with the scale's multiply)
             ex = tl.exp2(s * scale_a + tl.where(m_valid, 0.0, -1e30)[None, :])
             a = _tile_values(PHRASE, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
             b = _tile_values(PHRASE + 2 * M, Bt * 3 * M, col_offs, col_in, r_in, video, second, v0, v1, TWO_VIDEOS)
@@ -774,8 +773,8 @@ def _sweep_backward_kernel(
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_fast_divide", "_similarity", "_per_column", "_text_columns", "_tile_values",
-                  "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel", "_sweep_ds",
+_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_fast_divide", "_similarity", "_per_column", "_text_columns",
+                  "_tile_values", "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel", "_sweep_ds",
                   "_sweep_backward_kernel")
 
 
