@@ -399,14 +399,10 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
     for kernel, aggregation, dtype, m, d in itertools.product(kernels, aggregations, dtypes, phrases, dims):
         if ts.fused_limits(m) is not None:
             continue  # auto runs these on the chunked backend (with a warning): no kernel to compile
-        # attention's kernels have variants: with their exponentials unshifted or (temperatures below
-        # 1/64) with running maxima, and the forward with the sums learnable temperatures need or without
-        if aggregation != "attention":
-            variants = [(False, False)]
-        elif kernel == "forward":
-            variants = list(itertools.product((True, False), repeat=2))
-        else:
-            variants = [(False, True), (False, False)]
+        # attention's kernels have variants: the ones they are launched in (unshifted exponentials, or
+        # running maxima below 1/64), and the forward with the sums learnable temperatures need or without
+        temp_grads = (True, False) if kernel == "forward" and aggregation == "attention" else (False,)
+        variants = list(itertools.product(temp_grads, ts._variants(ts.AGGREGATION_CODES[aggregation])))
         for config, (temp_grad, unshifted) in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
             # the code depends on D only through its divisibility (and, in the sweeps, through the
             # accumulator slice, which is part of the configuration)
