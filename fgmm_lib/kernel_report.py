@@ -39,9 +39,10 @@ ARCHES = {"sm90": (90, "sm_90a"), "sm80": (80, "sm_80")}
 FULL_PHRASES = (16, 32, 64, 128, 256)
 FULL_DIMS = (128, 256, 512)
 INPUT_DTYPES = ("bfloat16", "float32")
-#: forward, the tiled backward, and the backward in sweeps: its launch for the video gradient and its
-#: launch for the text gradient (``FOR_TEXT``) compile to different code.
-KERNELS = ("forward", "backward", "sweep_video", "sweep_text")
+#: forward, the tiled backward, the stored backward's kernel (dS/ds to memory; its two GEMMs are the
+#: GEMM library's), and the backward in sweeps: its launch for the video gradient and its launch for
+#: the text gradient (``FOR_TEXT``) compile to different code.
+KERNELS = ("forward", "backward", "stored", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
            "registers", "spill_bytes", "mma", "compile_s", "temp_grad", "unshifted"]
 #: Columns the sm90 rows add from the SASS: per unit of work, the warp instructions of one warp (in
@@ -77,8 +78,10 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
                  ("N", "i32"), ("M", "i32"), ("D", "i32"), ("R", "i32")]
         if kernel.startswith("sweep"):
             names.append(("PER_SPLIT", "i32"))
-        else:
+        elif kernel == "backward":
             names.append(("D_PAD", "i32"))
+        else:  # stored: dS/ds in the dot products' dtype instead of the two gradients
+            names = names[:7] + [("DS", pointer)] + names[9:]
     return dict(names)
 
 
@@ -89,7 +92,7 @@ def kernel_configs(kernel: str, aggregation: str, phrases: int, dim: int) -> tup
 
     if kernel == "forward":
         return ts.forward_configs(aggregation, phrases, dim)
-    if kernel == "backward":
+    if kernel in ("backward", "stored"):
         return ts.backward_configs(aggregation)
     return ts.sweep_configs(dim, kernel == "sweep_text", aggregation) if ts.sweep_shape(phrases) is not None else ()
 
@@ -127,7 +130,8 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     if ts._interpret_mode():
         raise RuntimeError("compile_report needs a process without TRITON_INTERPRET: its kernels are interpreted")
     ts._load_kernels()
-    function = {"forward": ts._forward_kernel, "backward": ts._backward_kernel}.get(kernel, ts._sweep_backward_kernel)
+    function = {"forward": ts._forward_kernel, "backward": ts._backward_kernel,
+                "stored": ts._stored_kernel}.get(kernel, ts._sweep_backward_kernel)
     dtype = kernel_dtype(input_dtype)
     sweep = kernel.startswith("sweep")
     config = _unit_config(kernel, config, phrases)
@@ -143,7 +147,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     constexprs["UNSHIFTED"] = unshifted
     if sweep:
         constexprs["FOR_TEXT"] = kernel == "sweep_text"
-    if kernel == "backward":  # compiled for videos of CEILING_CELLS cells, as it runs there
+    if kernel in ("backward", "stored"):  # compiled for videos of CEILING_CELLS cells, as it runs there
         constexprs["TWO_VIDEOS"] = ts.two_videos(constexprs["AGG"], CEILING_CELLS, config["BLOCK_N"])
     signature = _signature(kernel, dtype)
     # what a launch specialises on: 16-byte aligned pointers (every torch allocation), and integer
@@ -277,7 +281,9 @@ def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim:
     - forward: one video against one group of texts; the loop over blocks of cells runs
       ceil(cells / BLOCK_N) times, a loop inside it over chunks of D ceil(D / BLOCK_D) times, and
       the code outside it once per video (the part outside a loop over VIDEOS, once per VIDEOS).
-    - backward (tiled): one program, one tile; each loop (chunks of D) ceil(D / BLOCK_D) times.
+    - backward (tiled) and stored: one program, one tile; each loop (chunks of D) ceil(D / BLOCK_D)
+      times. The stored kernel counts one GEMM's multiply-adds (the similarity it recomputes): its
+      ``issue_bound`` is the rate at which it does the work of one GEMM.
     - sweep_video / sweep_text: one swept tile for all ceil(D / D_SLICE) slices; a loop inside the
       sweep (chunks of D of the similarity) ceil(D / BLOCK_D) times; the code outside the sweep is
       left out (a program sweeps thousands of tiles).
@@ -318,9 +324,9 @@ def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim:
         unit = per_video + collections.Counter({k: v * blocks for k, v in block.items()})
         counted = cells * columns * dim
         name = f"one video ({cells} cells) x {columns} columns"
-    elif kernel == "backward":
+    elif kernel in ("backward", "stored"):
         unit = with_trips(whole, children(None), chunks)
-        counted = 2 * config["BLOCK_N"] * columns * dim
+        counted = (2 if kernel == "backward" else 1) * config["BLOCK_N"] * columns * dim
         name = f"one tile, {config['BLOCK_N']} cells x {columns} columns"
     else:
         top = children(None)
@@ -343,10 +349,12 @@ def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim:
 
 def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The SASS ceiling of one InfoNCE step (forward and backward) per aggregation, M, D, pair of
-    designs (forward streamed or resident, backward tiles or sweep) and, for attention, fixed or
-    learnable temperatures (the forward's ``temp_grad``), each kernel at its best configuration:
+    designs (forward streamed or resident, backward tiles, sweep or stored) and, for attention, fixed
+    or learnable temperatures (the forward's ``temp_grad``), each kernel at its best configuration:
     the step counts 3 GEMMs, so its share of the bf16 peak is 3 / (1 / forward + 2 / tiled
-    backward) or 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text). Attention's kernels are the
+    backward), 3 / (1 / forward + 1 / sweep_video + 1 / sweep_text) or 3 / (1 / forward + 1 / stored
+    + 2), the stored backward's two GEMMs (the GEMM library's) taken at the peak, and its traffic of
+    dS/ds, like every memory access here, left out. Attention's kernels are the
     unshifted ones, which run at temperatures of at least 1/64 (their fallbacks below them have rows
     in ``kernels.json``, not a ceiling here)."""
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -364,12 +372,14 @@ def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for (aggregation, m, d, design, learnable) in sorted(k for k in best if k[3] in ("streamed", "resident")):
         forward = best[(aggregation, m, d, design, learnable)]
         backwards = {"tiles": [best.get((aggregation, m, d, "backward", False))],
-                     "sweep": [best.get((aggregation, m, d, kernel, False)) for kernel in ("sweep_video", "sweep_text")]}
+                     "sweep": [best.get((aggregation, m, d, kernel, False)) for kernel in ("sweep_video", "sweep_text")],
+                     "stored": [best.get((aggregation, m, d, "stored", False))]}
         for name, kernels in backwards.items():
             if any(k is None for k in kernels):
                 continue
-            weights = [2.0] if name == "tiles" else [1.0, 1.0]
-            share = 3.0 / (1.0 / forward["issue_bound"]
+            weights = {"tiles": [2.0], "sweep": [1.0, 1.0], "stored": [1.0]}[name]
+            library_gemms = 2.0 if name == "stored" else 0.0  # at the peak: 1 / 1.0 each
+            share = 3.0 / (1.0 / forward["issue_bound"] + library_gemms
                            + sum(w / k["issue_bound"] for w, k in zip(weights, kernels)))
             table.append({"aggregation": aggregation, "M": m, "D": d, "learnable_temperatures": learnable,
                           "forward": design, "backward": name,
@@ -429,14 +439,15 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
                   f"{out / 'ceilings.json'}):")
             for c in ceilings:
                 print(f"  {c['aggregation']:9s} M={c['M']:<3d} D={c['D']:<3d} forward {c['forward']:8s} "
-                      f"backward {c['backward']:5s} {c['step_issue_bound']:.1%}"
+                      f"backward {c['backward']:6s} {c['step_issue_bound']:.1%}"
                       + (" (learnable temperatures)" if c["learnable_temperatures"] else ""))
     return rows
 
 
 def check_rows(rows: Iterable[dict[str, Any]]) -> list[str]:
     """The limits a row breaks: shared memory over the architecture's limit, spills, a matmul off the
-    tensor cores (no wgmma on sm90, no mma on sm80), a forward wgmma narrower than N=64."""
+    tensor cores (no wgmma on sm90, no mma on sm80; only the stored kernel of ``mean`` has none), a
+    forward wgmma narrower than N=64."""
     problems = []
     for row in rows:
         name = f"{row['kernel']}/{row['aggregation']} {row['dtype']} M={row['M']} D={row['D']} {row['config']}"
@@ -445,7 +456,8 @@ def check_rows(rows: Iterable[dict[str, Any]]) -> list[str]:
         if row["spill_bytes"]:
             problems.append(f"{name}: spills {row['spill_bytes']} B")
         prefix = "wgmma" if row["arch"] == "sm90" else "mma"
-        if not row["mma"] or any(not shape.startswith(prefix) for shape in row["mma"]):
+        no_matmul = row["kernel"] == "stored" and row["aggregation"] == "mean"  # mean's dS/ds needs no similarity
+        if (not row["mma"] and not no_matmul) or any(not shape.startswith(prefix) for shape in row["mma"]):
             problems.append(f"{name}: matmuls {row['mma']} are not all {prefix}")
         if row["arch"] == "sm90" and row["kernel"] == "forward":
             widths = [int(re.search(r"n(\d+)", shape).group(1)) for shape in row["mma"]]

@@ -35,7 +35,7 @@ at B = 1024, N = 196, M = 32, D = 256; in the 16.5 ms the `mean` forward took on
 about 6 TB/s, near the L2's bandwidth, so we take that forward to be bound by it. The resident
 tile cuts the traffic to about a third. The autotuner times both.
 
-Backward, two designs (``BACKWARD_DESIGN``); both form dS/ds from the forward's statistics,
+Backward, three designs (``BACKWARD_DESIGN``); each forms dS/ds from the forward's statistics,
 gathered per cell's video, so tiles of flattened cells run over video boundaries. The gathers are
 masked by bounds only and attention's dS/ds by rows only (a masked phrase carries a zero phrase
 gradient and an exponent of -1e30): per-entry masks cost more predicate logic than the arithmetic
@@ -60,14 +60,23 @@ instructions against the shifted variant's 2,631, in 183 registers against 250 (
   accumulator slice the held tile is loaded once and each swept tile once for both of its dot
   products (``RESIDENT``; for dT only up to D = 128, beyond which it spills registers).
 
-``auto`` (the default) times both designs on a GPU at the first backward of each shape and keeps
-the faster (``chosen_designs``).
+- stored (``_stored_backward``): ``_stored_kernel`` recomputes each similarity tile once, as the
+  tiles do, and writes its dS/ds (in the dot products' dtype) to memory, a chunk of whole videos at
+  a time (``STORED_BYTES``); both gradients are then GEMMs of the GEMM library (cuBLAS on a GPU),
+  dV = dS/ds @ T and dT = dS/ds^T @ V. No atomic add at all, in exchange for writing and reading
+  dS/ds once ([Bv * N, Bt * M], 13 GB in bfloat16 at the size above, about 8 ms of an H100's
+  memory bandwidth). Its kernel issues 1,455 warp instructions a tile there (unshifted), against
+  the tiled backward's 2,391, which also runs both gradients' dot products (``kernel_report``).
+
+``auto`` (the default) times each design that applies on a GPU at the first backward of each
+shape and keeps the fastest (``chosen_designs``).
 
 Precision: the dot products take bfloat16 or float16 inputs with float32 accumulation; every
 statistic and every score is float32 (bfloat16 inputs return float32 scores). On CUDA, float32
 tokens are cast to bfloat16 after the cosine normalisation, inside this module, so that
 training runs on the tensor cores; the gradients returned to float32 tokens are the float32
-accumulators. Under the Triton interpreter float32 inputs stay float32 (IEEE dot products).
+accumulators (the stored backward's are the sums of its GEMMs' bfloat16 outputs, one per chunk of
+videos). Under the Triton interpreter float32 inputs stay float32 (IEEE dot products).
 
 The aggregation is a constexpr code (``AGGREGATION_CODES``); a further aggregation is a new
 code and a new branch in ``_forward_video`` and ``_ds_tile``. Aggregations of
@@ -174,11 +183,16 @@ SWEEP_CONFIGS = (
 #: None = 4 per streaming multiprocessor of the device.
 SWEEP_PROGRAMS: int | None = None
 #: Which backward runs: "tiles" (``_backward_kernel``), "sweep" (``_sweep_backward_kernel`` where
-#: ``sweep_shape`` allows it, else tiles) or "auto": on a GPU, the first backward of each shape times
-#: both (each after its own autotuning) and keeps the faster (``chosen_designs``); under the
-#: interpreter, the sweep wherever it applies.
+#: ``sweep_shape`` allows it, else tiles), "stored" (``_stored_backward``) or "auto": on a GPU, the
+#: first backward of each shape times each design that applies (each after its own autotuning) and
+#: keeps the fastest (``chosen_designs``); under the interpreter, the sweep wherever it applies.
 BACKWARD_DESIGN = "auto"
-BACKWARD_DESIGNS = ("auto", "tiles", "sweep")
+BACKWARD_DESIGNS = ("auto", "tiles", "sweep", "stored")
+#: The stored backward's dS/ds buffer: chunks of whole videos of at most this many bytes (at least
+#: one video a chunk). At B = 1024, N = 196, M = 32 in bfloat16, 256 MiB hold 20 videos, 3,920 cells:
+#: its GEMMs then have 3,920 rows (dV) and a depth of 3,920 (dT). More bytes make wider GEMMs and
+#: fewer launches, against the 2 GB the loss may hold at that size.
+STORED_BYTES = 256 * 2**20
 
 
 #: Which forward configurations the autotuner may pick: "auto" (all of ``forward_configs``),
@@ -301,6 +315,16 @@ def _log2_fast(x):
     return libdevice.fast_log2f(x)
 
 
+def _idle_variant(TEMPS, AGG: tl.constexpr, UNSHIFTED: tl.constexpr):
+    """Whether this launch is attention's variant that the temperatures do not run (TEMPS[2]: 1.0
+    where they let the kernels run unshifted), whose kernel returns at once; the other aggregations
+    have one variant, never idle."""
+    idle = False
+    if AGG == 2:
+        idle = (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED
+    return idle
+
+
 def _fast_divide(x, y):
     """x / y by ``div.approx.f32`` (2 ulp where |y| lies in [2^-126, 2^126]): a few instructions
     against about ten for the IEEE division. The kernels divide by sums of exponentials, which lie
@@ -352,9 +376,8 @@ def _forward_kernel(
     Attention is launched twice, UNSHIFTED True and False; TEMPS[2] (set on the device from the
     temperatures, ``MAX_UNSHIFTED_INVERSE_TEMPERATURE``) says which of the two computes, the other
     returns at once."""
-    if AGG == 2:
-        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
-            return
+    if _idle_variant(TEMPS, AGG, UNSHIFTED):
+        return
     g = tl.program_id(0)
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     m_valid3 = tl.reshape(m_valid, [1, TEXTS, BLOCK_M])
@@ -671,9 +694,8 @@ def _backward_kernel(
     [texts, BLOCK_M, D_PAD] are padded (``_tiled_backward``) so that every add of every tile lands
     in bounds: the adds take no masks (the padding receives zeros or is discarded). Attention is
     launched twice, UNSHIFTED True and False, as the forward is."""
-    if AGG == 2:
-        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
-            return
+    if _idle_variant(TEMPS, AGG, UNSHIFTED):
+        return
     g = tl.program_id(0)
     block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
@@ -696,6 +718,32 @@ def _backward_kernel(
         v = tl.load(V + rows[:, None] * D + d0 + offs_d[None, :], mask=r_in[:, None] & d_in[None, :], other=0.0)
         dt = _dot(tl.trans(ds), v, PRECISION, UPCAST)
         tl.atomic_add(DT + dt_rows[:, None] * D_PAD + d0 + offs_d[None, :], dt, sem="relaxed")
+
+
+def _stored_kernel(
+    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DS,
+    Bt, N, M, D, R,
+    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr,
+):
+    """dS/ds written to memory: one program = BLOCK_N consecutive cells of the R flattened cells and
+    TEXTS texts, as in ``_backward_kernel``, whose tile of dS/ds (in the dot products' dtype) goes to
+    DS [R, Bt * M] instead of into two gradients. ``_stored_backward`` takes both gradients from DS by
+    GEMMs. Attention is launched twice, UNSHIFTED True and False, as the forward is."""
+    if _idle_variant(TEMPS, AGG, UNSHIFTED):
+        return
+    g = tl.program_id(0)
+    first = tl.program_id(1) * BLOCK_N
+    rows = first + tl.arange(0, BLOCK_N)
+    r_in = rows < R
+    n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
+    texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
+    s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
+    ds = _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
+                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS, UNSHIFTED).to(DS.dtype.element_ty)
+    # 64-bit offsets: R * Bt * M may pass 2^31 (a chunk holds at least one video)
+    tl.store(DS + rows.to(tl.int64)[:, None] * (Bt * M) + t_rows[None, :], ds, mask=r_in[:, None] & col_in[None, :])
 
 
 def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
@@ -730,9 +778,8 @@ def _sweep_backward_kernel(
     swept tile once, for both of its dot products; otherwise the similarity is taken in chunks of
     BLOCK_D from memory and recomputed once per slice. Attention is launched twice, UNSHIFTED True
     and False, as the forward is."""
-    if AGG == 2:
-        if (tl.load(TEMPS + 2) != 0.0) != UNSHIFTED:
-            return
+    if _idle_variant(TEMPS, AGG, UNSHIFTED):
+        return
     fixed = tl.program_id(0)
     split = tl.program_id(1)
     offs_a = tl.program_id(2) * D_SLICE + tl.arange(0, D_SLICE)
@@ -773,9 +820,9 @@ def _sweep_backward_kernel(
                       sem="relaxed")
 
 
-_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_fast_divide", "_similarity", "_per_column", "_text_columns",
-                  "_tile_values", "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel", "_sweep_ds",
-                  "_sweep_backward_kernel")
+_JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_idle_variant", "_fast_divide", "_similarity", "_per_column",
+                  "_text_columns", "_tile_values", "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel",
+                  "_stored_kernel", "_sweep_ds", "_sweep_backward_kernel")
 
 
 def _load_kernels() -> None:
@@ -812,6 +859,10 @@ def _load_kernels() -> None:
                                              key=key + ["UNSHIFTED"],
                                              prune_configs_by={"early_config_prune": _backward_prune},
                                              pre_hook=_zero_gradients)(_backward_kernel)
+        # every entry of DS that a launch covers is stored, so tuning trials need no reset
+        _TUNED["stored"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS],
+                                           key=key + ["UNSHIFTED"],
+                                           prune_configs_by={"early_config_prune": _backward_prune})(_stored_kernel)
         # each sweep launch writes one gradient; the other pointer is a placeholder, so zeroing both
         # between trials never wipes the gradient the other launch wrote
         _TUNED["sweep"] = triton.autotune([_config(c) for c in SWEEP_CONFIGS], key=key + ["FOR_TEXT", "UNSHIFTED"],
@@ -880,6 +931,7 @@ def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: 
     aggregation = _aggregation_name(aggregation_code)
     kernel, configs = {"forward": (_forward_kernel, forward_configs(aggregation, phrases, dim)),
                        "backward": (_backward_kernel, backward_configs(aggregation)),
+                       "stored": (_stored_kernel, backward_configs(aggregation)),
                        "sweep": (_sweep_backward_kernel, sweep_configs(dim, for_text, aggregation))}[name]
     return kernel, _tuned_keys(configs[0])
 
@@ -948,6 +1000,55 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
                      UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts,
                      TWO_VIDEOS=two_videos(aggregation_code, N, block_n), UNSHIFTED=unshifted, **blocks)
     return dv[:Bv * N, :D].reshape(Bv, N, D), dt[:Bt, :M, :D].contiguous()
+
+
+def stored_videos(videos: int, cells: int, columns: int, element_size: int) -> int:
+    """Videos per chunk of the stored backward: as many whole videos as keep a chunk's dS/ds
+    [videos * cells, columns] within ``STORED_BYTES`` (at least one)."""
+    return max(1, min(videos, STORED_BYTES // max(1, cells * columns * element_size)))
+
+
+def _stored_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...], needs: tuple[bool, bool]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients, [Bv, N, D] in the dot products' dtype and [Bt, M, D] in float32 (one is zero
+    where ``needs`` does not ask for it), from dS/ds stored by ``_stored_kernel``, a chunk of whole
+    videos at a time (``stored_videos``): dV of the chunk's videos = dS/ds @ T, dT += dS/ds^T @ V of
+    the chunk, two GEMMs of the GEMM library (cuBLAS on a GPU) in the dot products' dtype. dV is
+    written once per entry, so it stays in the GEMM's dtype (for bfloat16 tokens, the gradient
+    needs no copy). No atomic add, and the similarity is recomputed once; the price is writing and
+    reading dS/ds, [Bv * N, Bt * M] in all."""
+    aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
+    video, text, video_valid, text_valid, temps, coef, phrase = inputs
+    block_m, texts = tile_shape(M)
+    kernel, blocks = _launch("stored", aggregation_code, M, D)
+    device = video.device
+    block_n = backward_padding(_aggregation_name(aggregation_code))[0]  # the largest tile (as tiles)
+    per_chunk = stored_videos(Bv, N, Bt * M, video.element_size())
+    ds = torch.empty(per_chunk * N, Bt * M, device=device, dtype=video.dtype)
+    dv = (torch.empty if needs[0] else torch.zeros)(Bv, N, D, device=device, dtype=video.dtype)
+    dt = torch.zeros(Bt * M, D, device=device, dtype=torch.float32)
+    text_rows = text.reshape(Bt * M, D)
+    for v0 in range(0, Bv, per_chunk):
+        v1 = min(Bv, v0 + per_chunk)
+        cells = (v1 - v0) * N
+        chunk = ds[:cells]
+        # the chunk's videos as a batch of their own: its statistics start at video v0 (mean has no
+        # phrase statistics, a one-element placeholder)
+        chunk_inputs = (video[v0:v1], text, video_valid[v0:v1], text_valid, temps, coef[v0:v1],
+                        phrase[v0:v1] if phrase.dim() > 1 else phrase)
+
+        def grid(meta: dict[str, int], cells: int = cells) -> tuple[int, int]:
+            return triton.cdiv(Bt, texts), triton.cdiv(cells, meta["BLOCK_N"])
+
+        for unshifted in _variants(aggregation_code):
+            kernel[grid](*chunk_inputs, chunk, Bt, N, M, D, cells, AGG=aggregation_code, PRECISION=precision,
+                         UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts,
+                         TWO_VIDEOS=two_videos(aggregation_code, N, block_n), UNSHIFTED=unshifted, **blocks)
+        if needs[0]:
+            torch.mm(chunk, text_rows, out=dv[v0:v1].view(cells, D))
+        if needs[1]:
+            dt += chunk.t() @ video[v0:v1].reshape(cells, D)
+    return dv, dt.view(Bt, M, D)
 
 
 def _sweep_programs(device: torch.device) -> int:
@@ -1037,16 +1138,17 @@ def _backward_design(settings: tuple[Any, ...], needs: tuple[bool, bool], dtype:
     """The design this backward runs (see ``BACKWARD_DESIGN``); ``run(design)`` launches one."""
     if BACKWARD_DESIGN not in BACKWARD_DESIGNS:
         raise ValueError(f"BACKWARD_DESIGN={BACKWARD_DESIGN!r}; valid: {', '.join(BACKWARD_DESIGNS)}")
-    if sweep_shape(settings[6]) is None or BACKWARD_DESIGN == "tiles":
-        return "tiles"
+    sweeps = sweep_shape(settings[6]) is not None
+    if BACKWARD_DESIGN in ("tiles", "stored"):
+        return BACKWARD_DESIGN
     if BACKWARD_DESIGN == "sweep" or device.type != "cuda":
-        return "sweep"
+        return "sweep" if sweeps else "tiles"
     key = (*settings, str(dtype).removeprefix("torch."), "".join("vt"[i] for i in (0, 1) if needs[i]))
     if key not in _DESIGNS:
         import triton.testing
 
         timings = {}
-        for design in ("tiles", "sweep"):
+        for design in ("tiles", "sweep", "stored") if sweeps else ("tiles", "stored"):
             run(design)  # its autotuning first, so the timing below sees only the chosen configuration
             timings[design] = triton.testing.do_bench(lambda design=design: run(design), warmup=5, rep=25,
                                                       return_mode="median")
@@ -1123,6 +1225,8 @@ class _TritonPairScores(torch.autograd.Function):
                 with _device_context(device):
                     if design == "sweep":
                         return _sweep_backward(inputs, settings, needs)
+                    if design == "stored":
+                        return _stored_backward(inputs, settings, needs)
                     return _tiled_backward(inputs, settings)
 
             dv, dt = run(_backward_design(settings, needs, video.dtype, device, run))

@@ -9,7 +9,8 @@
 # 2. Correctness first: the triton backend against naive and chunked on this card (values and
 #    gradients, bfloat16 and float32 inputs, every aggregation, learnable temperatures, and attention
 #    at tau_a = 0.01, where the forward keeps running maxima), for each
-#    kernel design (streamed forward + tiled backward, resident forward + backward in sweeps):
+#    kernel design (streamed forward + tiled backward, resident forward + backward in sweeps,
+#    resident forward + stored backward):
 #    OUT_DIR/gpu_check.json; stops if they disagree.
 #    Then where the time goes at B=1024, N=196, M=32, D=256: forward, backward and step of each
 #    design and of auto, with the card's bf16 matmul rate measured in the same step:
@@ -71,8 +72,9 @@ torch.manual_seed(0)
 device = torch.device("cuda")
 results = []
 # every kernel design on the card: the streamed forward with the tiled backward, the resident forward
-# with the backward in sweeps (where they apply; M = 128 and D = 1024 fall back to the first pair)
-for forward_design, backward_design in (("streamed", "tiles"), ("resident", "sweep")):
+# with the backward in sweeps (where they apply; M = 128 and D = 1024 fall back to the first pair), and
+# with the stored backward (its GEMMs are cuBLAS's)
+for forward_design, backward_design in (("streamed", "tiles"), ("resident", "sweep"), ("resident", "stored")):
     triton_scores.FORWARD_DESIGN, triton_scores.BACKWARD_DESIGN = forward_design, backward_design
     triton_scores.reset_tuning()
     # bfloat16 inputs, and float32 inputs (cast to bfloat16 inside): both meet bf16 rounding of the tokens
@@ -163,7 +165,8 @@ del a
 rows = []
 # each design pair alone, then auto (the autotuner and the backward's timing choose), bf16 tokens;
 # float32 tokens (cast to bf16 inside) with auto
-runs = [(torch.bfloat16, pair) for pair in (("streamed", "tiles"), ("resident", "sweep"), ("auto", "auto"))]
+runs = [(torch.bfloat16, pair) for pair in (("streamed", "tiles"), ("resident", "sweep"), ("resident", "stored"),
+                                            ("auto", "auto"))]
 runs.append((torch.float32, ("auto", "auto")))
 for dtype, (forward_design, backward_design) in runs:
     ts.FORWARD_DESIGN, ts.BACKWARD_DESIGN = forward_design, backward_design

@@ -32,13 +32,13 @@ def report(tmp_path_factory):
 def test_every_kernel_and_configuration_has_a_row(report):
     out, rows = report
     configs = sum(len(triton_scores.forward_configs(aggregation, 32, 256))
-                  + len(triton_scores.backward_configs(aggregation))
+                  + 2 * len(triton_scores.backward_configs(aggregation))  # tiles and stored
                   + len(triton_scores.sweep_configs(256, False, aggregation))
                   + len(triton_scores.sweep_configs(256, True, aggregation)) for aggregation in AGGREGATION_CODES)
     # attention's forward four times: with and without learnable temperatures' sums, unshifted or with
     # running maxima; its backward kernels twice, unshifted or not
     attention_forwards = len(triton_scores.forward_configs("attention", 32, 256))
-    attention_backwards = (len(triton_scores.backward_configs("attention"))
+    attention_backwards = (2 * len(triton_scores.backward_configs("attention"))
                            + len(triton_scores.sweep_configs(256, False, "attention"))
                            + len(triton_scores.sweep_configs(256, True, "attention")))
     assert len(rows) == 2 * (configs + 3 * attention_forwards + attention_backwards)  # two input dtypes
@@ -51,8 +51,8 @@ def test_every_kernel_and_configuration_has_a_row(report):
     assert not any(row["temp_grad"] for row in rows if row["aggregation"] != "attention" or row["kernel"] != "forward")
     assert not any(row["unshifted"] for row in rows if row["aggregation"] != "attention")
     assert {row["kernel"] for row in rows} == set(kernel_report.KERNELS)
-    assert {row["config"].split()[0] for row in rows if row["kernel"] == "backward"} == {"BLOCK_N=64",
-                                                                                          "BLOCK_N=128"}
+    for kernel in ("backward", "stored"):
+        assert {row["config"].split()[0] for row in rows if row["kernel"] == kernel} == {"BLOCK_N=64", "BLOCK_N=128"}
     forwards = [row for row in rows if row["kernel"] == "forward"]
     assert {row["config"].split()[5] for row in forwards} == {"D_RESIDENT=0", "D_RESIDENT=256"}
     sweeps = [row for row in rows if row["kernel"].startswith("sweep")]
@@ -73,7 +73,8 @@ def test_compiled_kernels_fit_the_h100(report):
     assert kernel_report.check_rows(rows) == []
     for row in rows:
         assert row["shared_bytes"] <= 232448 and row["spill_bytes"] == 0
-        assert row["mma"] and all(shape.startswith("wgmma.m64n") for shape in row["mma"])
+        no_matmul = row["kernel"] == "stored" and row["aggregation"] == "mean"  # its dS/ds needs no similarity
+        assert (bool(row["mma"]) != no_matmul) and all(shape.startswith("wgmma.m64n") for shape in row["mma"])
 
 
 def test_check_rows_names_what_breaks():
@@ -82,6 +83,10 @@ def test_check_rows_names_what_breaks():
     problems = " ".join(kernel_report.check_rows([row]))
     assert "shared" in problems and "spills" in problems and "N=64" in problems
     assert "not all wgmma" in " ".join(kernel_report.check_rows([{**row, "mma": ["mma.m16n8k16"]}]))
+    # no matmul at all: a problem, except in mean's stored kernel (its dS/ds needs no similarity)
+    fine = {**row, "kernel": "stored", "shared_bytes": 0, "spill_bytes": 0, "mma": []}
+    assert "not all wgmma" in " ".join(kernel_report.check_rows([fine]))
+    assert kernel_report.check_rows([{**fine, "aggregation": "mean"}]) == []
 
 
 def test_cli_compile_only_writes_the_report(tmp_path, monkeypatch):
@@ -149,6 +154,11 @@ def test_sass_units_run_the_multiply_adds_of_their_tiles(report):
             expected = 4 * config["BLOCK_N"] * columns * 256  # 196 cells in 4 blocks of 64
         elif row["kernel"] == "backward":
             expected = (2 + similarity) * config["BLOCK_N"] * columns * 256
+        elif row["kernel"] == "stored":  # the similarity only: both gradients are the GEMM library's
+            expected = similarity * config["BLOCK_N"] * columns * 256
+            if not similarity:  # mean's dS/ds needs no dot product at all
+                assert row["mma"] == [] and row["bound_by"] != "tensor"
+                continue
         else:
             slices = 256 // config["D_SLICE"]
             expected = slices * (similarity * 64 * columns * 256 + 64 * columns * config["D_SLICE"])
@@ -159,13 +169,13 @@ def test_sass_units_run_the_multiply_adds_of_their_tiles(report):
     ceilings = json.loads((report[0] / "ceilings.json").read_text())
     assert sorted((c["aggregation"], c["learnable_temperatures"], c["forward"], c["backward"]) for c in ceilings) == sorted(
         (a, learnable, f, b) for a in AGGREGATION_CODES for learnable in ((False, True) if a == "attention" else (False,))
-        for f in ("streamed", "resident") for b in ("tiles", "sweep"))
+        for f in ("streamed", "resident") for b in ("tiles", "sweep", "stored"))
     fixed, learnable = ({c["forward"] + c["backward"]: c["step_issue_bound"] for c in ceilings
                          if c["aggregation"] == "attention" and c["learnable_temperatures"] is flag} for flag in (False, True))
     assert all(fixed[pair] > learnable[pair] for pair in fixed)  # the temperatures' sums cost instructions
     # the unshifted kernels (no running maxima) issue fewer instructions than their fallbacks
     for kernel, temp_grad, gain in (("forward", True, 1.15), ("forward", False, 1.15), ("backward", False, 1.05),
-                                    ("sweep_video", False, 1.05), ("sweep_text", False, 1.05)):
+                                    ("stored", False, 1.05), ("sweep_video", False, 1.05), ("sweep_text", False, 1.05)):
         bounds = {unshifted: max(r["issue_bound"] for r in rows if r["kernel"] == kernel
                                  and r["aggregation"] == "attention" and r["temp_grad"] is temp_grad
                                  and r["unshifted"] is unshifted) for unshifted in (True, False)}
@@ -177,7 +187,9 @@ def test_step_ceiling_weighs_each_kernel_by_the_gemms_it_counts():
         return {"kernel": kernel, "aggregation": "max", "M": 32, "D": 256, "config": config, "issue_bound": bound,
                 "bound_by": "issue", "temp_grad": False}
     rows = [row("forward", 0.2), row("forward", 0.3, "VIDEOS=4 D_RESIDENT=256"), row("backward", 0.4),
-            row("backward", 0.5), row("sweep_video", 0.25), row("sweep_text", 0.5)]
+            row("backward", 0.5), row("sweep_video", 0.25), row("sweep_text", 0.5), row("stored", 0.4)]
     table = {(c["forward"], c["backward"]): c["step_issue_bound"] for c in kernel_report.step_ceilings(rows)}
     assert table[("streamed", "tiles")] == pytest.approx(3 / (1 / 0.2 + 2 / 0.5), abs=1e-4)  # the best backward
     assert table[("resident", "sweep")] == pytest.approx(3 / (1 / 0.3 + 1 / 0.25 + 1 / 0.5), abs=1e-4)
+    # the stored backward: its kernel (one GEMM's work), and two GEMMs of the GEMM library at the peak
+    assert table[("resident", "stored")] == pytest.approx(3 / (1 / 0.3 + 1 / 0.4 + 2), abs=1e-4)

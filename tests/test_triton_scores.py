@@ -111,7 +111,7 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=["tiles", "sweep"])
+@pytest.fixture(params=["tiles", "sweep", "stored"])
 def design(request, monkeypatch):
     """Each backward design in turn (``auto`` takes the sweep under the interpreter)."""
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", request.param)
@@ -237,17 +237,43 @@ def test_sweep_splits_cover_the_swept_tiles_once():
     assert triton_scores.sweep_splits(4, 3136, 528) == (131, 24)  # 132 asked, 24 tiles each
 
 
+def test_stored_videos_fill_the_budget_with_whole_videos(monkeypatch):
+    monkeypatch.setattr(triton_scores, "STORED_BYTES", 256 * 2**20)
+    assert triton_scores.stored_videos(1024, 196, 1024 * 32, 2) == 20  # 20 x 196 x 32768 x 2 B <= 256 MiB
+    assert triton_scores.stored_videos(8, 196, 1024 * 32, 2) == 8  # never more than the batch
+    monkeypatch.setattr(triton_scores, "STORED_BYTES", 1)
+    assert triton_scores.stored_videos(1024, 196, 1024 * 32, 2) == 1  # at least one video
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_stored_backward_in_chunks_matches_reference(monkeypatch, aggregation):
+    # a budget of 2 videos a chunk over 5 videos (the last chunk holds one); 63-cell videos, whose
+    # 64-cell tiles span two videos (attention's TWO_VIDEOS) within a chunk, and end past its last cell
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "stored")
+    shape = (5, 6, 63, 9, 24)
+    monkeypatch.setattr(triton_scores, "STORED_BYTES", 2 * 63 * 6 * 9 * 4)
+    chunks = []
+    original = triton_scores.stored_videos
+    monkeypatch.setattr(triton_scores, "stored_videos", lambda *args: chunks.append(original(*args)) or chunks[-1])
+    assert_fused_matches_reference(shape, 21, aggregation=aggregation, attn_temperature=0.1, weight_temperature=0.2)
+    assert chunks == [2]
+
+
+@pytest.mark.parametrize("design", ["sweep", "stored"])
 @pytest.mark.parametrize("needs", ["video", "text"])
-def test_sweep_computes_only_the_gradient_asked_for(monkeypatch, needs):
-    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "sweep")
+def test_backward_computes_only_the_gradient_asked_for(monkeypatch, needs, design):
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", design)
     launches = []
-    original = triton_scores._sweep_backward
+    name = {"sweep": "_sweep_backward", "stored": "_stored_backward"}[design]
+    original = getattr(triton_scores, name)
 
     def spy(inputs, settings, wanted):
         launches.append(wanted)
-        return original(inputs, settings, wanted)
+        gradients = original(inputs, settings, wanted)
+        assert not gradients[int(needs == "video")].any()  # the other one is left at zero
+        return gradients
 
-    monkeypatch.setattr(triton_scores, "_sweep_backward", spy)
+    monkeypatch.setattr(triton_scores, name, spy)
     video, text, video_mask, text_mask, upstream = random_case(2, 3, 11, 5, 16, seed=2)
     tokens = {"video": video.float().requires_grad_(needs == "video"),
               "text": text.float().requires_grad_(needs == "text")}
@@ -258,25 +284,35 @@ def test_sweep_computes_only_the_gradient_asked_for(monkeypatch, needs):
     assert launches == [(needs == "video", needs == "text")]
 
 
-def test_auto_design_times_both_once_per_shape_and_keeps_the_faster(monkeypatch):
+def test_auto_design_times_each_once_per_shape_and_keeps_the_fastest(monkeypatch):
     import triton.testing
 
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "auto")
     monkeypatch.setattr(triton_scores, "_DESIGNS", {})
     ran = []
-    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: (fn(), {"tiles": 3.0, "sweep": 2.0}[ran[-1]])[1])
+    times = {"tiles": 3.0, "sweep": 2.0, "stored": 2.5}
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: (fn(), times[ran[-1]])[1])
     settings = (2, "tf32", False, 8, 8, 196, 32, 256)
     cuda = torch.device("cuda")
     assert triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append) == "sweep"
-    assert ran == ["tiles", "tiles", "sweep", "sweep"]  # each autotuned once, then timed
+    assert ran == ["tiles", "tiles", "sweep", "sweep", "stored", "stored"]  # each autotuned once, then timed
     assert triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append) == "sweep"
-    assert len(ran) == 4  # remembered per shape
+    assert len(ran) == 6  # remembered per shape
     assert list(triton_scores.chosen_designs().values()) == ["sweep"]
     assert "8x8 N=196 M=32 D=256 attention bfloat16 grads=vt" in triton_scores.chosen_designs()
-    # texts longer than the sweep's 64 columns take the tiles, without timing
+    # texts longer than the sweep's 64 columns: the tiles and the stored backward are timed
     long_texts = (2, "tf32", False, 8, 8, 196, 65, 256)
-    assert triton_scores._backward_design(long_texts, (True, True), torch.bfloat16, cuda, ran.append) == "tiles"
-    assert len(ran) == 4
+    assert triton_scores._backward_design(long_texts, (True, True), torch.bfloat16, cuda, ran.append) == "stored"
+    assert ran[6:] == ["tiles", "tiles", "stored", "stored"]
+    # a design named is taken as it is, except the sweep where it does not apply; without a GPU,
+    # auto takes the sweep where it applies
+    for named, want, want_long in (("tiles", "tiles", "tiles"), ("stored", "stored", "stored"),
+                                   ("sweep", "sweep", "tiles"), ("auto", "sweep", "tiles")):
+        monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", named)
+        cpu = torch.device("cpu")
+        assert triton_scores._backward_design(settings, (True, True), torch.float32, cpu, ran.append) == want
+        assert triton_scores._backward_design(long_texts, (True, True), torch.float32, cpu, ran.append) == want_long
+    assert len(ran) == 10
     monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "fastest")
     with pytest.raises(ValueError, match="BACKWARD_DESIGN='fastest'"):
         triton_scores._backward_design(settings, (True, True), torch.bfloat16, cuda, ran.append)
@@ -348,7 +384,7 @@ def test_padded_width_is_the_next_power_of_two_above_a_floor():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("aggregation", ["max", "attention"])
-def test_half_precision_matches_reference_and_returns_float32(dtype, aggregation):
+def test_half_precision_matches_reference_and_returns_float32(dtype, aggregation, design):
     video, text, video_mask, text_mask, upstream = random_case(3, 2, 21, 6, 32, seed=7)
     # the reference sees the same rounded inputs
     video, text = video.to(dtype).double(), text.to(dtype).double()
