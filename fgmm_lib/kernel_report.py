@@ -347,6 +347,13 @@ def work_unit(kernel: str, program: dict[str, Any], config: dict[str, int], dim:
             "issue_bound": round(counted / SM90_TENSOR_MACS / cycles[bound_by], 4)}
 
 
+#: Each backward design of a step: its kernels with the GEMMs each counts, and the GEMMs the GEMM
+#: library runs (``step_ceilings``).
+BACKWARD_STEPS = {"tiles": ((("backward", 2.0),), 0.0),
+                  "sweep": ((("sweep_video", 1.0), ("sweep_text", 1.0)), 0.0),
+                  "stored": ((("stored", 1.0),), 2.0)}
+
+
 def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The SASS ceiling of one InfoNCE step (forward and backward) per aggregation, M, D, pair of
     designs (forward streamed or resident, backward tiles, sweep or stored) and, for attention, fixed
@@ -371,16 +378,13 @@ def step_ceilings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     table = []
     for (aggregation, m, d, design, learnable) in sorted(k for k in best if k[3] in ("streamed", "resident")):
         forward = best[(aggregation, m, d, design, learnable)]
-        backwards = {"tiles": [best.get((aggregation, m, d, "backward", False))],
-                     "sweep": [best.get((aggregation, m, d, kernel, False)) for kernel in ("sweep_video", "sweep_text")],
-                     "stored": [best.get((aggregation, m, d, "stored", False))]}
-        for name, kernels in backwards.items():
+        for name, (weighted, library_gemms) in BACKWARD_STEPS.items():
+            kernels = [best.get((aggregation, m, d, kernel, False)) for kernel, _ in weighted]
             if any(k is None for k in kernels):
                 continue
-            weights = {"tiles": [2.0], "sweep": [1.0, 1.0], "stored": [1.0]}[name]
-            library_gemms = 2.0 if name == "stored" else 0.0  # at the peak: 1 / 1.0 each
+            # the GEMM library's GEMMs at the peak: 1 / 1.0 each
             share = 3.0 / (1.0 / forward["issue_bound"] + library_gemms
-                           + sum(w / k["issue_bound"] for w, k in zip(weights, kernels)))
+                           + sum(w / k["issue_bound"] for (_, w), k in zip(weighted, kernels)))
             table.append({"aggregation": aggregation, "M": m, "D": d, "learnable_temperatures": learnable,
                           "forward": design, "backward": name,
                           "forward_bound": forward["issue_bound"],
