@@ -85,15 +85,19 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
     return dict(names)
 
 
-def kernel_configs(kernel: str, aggregation: str, phrases: int, dim: int) -> tuple[dict[str, int], ...]:
-    """The configurations the autotuner can pick for ``kernel`` at M = ``phrases``, D = ``dim``
-    (none where that kernel does not run: the sweeps beyond their 64 columns)."""
+def kernel_configs(kernel: str, aggregation: str, phrases: int, dim: int, unshifted: bool = True
+                   ) -> tuple[dict[str, int], ...]:
+    """The configurations the autotuner can pick for ``kernel`` at M = ``phrases``, D = ``dim`` in
+    attention's ``unshifted`` variant or the other (none where that kernel does not run: the sweeps
+    beyond their 64 columns)."""
     from fgmm_lib import triton_scores as ts
 
     if kernel == "forward":
         return ts.forward_configs(aggregation, phrases, dim)
-    if kernel in ("backward", "stored"):
+    if kernel == "backward":
         return ts.backward_configs(aggregation)
+    if kernel == "stored":
+        return ts.stored_configs(aggregation, phrases, CEILING_CELLS, unshifted)
     return ts.sweep_configs(dim, kernel == "sweep_text", aggregation) if ts.sweep_shape(phrases) is not None else ()
 
 
@@ -138,7 +142,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     block_m, texts = config["BLOCK_M"], config["TEXTS"]
     constexprs: dict[str, Any] = {
         "AGG": ts.AGGREGATION_CODES[aggregation], "PRECISION": "ieee" if dtype == "float32" else "tf32",
-        "UPCAST": False, **ts._tuned_keys(config),
+        "UPCAST": False, **{k: v for k, v in ts._tuned_keys(config).items() if k in function.arg_names},
     }
     temp_grad = aggregation == "attention" if temp_grad is None else temp_grad and aggregation == "attention"
     unshifted = unshifted and aggregation == "attention"
@@ -193,7 +197,8 @@ def _unit_config(kernel: str, config: dict[str, int], phrases: int) -> dict[str,
     from fgmm_lib import triton_scores as ts
 
     sweep = kernel.startswith("sweep")
-    block_m, texts = ts.sweep_shape(phrases) if sweep else ts.tile_shape(phrases)
+    columns = config.get("COLUMNS", ts.TILE_COLUMNS)  # the stored kernel's configurations name theirs
+    block_m, texts = ts.sweep_shape(phrases) if sweep else ts.tile_shape(phrases, columns)
     return {**({"BLOCK_N": ts.SWEEP_BLOCK_N} if sweep else {}), **config, "BLOCK_M": block_m, "TEXTS": texts}
 
 
@@ -418,6 +423,8 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
         temp_grads = (True, False) if kernel == "forward" and aggregation == "attention" else (False,)
         variants = list(itertools.product(temp_grads, ts._variants(ts.AGGREGATION_CODES[aggregation])))
         for config, (temp_grad, unshifted) in itertools.product(kernel_configs(kernel, aggregation, m, d), variants):
+            if config not in kernel_configs(kernel, aggregation, m, d, unshifted):
+                continue  # offered to attention's unshifted variant only (the stored kernel's own tiles)
             # the code depends on D only through its divisibility (and, in the sweeps, through the
             # accumulator slice, which is part of the configuration)
             key = (kernel, aggregation, kernel_dtype(dtype), m, d % 16 == 0, tuple(sorted(config.items())), temp_grad,

@@ -158,6 +158,17 @@ WIDE_BACKWARD_CONFIGS = (
     {"BLOCK_N": 128, "BLOCK_D": 32, "num_warps": 8, "num_stages": 2},
 )
 
+#: The stored backward's kernel (``_stored_kernel``): the tiled backward's configurations at 128
+#: columns a tile (texts x phrases), and tiles of 128 cells by 64 columns with 4 warps. Without the
+#: gradients' dot products in the tile, attention's 128-cell tile fits 4 warps' registers (255, no
+#: spills on sm_90, ``kernel_report``) where texts have 32 to 64 phrases, in its unshifted variant:
+#: at M = 32, D = 256 its SASS bound is 42.9% of the bf16 peak against 35.2% for 64 cells by 128
+#: columns (fewer instructions per multiply-add). See ``stored_configs``.
+STORED_COLUMNS = 64
+STORED_CONFIGS = (
+    {"BLOCK_N": 128, "COLUMNS": STORED_COLUMNS, "BLOCK_D": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_N": 128, "COLUMNS": STORED_COLUMNS, "BLOCK_D": 32, "num_warps": 4, "num_stages": 2},
+)
 
 #: The backward in sweeps (``_sweep_backward_kernel``): cells per tile, columns (texts x phrases)
 #: per tile, and the configurations its autotuner chooses from (D per chunk of a streamed
@@ -227,6 +238,25 @@ def backward_padding(aggregation: str) -> tuple[int, int]:
     the largest BLOCK_N and BLOCK_D of its configurations (``_tiled_backward``)."""
     configs = backward_configs(aggregation)
     return max(c["BLOCK_N"] for c in configs), max(c["BLOCK_D"] for c in configs)
+
+
+def stored_configs(aggregation: str, phrases: int, cells: int, unshifted: bool = True
+                   ) -> tuple[dict[str, int], ...]:
+    """The stored kernel's configurations the autotuner chooses from for ``aggregation``, M =
+    ``phrases``, videos of ``cells`` cells and (attention) the ``unshifted`` variant: those of
+    ``backward_configs`` at ``TILE_COLUMNS`` columns, and ``STORED_CONFIGS`` where they compile
+    without spills on sm_90: texts of at most 64 phrases; for attention, of at least 32 (4 texts of 16
+    spill) in the unshifted variant (its running maxima spill), where its tiles span two videos at
+    most (``two_videos``), as the smaller ones do."""
+    code = AGGREGATION_CODES[aggregation]
+    tiles = tuple({**c, "COLUMNS": TILE_COLUMNS} for c in backward_configs(aggregation))
+    block_m = tile_shape(phrases)[0]
+    if code == AGGREGATION_CODES["attention"]:
+        own = tuple(c for c in STORED_CONFIGS if unshifted and 32 <= block_m <= c["COLUMNS"]
+                    and two_videos(code, cells, c["BLOCK_N"]))
+    else:
+        own = tuple(c for c in STORED_CONFIGS if block_m <= c["COLUMNS"])
+    return tiles + own
 
 
 def sweep_configs(dim: int, for_text: bool, aggregation: str) -> tuple[dict[str, int], ...]:
@@ -697,16 +727,11 @@ def _backward_kernel(
     if _idle_variant(TEMPS, AGG, UNSHIFTED):
         return
     g = tl.program_id(0)
-    block = tl.program_id(1)
     COLS: tl.constexpr = TEXTS * BLOCK_M
-    first = block * BLOCK_N
-    rows = first + tl.arange(0, BLOCK_N)
-    r_in = rows < R
-    n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
-    texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
-    s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, COLS, BLOCK_D)
-    ds = _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS, UNSHIFTED).to(V.dtype.element_ty)
+    rows, r_in, col_in, t_rows, ds = _tile_ds(V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, g, tl.program_id(1) * BLOCK_N,
+                                              Bt, N, M, D, R, AGG, PRECISION, UPCAST, BLOCK_M, TEXTS, BLOCK_N,
+                                              BLOCK_D, TWO_VIDEOS, UNSHIFTED)
+    ds = ds.to(V.dtype.element_ty)
 
     offs_d = tl.arange(0, BLOCK_D)
     dt_rows = (g * TEXTS) * BLOCK_M + tl.arange(0, COLS)  # of DT's padded [texts * BLOCK_M] rows
@@ -720,30 +745,42 @@ def _backward_kernel(
         tl.atomic_add(DT + dt_rows[:, None] * D_PAD + d0 + offs_d[None, :], dt, sem="relaxed")
 
 
-def _stored_kernel(
-    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DS,
-    Bt, N, M, D, R,
-    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, TEXTS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr,
-):
-    """dS/ds written to memory: one program = BLOCK_N consecutive cells of the R flattened cells and
-    TEXTS texts, as in ``_backward_kernel``, whose tile of dS/ds (in the dot products' dtype) goes to
-    DS [R, Bt * M] instead of into two gradients. ``_stored_backward`` takes both gradients from DS by
-    GEMMs. Attention is launched twice, UNSHIFTED True and False, as the forward is."""
-    if _idle_variant(TEMPS, AGG, UNSHIFTED):
-        return
-    g = tl.program_id(0)
-    first = tl.program_id(1) * BLOCK_N
+def _tile_ds(V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, g, first, Bt, N, M, D, R, AGG: tl.constexpr,
+             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, TEXTS: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr):
+    """The tile of the tiled and stored backwards: BLOCK_N consecutive cells from ``first`` of the R
+    flattened cells by the TEXTS texts of group g. Recomputes the similarity (D in chunks of BLOCK_D)
+    and returns (rows, r_in, col_in, t_rows, dS/ds in float32) (``_text_columns``, ``_ds_tile``)."""
     rows = first + tl.arange(0, BLOCK_N)
     r_in = rows < R
     n_valid = r_in & (tl.load(VMASK + rows, mask=r_in, other=0) != 0)
     texts, phrases, col_in, t_rows, m_valid = _text_columns(TMASK, g, Bt, M, TEXTS, BLOCK_M)
     s = _similarity(V, T, rows, r_in, t_rows, col_in, D, PRECISION, UPCAST, BLOCK_N, TEXTS * BLOCK_M, BLOCK_D)
     ds = _ds_tile(s, first, rows, r_in, n_valid, g, texts, phrases, col_in, m_valid, TEMPS, COEF, PHRASE, Bt, N, M,
-                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS, UNSHIFTED).to(DS.dtype.element_ty)
+                  R, AGG, BLOCK_M, TEXTS, BLOCK_N, TWO_VIDEOS, UNSHIFTED)
+    return rows, r_in, col_in, t_rows, ds
+
+
+def _stored_kernel(
+    V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, DS,
+    Bt, N, M, D, R,
+    AGG: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, COLUMNS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    TWO_VIDEOS: tl.constexpr, UNSHIFTED: tl.constexpr,
+):
+    """dS/ds written to memory: one program = the tile of ``_backward_kernel`` (``_tile_ds``), BLOCK_N
+    cells by COLUMNS // BLOCK_M texts (at least one), whose dS/ds (in the dot products' dtype) goes
+    to DS [R, Bt * M] instead of into two gradients. ``_stored_backward`` takes both gradients from
+    DS by GEMMs. Attention is launched twice, UNSHIFTED True and False, as the forward is."""
+    if _idle_variant(TEMPS, AGG, UNSHIFTED):
+        return
+    TEXTS: tl.constexpr = (COLUMNS + BLOCK_M - 1) // BLOCK_M
+    rows, r_in, col_in, t_rows, ds = _tile_ds(V, T, VMASK, TMASK, TEMPS, COEF, PHRASE, tl.program_id(0),
+                                              tl.program_id(1) * BLOCK_N, Bt, N, M, D, R, AGG, PRECISION, UPCAST,
+                                              BLOCK_M, TEXTS, BLOCK_N, BLOCK_D, TWO_VIDEOS, UNSHIFTED)
     # 64-bit offsets: R * Bt * M may pass 2^31 (a chunk holds at least one video)
-    tl.store(DS + rows.to(tl.int64)[:, None] * (Bt * M) + t_rows[None, :], ds, mask=r_in[:, None] & col_in[None, :])
+    tl.store(DS + rows.to(tl.int64)[:, None] * (Bt * M) + t_rows[None, :], ds.to(DS.dtype.element_ty),
+             mask=r_in[:, None] & col_in[None, :])
 
 
 def _sweep_ds(V, T, v, t, rows, r_in, n_valid, g, texts, phrases, col_in, t_rows, m_valid, TEMPS, COEF,
@@ -821,8 +858,8 @@ def _sweep_backward_kernel(
 
 
 _JIT_FUNCTIONS = ("_dot", "_log2_exact", "_log2_fast", "_idle_variant", "_fast_divide", "_similarity", "_per_column",
-                  "_text_columns", "_tile_values", "_ds_tile", "_forward_kernel", "_forward_video", "_backward_kernel",
-                  "_stored_kernel", "_sweep_ds", "_sweep_backward_kernel")
+                  "_text_columns", "_tile_values", "_ds_tile", "_tile_ds", "_forward_kernel", "_forward_video",
+                  "_backward_kernel", "_stored_kernel", "_sweep_ds", "_sweep_backward_kernel")
 
 
 def _load_kernels() -> None:
@@ -860,9 +897,10 @@ def _load_kernels() -> None:
                                              prune_configs_by={"early_config_prune": _backward_prune},
                                              pre_hook=_zero_gradients)(_backward_kernel)
         # every entry of DS that a launch covers is stored, so tuning trials need no reset
-        _TUNED["stored"] = triton.autotune([_config(c) for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS],
+        every_stored = [{**c, "COLUMNS": TILE_COLUMNS} for c in BACKWARD_CONFIGS + WIDE_BACKWARD_CONFIGS]
+        _TUNED["stored"] = triton.autotune([_config(c) for c in every_stored + list(STORED_CONFIGS)],
                                            key=key + ["UNSHIFTED"],
-                                           prune_configs_by={"early_config_prune": _backward_prune})(_stored_kernel)
+                                           prune_configs_by={"early_config_prune": _stored_prune})(_stored_kernel)
         # each sweep launch writes one gradient; the other pointer is a placeholder, so zeroing both
         # between trials never wipes the gradient the other launch wrote
         _TUNED["sweep"] = triton.autotune([_config(c) for c in SWEEP_CONFIGS], key=key + ["FOR_TEXT", "UNSHIFTED"],
@@ -911,6 +949,13 @@ def _backward_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: An
     return _allowed(configs, backward_configs(_aggregation_name({**named_args, **kwargs}["AGG"])))
 
 
+def _stored_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """The stored kernel's candidates for one launch: those of ``stored_configs``."""
+    args = {**named_args, **kwargs}
+    return _allowed(configs, stored_configs(_aggregation_name(args["AGG"]), args["M"], args["N"],
+                                            bool(args["UNSHIFTED"])))
+
+
 def _sweep_prune(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
     """The sweep's candidates for one launch: those of ``sweep_configs`` for its D, gradient and
     aggregation."""
@@ -922,18 +967,19 @@ def _config(config: dict[str, int]) -> Any:
     return triton.Config(_tuned_keys(config), num_warps=config["num_warps"], num_stages=config["num_stages"])
 
 
-def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: bool = False
+def _launch(name: str, aggregation_code: int, phrases: int, dim: int, for_text: bool = False, cells: int = 0
             ) -> tuple[Any, dict[str, int]]:
     """The kernel to launch and the launch options the caller adds: the autotuned kernel on a GPU,
-    the plain one with the first configuration the autotuner could pick under the interpreter."""
+    the plain one with the first configuration the autotuner could pick under the interpreter
+    (``cells``: cells per video, which the stored kernel's configurations depend on)."""
     if name in _TUNED:
         return _TUNED[name], {}
     aggregation = _aggregation_name(aggregation_code)
-    kernel, configs = {"forward": (_forward_kernel, forward_configs(aggregation, phrases, dim)),
-                       "backward": (_backward_kernel, backward_configs(aggregation)),
-                       "stored": (_stored_kernel, backward_configs(aggregation)),
-                       "sweep": (_sweep_backward_kernel, sweep_configs(dim, for_text, aggregation))}[name]
-    return kernel, _tuned_keys(configs[0])
+    kernel, configs = {"forward": (_forward_kernel, lambda: forward_configs(aggregation, phrases, dim)),
+                       "backward": (_backward_kernel, lambda: backward_configs(aggregation)),
+                       "stored": (_stored_kernel, lambda: stored_configs(aggregation, phrases, cells)),
+                       "sweep": (_sweep_backward_kernel, lambda: sweep_configs(dim, for_text, aggregation))}[name]
+    return kernel, _tuned_keys(configs()[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -986,7 +1032,8 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
     block_m, texts = tile_shape(M)
     kernel, blocks = _launch("backward", aggregation_code, M, D)
-    block_n, block_d = backward_padding(_aggregation_name(aggregation_code))
+    aggregation = _aggregation_name(aggregation_code)
+    block_n, block_d = backward_padding(aggregation)
     d_pad = _cdiv(D, block_d) * block_d
     device = inputs[0].device
     dv = torch.zeros(_cdiv(Bv * N, block_n) * block_n, d_pad, device=device, dtype=torch.float32)
@@ -998,7 +1045,8 @@ def _tiled_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     for unshifted in _variants(aggregation_code):
         kernel[grid](*inputs, dv, dt, Bt, N, M, D, Bv * N, d_pad, AGG=aggregation_code, PRECISION=precision,
                      UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts,
-                     TWO_VIDEOS=two_videos(aggregation_code, N, block_n), UNSHIFTED=unshifted, **blocks)
+                     TWO_VIDEOS=launch_two_videos(aggregation_code, N, backward_configs(aggregation)),
+                     UNSHIFTED=unshifted, **blocks)
     return dv[:Bv * N, :D].reshape(Bv, N, D), dt[:Bt, :M, :D].contiguous()
 
 
@@ -1019,10 +1067,9 @@ def _stored_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     reading dS/ds, [Bv * N, Bt * M] in all."""
     aggregation_code, precision, upcast, Bv, Bt, N, M, D = settings
     video, text, video_valid, text_valid, temps, coef, phrase = inputs
-    block_m, texts = tile_shape(M)
-    kernel, blocks = _launch("stored", aggregation_code, M, D)
+    block_m = tile_shape(M)[0]
+    kernel, blocks = _launch("stored", aggregation_code, M, D, cells=N)
     device = video.device
-    block_n = backward_padding(_aggregation_name(aggregation_code))[0]  # the largest tile (as tiles)
     per_chunk = stored_videos(Bv, N, Bt * M, video.element_size())
     ds = torch.empty(per_chunk * N, Bt * M, device=device, dtype=video.dtype)
     dv = (torch.empty if needs[0] else torch.zeros)(Bv, N, D, device=device, dtype=video.dtype)
@@ -1038,12 +1085,13 @@ def _stored_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
                         phrase[v0:v1] if phrase.dim() > 1 else phrase)
 
         def grid(meta: dict[str, int], cells: int = cells) -> tuple[int, int]:
-            return triton.cdiv(Bt, texts), triton.cdiv(cells, meta["BLOCK_N"])
+            return triton.cdiv(Bt, tile_shape(M, meta["COLUMNS"])[1]), triton.cdiv(cells, meta["BLOCK_N"])
 
         for unshifted in _variants(aggregation_code):
+            offered = stored_configs(_aggregation_name(aggregation_code), M, N, unshifted)
             kernel[grid](*chunk_inputs, chunk, Bt, N, M, D, cells, AGG=aggregation_code, PRECISION=precision,
-                         UPCAST=upcast, BLOCK_M=block_m, TEXTS=texts,
-                         TWO_VIDEOS=two_videos(aggregation_code, N, block_n), UNSHIFTED=unshifted, **blocks)
+                         UPCAST=upcast, BLOCK_M=block_m, TWO_VIDEOS=launch_two_videos(aggregation_code, N, offered),
+                         UNSHIFTED=unshifted, **blocks)
         if needs[0]:
             torch.mm(chunk, text_rows, out=dv[v0:v1].view(cells, D))
         if needs[1]:
@@ -1073,6 +1121,12 @@ def two_videos(aggregation_code: int, cells: int, block_n: int) -> bool:
     one or two values an entry: their SASS counts favour the gather at 128 cells a tile, nor for the
     sweeps, whose counts favour it too (``kernel_report``)."""
     return aggregation_code == AGGREGATION_CODES["attention"] and block_n <= cells + 1
+
+
+def launch_two_videos(aggregation_code: int, cells: int, configs: Sequence[dict[str, int]]) -> bool:
+    """The ``TWO_VIDEOS`` of a launch whose autotuner picks among ``configs``: it must hold for the
+    largest tile, since it is set before the configuration is chosen."""
+    return two_videos(aggregation_code, cells, max(c["BLOCK_N"] for c in configs))
 
 
 def _variants(aggregation_code: int) -> tuple[bool, ...]:

@@ -32,13 +32,16 @@ def report(tmp_path_factory):
 def test_every_kernel_and_configuration_has_a_row(report):
     out, rows = report
     configs = sum(len(triton_scores.forward_configs(aggregation, 32, 256))
-                  + 2 * len(triton_scores.backward_configs(aggregation))  # tiles and stored
+                  + len(triton_scores.backward_configs(aggregation))
+                  + len(triton_scores.stored_configs(aggregation, 32, kernel_report.CEILING_CELLS))
                   + len(triton_scores.sweep_configs(256, False, aggregation))
                   + len(triton_scores.sweep_configs(256, True, aggregation)) for aggregation in AGGREGATION_CODES)
     # attention's forward four times: with and without learnable temperatures' sums, unshifted or with
     # running maxima; its backward kernels twice, unshifted or not
     attention_forwards = len(triton_scores.forward_configs("attention", 32, 256))
-    attention_backwards = (2 * len(triton_scores.backward_configs("attention"))
+    # (the stored kernel's own tiles in the unshifted variant only)
+    attention_backwards = (len(triton_scores.backward_configs("attention"))
+                           + len(triton_scores.stored_configs("attention", 32, kernel_report.CEILING_CELLS, False))
                            + len(triton_scores.sweep_configs(256, False, "attention"))
                            + len(triton_scores.sweep_configs(256, True, "attention")))
     assert len(rows) == 2 * (configs + 3 * attention_forwards + attention_backwards)  # two input dtypes
@@ -47,12 +50,19 @@ def test_every_kernel_and_configuration_has_a_row(report):
         == sorted([(t, u) for t in (True, False) for u in (True, False)] * 2 * attention_forwards)
     backward_variants = [row["unshifted"] for row in rows
                          if row["kernel"] != "forward" and row["aggregation"] == "attention"]
-    assert sorted(backward_variants) == sorted([True, False] * 2 * attention_backwards)
+    own_tiles = len(set(map(str, triton_scores.stored_configs("attention", 32, kernel_report.CEILING_CELLS)))
+                    - set(map(str, triton_scores.stored_configs("attention", 32, kernel_report.CEILING_CELLS, False))))
+    assert own_tiles == len(triton_scores.STORED_CONFIGS)
+    assert sorted(backward_variants) == sorted(([True, False] * attention_backwards + [True] * own_tiles) * 2)
     assert not any(row["temp_grad"] for row in rows if row["aggregation"] != "attention" or row["kernel"] != "forward")
     assert not any(row["unshifted"] for row in rows if row["aggregation"] != "attention")
     assert {row["kernel"] for row in rows} == set(kernel_report.KERNELS)
     for kernel in ("backward", "stored"):
         assert {row["config"].split()[0] for row in rows if row["kernel"] == kernel} == {"BLOCK_N=64", "BLOCK_N=128"}
+    # the stored kernel's own tiles, 128 cells by 64 columns (2 texts of 32 phrases), for attention too
+    assert {row["aggregation"] for row in rows if row["kernel"] == "stored"
+            and row["config"].startswith("BLOCK_N=128") and row["config"].endswith("TEXTS=2")} \
+        == set(AGGREGATION_CODES)
     forwards = [row for row in rows if row["kernel"] == "forward"]
     assert {row["config"].split()[5] for row in forwards} == {"D_RESIDENT=0", "D_RESIDENT=256"}
     sweeps = [row for row in rows if row["kernel"].startswith("sweep")]

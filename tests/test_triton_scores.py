@@ -259,6 +259,53 @@ def test_stored_backward_in_chunks_matches_reference(monkeypatch, aggregation):
     assert chunks == [2]
 
 
+def test_stored_configs_add_their_own_tiles_where_they_compile_without_spills():
+    tiles = [{**c, "COLUMNS": triton_scores.TILE_COLUMNS} for c in triton_scores.backward_configs("attention")]
+    own = list(triton_scores.STORED_CONFIGS)
+    assert all(c["BLOCK_N"] == 128 and c["COLUMNS"] == 64 and c["num_warps"] == 4 for c in own)
+    assert list(triton_scores.stored_configs("attention", 32, 196)) == tiles + own
+    assert list(triton_scores.stored_configs("attention", 64, 127)) == tiles + own  # 128-cell tiles span two videos
+    assert list(triton_scores.stored_configs("attention", 32, 126)) == tiles  # they would span three
+    assert list(triton_scores.stored_configs("attention", 65, 196)) == tiles  # a text of 128 columns
+    assert list(triton_scores.stored_configs("attention", 16, 196)) == tiles  # 4 texts of 16 phrases
+    assert list(triton_scores.stored_configs("attention", 32, 196, unshifted=False)) == tiles  # running maxima
+    wide = [{**c, "COLUMNS": triton_scores.TILE_COLUMNS} for c in triton_scores.backward_configs("max")]
+    for aggregation in ("mean", "max"):  # no variants; their statistics are gathered (any N)
+        assert list(triton_scores.stored_configs(aggregation, 9, 19, unshifted=False)) == wide + own
+        assert list(triton_scores.stored_configs(aggregation, 65, 19)) == wide
+    attention = AGGREGATION_CODES["attention"]
+    # TWO_VIDEOS is set before the autotuner chooses: it must hold for the largest tile offered
+    assert triton_scores.launch_two_videos(attention, 127, triton_scores.stored_configs("attention", 32, 127))
+    assert triton_scores.launch_two_videos(attention, 63, triton_scores.stored_configs("attention", 32, 63))
+    assert not triton_scores.launch_two_videos(attention, 62, triton_scores.stored_configs("attention", 32, 62))
+    assert not triton_scores.launch_two_videos(attention, 126, [{"BLOCK_N": 64}, {"BLOCK_N": 128}])
+
+
+@pytest.mark.parametrize("config", range(2))
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("shape", [pytest.param((3, 5, 130, 20, 40), id="two-texts-a-tile-span-two-videos"),
+                                   pytest.param((2, 3, 129, 40, 72), id="one-text-a-tile-D-not-a-multiple")])
+def test_stored_kernel_own_tiles_match_reference(monkeypatch, shape, aggregation, config):
+    # the interpreter runs the first configuration offered: here each of STORED_CONFIGS (128 cells by
+    # 64 columns) in turn; 129- and 130-cell videos, whose 128-cell tiles span two videos and end past
+    # the last cell; 2 texts of 20 phrases a tile (three groups, the last partial) or one of 40
+    monkeypatch.setattr(triton_scores, "BACKWARD_DESIGN", "stored")
+    chosen = triton_scores.STORED_CONFIGS[config]
+    original = triton_scores.stored_configs
+    assert chosen in original(aggregation, shape[3], shape[2])  # offered at this shape
+    offered = []
+
+    def own_first(*args, **kwargs):
+        offered.append(chosen)
+        return (chosen, *original(*args, **kwargs))
+
+    monkeypatch.setattr(triton_scores, "stored_configs", own_first)
+    # attention's temperatures run its unshifted variant, the one these tiles are offered to
+    assert_fused_matches_reference(shape, 5, masked=True, aggregation=aggregation, attn_temperature=0.1,
+                                   weight_temperature=0.2)
+    assert offered
+
+
 @pytest.mark.parametrize("design", ["sweep", "stored"])
 @pytest.mark.parametrize("needs", ["video", "text"])
 def test_backward_computes_only_the_gradient_asked_for(monkeypatch, needs, design):
