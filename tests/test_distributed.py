@@ -58,13 +58,22 @@ def read_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def assert_close_weights(first: Path, second: Path) -> None:
+def assert_close_weights(first: Path, second: Path, steps: int = 2, lr: float = TrainConfig.lr) -> None:
+    """The checkpoints' weights agree to 1e-4, but for AdamW's ill-conditioned elements: it divides
+    each element's step by the root of its squared gradients, so an element whose gradient sums to
+    about zero steps by about lr either way, as the rounding of that sum decides (one process sums in
+    another order than two, and the order differs between CPUs). At most 1 in 1,000 elements of a
+    tensor may differ, each by at most both runs' steps (2 x lr a step)."""
     a = torch.load(first / "checkpoint.pt", weights_only=True)
     b = torch.load(second / "checkpoint.pt", weights_only=True)
     for part in ("model", "loss"):
         assert a[part].keys() == b[part].keys()
         for name in a[part]:
-            torch.testing.assert_close(a[part][name], b[part][name], rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
+            x, y = a[part][name].double(), b[part][name].double()
+            assert x.shape == y.shape, f"{part}.{name}"
+            off = (x - y).abs() > 1e-5 + 1e-4 * y.abs()
+            assert int(off.sum()) <= x.numel() // 1000, f"{part}.{name}: {int(off.sum())} of {x.numel()} differ"
+            assert float((x - y).abs().max()) <= 2 * lr * steps, f"{part}.{name}"
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -94,7 +103,7 @@ def test_resume_on_another_number_of_processes_continues(data: Path, parallel_ru
     assert [row["step"] for row in read_log(resumed)] == [1, 2, 3, 4, 5]
     assert [row["loss"] for row in read_log(resumed)] == pytest.approx(
         [row["loss"] for row in read_log(reference)], rel=1e-4)
-    assert_close_weights(reference, resumed)
+    assert_close_weights(reference, resumed, steps=5)
     assert json.loads((resumed / "config.json").read_text())["nproc"] == 1
 
 
