@@ -34,6 +34,10 @@ from fgmm_lib.runs import write_json
 
 #: Shared memory one block may use on an H100 (bytes; the opt-in limit of sm_90).
 SHARED_LIMIT = {"sm90": 232448, "sm80": 166912}
+#: What one SM holds (CUDA C Programming Guide, compute capabilities 9.0 and 8.0): shared memory
+#: (bytes, of which the system reserves 1 KB per block), 32-bit registers, warps and blocks.
+SM_SHARED = {"sm90": 233472, "sm80": 167936}
+SM_REGISTERS, SM_WARPS, SM_BLOCKS, RESERVED_SHARED = 65536, 64, 32, 1024
 ARCHES = {"sm90": (90, "sm_90a"), "sm80": (80, "sm_80")}
 #: The sweep of ``fgmm bench-loss --compile-only``.
 FULL_PHRASES = (16, 32, 64, 128, 256)
@@ -44,7 +48,7 @@ INPUT_DTYPES = ("bfloat16", "float32")
 #: the text gradient (``FOR_TEXT``) compile to different code.
 KERNELS = ("forward", "backward", "stored", "sweep_video", "sweep_text")
 COLUMNS = ["kernel", "aggregation", "dtype", "kernel_dtype", "M", "D", "arch", "config", "shared_bytes",
-           "registers", "spill_bytes", "mma", "compile_s", "temp_grad", "unshifted"]
+           "registers", "spill_bytes", "mma", "compile_s", "temp_grad", "unshifted", "warps_per_sm"]
 #: Columns the sm90 rows add from the SASS: per unit of work, the warp instructions of one warp (in
 #: all, shuffles, MUFU), the multiply-adds its HGMMAs run and the ones the step counts, the SM
 #: cycles each limit needs, the limit that binds, and ``issue_bound`` (counted multiply-adds per
@@ -58,6 +62,16 @@ SM90_PER_CLOCK = {"issue": 4.0, "SHFL": 1.0, "MUFU": 0.5}
 SM90_TENSOR_MACS = 2048
 #: Cells per video the SASS ceilings assume (the target size of ``bench_gpu.sh``).
 CEILING_CELLS = 196
+
+
+def warps_per_sm(arch: str, registers: int, shared_bytes: int, warps: int) -> int:
+    """Warps of a kernel's blocks that one SM holds at once (its occupancy), from the registers of
+    a thread (allocated per warp in units of 256: a multiple of 8 a thread) and the shared memory of
+    a block; what the issue ceilings assume is that an SM has enough of them to hide latency."""
+    per_warp = -(-registers // 8) * 8 * 32
+    blocks = min(SM_BLOCKS, SM_WARPS // warps, SM_REGISTERS // (per_warp * warps),
+                 SM_SHARED[arch] // (shared_bytes + RESERVED_SHARED))
+    return blocks * warps
 
 
 def kernel_dtype(input_dtype: str) -> str:
@@ -187,6 +201,7 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
         "shared_bytes": int(compiled.metadata.shared), "registers": registers, "spill_bytes": spills,
         "mma": mma, "compile_s": round(time.perf_counter() - started, 1),
         "temp_grad": kernel == "forward" and temp_grad, "unshifted": unshifted,
+        "warps_per_sm": warps_per_sm(arch, registers, int(compiled.metadata.shared), config["num_warps"]),
         **sass_row,
     }, program
 
@@ -435,7 +450,8 @@ def compile_report(out_dir: str | Path, arch: str = "sm90", phrases: Sequence[in
                     row = compiled[key][0]
                     print(f"{kernel:8s} {aggregation:9s} {row['kernel_dtype']:8s} M={m:<3d} {row['config']}"
                           f"{' TEMP_GRAD' if temp_grad else ''}{' UNSHIFTED' if unshifted else ''}: "
-                          f"shared {row['shared_bytes']} B, {row['registers']} registers, "
+                          f"shared {row['shared_bytes']} B, {row['registers']} registers "
+                          f"({row['warps_per_sm']} warps an SM), "
                           f"spills {row['spill_bytes']} B, {' '.join(row['mma'])} ({row['compile_s']} s)", flush=True)
             row, program = compiled[key]
             at_dim = {} if program is None else work_unit(kernel, program, _unit_config(kernel, config, m), d)

@@ -85,6 +85,24 @@ def test_compiled_kernels_fit_the_h100(report):
         assert row["shared_bytes"] <= 232448 and row["spill_bytes"] == 0
         no_matmul = row["kernel"] == "stored" and row["aggregation"] == "mean"  # its dS/ds needs no similarity
         assert (bool(row["mma"]) != no_matmul) and all(shape.startswith("wgmma.m64n") for shape in row["mma"])
+        warps = int(row["config"].split("warps=")[1].split()[0])
+        assert row["warps_per_sm"] == kernel_report.warps_per_sm("sm90", row["registers"], row["shared_bytes"], warps)
+        assert row["warps_per_sm"] >= warps  # a block fits an SM
+    # the stored kernel's two tiles at the target size: 8 warps an SM either way (attention, unshifted)
+    stored = {row["config"].split()[0]: row["warps_per_sm"] for row in rows if row["kernel"] == "stored"
+              and row["aggregation"] == "attention" and row["unshifted"] and "BLOCK_D=64" in row["config"]}
+    assert stored == {"BLOCK_N=64": 8, "BLOCK_N=128": 8}
+
+
+def test_warps_per_sm_is_the_tightest_of_registers_shared_memory_warps_and_blocks():
+    assert kernel_report.warps_per_sm("sm90", 255, 49152, 4) == 8  # 256 registers a thread: 2 blocks
+    assert kernel_report.warps_per_sm("sm90", 170, 49152, 8) == 8  # 176 a thread: 45,056 a block, 1 fits
+    assert kernel_report.warps_per_sm("sm90", 128, 0, 8) == 16  # registers: 2 blocks
+    assert kernel_report.warps_per_sm("sm90", 32, 0, 4) == 64  # warps: 16 blocks of 4
+    assert kernel_report.warps_per_sm("sm90", 16, 0, 1) == 32  # blocks: 32 at most
+    assert kernel_report.warps_per_sm("sm90", 64, 163840, 8) == 8  # shared memory: 1 block (+1 KB reserved)
+    assert kernel_report.warps_per_sm("sm90", 64, 115712, 4) == 8  # 2 x (113 + 1) KB = 228 KB: 2 fit
+    assert kernel_report.warps_per_sm("sm80", 64, 100000, 4) == 4  # an A100 SM's 164 KB: 1 fits
 
 
 def test_check_rows_names_what_breaks():
