@@ -1075,6 +1075,10 @@ def _stored_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
     dv = (torch.empty if needs[0] else torch.zeros)(Bv, N, D, device=device, dtype=video.dtype)
     dt = torch.zeros(Bt * M, D, device=device, dtype=torch.float32)
     text_rows = text.reshape(Bt * M, D)
+    aggregation = _aggregation_name(aggregation_code)
+    # TWO_VIDEOS of each variant, from the tiles its autotuner is offered (the same for every chunk)
+    two = {unshifted: launch_two_videos(aggregation_code, N, stored_configs(aggregation, M, N, unshifted))
+           for unshifted in _variants(aggregation_code)}
     for v0 in range(0, Bv, per_chunk):
         v1 = min(Bv, v0 + per_chunk)
         cells = (v1 - v0) * N
@@ -1087,11 +1091,9 @@ def _stored_backward(inputs: tuple[torch.Tensor, ...], settings: tuple[Any, ...]
         def grid(meta: dict[str, int], cells: int = cells) -> tuple[int, int]:
             return triton.cdiv(Bt, tile_shape(M, meta["COLUMNS"])[1]), triton.cdiv(cells, meta["BLOCK_N"])
 
-        for unshifted in _variants(aggregation_code):
-            offered = stored_configs(_aggregation_name(aggregation_code), M, N, unshifted)
+        for unshifted, two_videos_now in two.items():
             kernel[grid](*chunk_inputs, chunk, Bt, N, M, D, cells, AGG=aggregation_code, PRECISION=precision,
-                         UPCAST=upcast, BLOCK_M=block_m, TWO_VIDEOS=launch_two_videos(aggregation_code, N, offered),
-                         UNSHIFTED=unshifted, **blocks)
+                         UPCAST=upcast, BLOCK_M=block_m, TWO_VIDEOS=two_videos_now, UNSHIFTED=unshifted, **blocks)
         if needs[0]:
             torch.mm(chunk, text_rows, out=dv[v0:v1].view(cells, D))
         if needs[1]:
