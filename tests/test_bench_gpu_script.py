@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytest.importorskip("triton", reason="triton is an optional extra (pip install 'fgmm_lib[triton]')")
+
 from fgmm_lib import triton_scores as ts
 from fgmm_lib.losses import AGGREGATIONS
 
