@@ -9,7 +9,8 @@ Tables:
     :func:`metrics_table`, :func:`recall_at_k_table`, :func:`flatten_metrics`, :func:`load_runs`,
     :func:`summarise_over_seeds`, :func:`comparison_table`, :func:`mean_std_table`,
     :func:`interval_table`, :func:`best_losses`, :func:`attribute_table`,
-    :func:`evaluation_interval_table`, :func:`markdown_table`.
+    :func:`evaluation_interval_table`, :func:`seed_table`, :func:`markdown_table`.
+Seeds that land in different outcomes: :func:`seed_splits`, :func:`report_seed_splits`.
 Intervals and paired differences (STUDY.md section 7, "Powered"):
     :func:`t_quantile_975`, :func:`t_interval`, :func:`paired_differences`,
     :func:`paired_difference_table`, :func:`tie_or_difference`.
@@ -55,6 +56,7 @@ __all__ = [
     "tie_or_difference", "paired_differences", "comparison_table", "comparison_batch_size", "mean_std_table",
     "best_losses", "markdown_table", "recall_at_k_table", "PAIRED_METRICS",
     "interval_table", "paired_difference_table", "evaluation_interval_table", "ATTRIBUTE_COLUMNS",
+    "SEED_SPLIT_GAP", "seed_table", "seed_splits", "report_seed_splits",
     "attribute_table", "Report", "load_runs_if_any", "report_loss_comparison", "learned_attributes", "learned_attributes_sentence", "study_temperatures", "LEARNED_MARGIN",
     "report_batch_ablation", "report_paired_batch", "report_attributes", "REPORT_COSTS", "compute_table",
     "report_compute", "report_attention", "report_temperatures", "QUESTIONS", "has_evidence",
@@ -615,6 +617,78 @@ def load_runs_if_any(metrics_dir: str | Path) -> pd.DataFrame:
     return load_runs(folder)
 
 
+#: Seeds of one configuration "split" on a metric where their sorted values leave a gap wider than this:
+#: several times a run's own 95% evaluation interval (about ±0.03, the study's power), so the groups are
+#: different outcomes of training, not evaluation noise.
+SEED_SPLIT_GAP = 0.10
+
+
+def seed_table(runs: pd.DataFrame, batch_size: int, metrics: Sequence[str] = PAIRED_METRICS) -> pd.DataFrame:
+    """One row per loss at ``batch_size``: each seed's value of each metric (columns ``METRIC s<seed>``)."""
+    rows = runs[runs["batch_size"] == batch_size]
+    table = rows.pivot_table(index="loss", columns="seed", values=list(metrics), aggfunc="first")
+    table.columns = [f"{metric_label(metric)} s{seed}" for metric, seed in table.columns]
+    ordered = [f"{metric_label(metric)} s{seed}" for metric in metrics for seed in sorted(rows["seed"].unique())]
+    table = table.reindex(columns=[c for c in ordered if c in table.columns])
+    return table.reindex(ordered_losses(table.index))
+
+
+def seed_splits(runs: pd.DataFrame, batch_size: int, metric: str, gap: float = SEED_SPLIT_GAP) -> pd.DataFrame:
+    """The losses at ``batch_size`` whose seeds split on ``metric``: sorted, their values leave a gap wider
+    than ``gap``. One row per such loss with the seeds and value ranges below and above the widest gap."""
+    rows = []
+    for loss in ordered_losses(runs.loc[runs["batch_size"] == batch_size, "loss"].unique()):
+        values = _seed_values(runs, loss, batch_size, metric).sort_values()
+        if len(values) < 2:
+            continue
+        gaps = np.diff(values.to_numpy())
+        cut = int(np.argmax(gaps))
+        if gaps[cut] <= gap:
+            continue
+        low, high = values.iloc[:cut + 1], values.iloc[cut + 1:]
+        rows.append({"loss": loss, "metric": metric, "gap": float(gaps[cut]),
+                     "low_seeds": [int(seed) for seed in low.index], "low_min": float(low.min()),
+                     "low_max": float(low.max()), "high_seeds": [int(seed) for seed in high.index],
+                     "high_min": float(high.min()), "high_max": float(high.max())})
+    return pd.DataFrame(rows, columns=["loss", "metric", "gap", "low_seeds", "low_min", "low_max", "high_seeds",
+                                       "high_min", "high_max"])
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, sorted(seeds)))
+
+
+def _range_text(low: float, high: float) -> str:
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}"
+
+
+def report_seed_splits(report: Report, runs: pd.DataFrame, batch_size: int, metrics: Sequence[str] = PAIRED_METRICS,
+                       gap: float = SEED_SPLIT_GAP) -> pd.DataFrame:
+    """Each seed's value of ``metrics`` at ``batch_size`` (:func:`seed_table`) and, per metric, the losses whose
+    seeds split into groups more than ``gap`` apart (:func:`seed_splits`), with the seeds that lie low in
+    every split named. Returns the splits (empty where none)."""
+    report.add(f"Each seed at batch {batch_size}:")
+    report.table(seed_table(runs, batch_size, metrics))
+    splits = pd.concat([seed_splits(runs, batch_size, metric, gap) for metric in metrics], ignore_index=True)
+    if splits.empty:
+        report.add(f"No loss's seeds split by more than {gap:g} on {', '.join(map(metric_label, metrics))}.")
+        return splits
+    for metric, group in splits.groupby("metric", sort=False):
+        parts = [f"`{row.loss}` ({_seeds_text(row.low_seeds)} at {_range_text(row.low_min, row.low_max)}, "
+                 f"{_seeds_text(row.high_seeds)} at {_range_text(row.high_min, row.high_max)})"
+                 for row in group.itertuples()]
+        lows = set.intersection(*(set(seeds) for seeds in group["low_seeds"]))
+        common = (f" {_seeds_text(sorted(lows)).capitalize()} lies in the lower group of every one of them."
+                  if lows and len(group) > 1 else "")
+        report.add(f"Seeds split on {metric_label(metric)} (sorted values leave a gap over {gap:g}, several times a "
+                   f"run's own evaluation interval): " + "; ".join(parts) + "." + common)
+    seeds = runs.loc[runs["batch_size"] == batch_size, "seed"].nunique()
+    report.add(f"Where seeds split, the runs landed in different outcomes of training: the mean over seeds and its "
+               f"interval say how the seeds fell, and {seeds} seeds cannot say how often each outcome occurs. More "
+               f"seeds, or a longer budget (does the lower group catch up?), would.")
+    return splits
+
+
 def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size: int | None) -> pd.DataFrame:
     """Question 1: the losses at the study's batch size, mean ± std over seeds, and the best per
     metric. Returns the :func:`comparison_table` (empty without runs) and its batch size in
@@ -648,6 +722,7 @@ def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size:
         report.add("Precision of one run's evaluation: mean half-width of its 95% bootstrap interval (over queries "
                    "for retrieval, over test clips for the probe):")
         report.table(precision, index=False)
+    report_seed_splits(report, runs, batch)
     comparison.attrs["batch_size"] = batch
     return comparison
 
@@ -1291,10 +1366,14 @@ def report_convergence(report: Report, curves: pd.DataFrame | None, threshold: f
     report.table(table, index=False)
     open_curves = table[~table["flattened"]]
     if open_curves.empty:
-        report.add("Every configuration has flattened: its comparisons count.")
+        report.add("Every configuration has flattened.")
     else:
         report.add(f"Not flattened (gain >= {threshold:g}): {_configurations(open_curves)}; the comparisons "
                    f"that involve them do not count yet.")
+    report.add("Read flattening with the schedule in mind: the learning rate decays to 0 along a cosine over each "
+               "run's budget, so every curve slows at its end whether or not a longer run would gain more. A flat "
+               "end says this budget is spent, not that the model has converged; only a run with a longer "
+               "budget shows that.")
     return table
 
 

@@ -322,3 +322,63 @@ def test_study_temperatures_read_from_the_attention_runs():
     assert analysis.study_temperatures(runs[runs["loss"] == "coarse"]) is None
     with pytest.raises(ValueError, match="several temperature pairs"):
         analysis.study_temperatures(runs.assign(attn_temperature=[0.5, 0.1, 0.1]))
+
+
+def seeds_frame(values: dict[str, list[float]], batch_size: int = 8, metric: str = "action_top1") -> pd.DataFrame:
+    return pd.DataFrame([{"loss": loss, "batch_size": batch_size, "seed": seed, metric: value,
+                          "t2v_R@10": 0.3, "t2v_R@1": 0.05}
+                         for loss, by_seed in values.items() for seed, value in enumerate(by_seed)])
+
+
+def _reference_split(values: list[float], gap: float):
+    """The widest gap between consecutive sorted values, by brute force over every cut."""
+    best = None
+    for cut in range(1, len(values)):
+        low = sorted(range(len(values)), key=lambda i: values[i])[:cut]
+        high = [i for i in range(len(values)) if i not in low]
+        width = min(values[i] for i in high) - max(values[i] for i in low)
+        if width > gap and (best is None or width > best[0]):
+            best = (width, sorted(low), sorted(high))
+    return best
+
+
+def test_seed_splits_find_the_widest_gap_like_a_brute_force_reference():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        seeds = int(rng.integers(2, 7))
+        values = {loss: list(rng.choice([0.5, 0.8], size=seeds) + rng.normal(0, 0.03, size=seeds))
+                  for loss in ("coarse", "max", "attention")}
+        splits = analysis.seed_splits(seeds_frame(values), 8, "action_top1", gap=0.1).set_index("loss")
+        for loss, by_seed in values.items():
+            want = _reference_split(by_seed, 0.1)
+            if want is None:
+                assert loss not in splits.index
+                continue
+            row = splits.loc[loss]
+            assert row["gap"] == pytest.approx(want[0])
+            assert sorted(row["low_seeds"]) == want[1] and sorted(row["high_seeds"]) == want[2]
+            assert row["low_max"] == pytest.approx(max(by_seed[i] for i in want[1]))
+            assert row["high_min"] == pytest.approx(min(by_seed[i] for i in want[2]))
+
+
+def test_report_seed_splits_names_the_split_and_the_seed_low_in_every_one(tmp_path):
+    frame = seeds_frame({"coarse": [0.55, 0.58, 0.62], "max": [0.79, 0.61, 0.83], "attention": [0.78, 0.53, 0.78]})
+    report = Report(tmp_path)
+    splits = analysis.report_seed_splits(report, frame, 8)
+    assert list(splits["loss"]) == ["max", "attention"]  # coarse's seeds lie within 0.1 of each other
+    text = report.markdown()
+    assert "`max` (seed 1 at 0.61, seeds 0, 2 at 0.79–0.83)" in text
+    assert "`attention` (seed 1 at 0.53, seeds 0, 2 at 0.78)" in text
+    assert "Seed 1 lies in the lower group of every one of them." in text and "3 seeds cannot say" in text
+    table = analysis.seed_table(frame, 8)
+    assert list(table.index) == ["coarse", "max", "attention"]
+    assert table.loc["max", "action top-1 (linear probe) s1"] == pytest.approx(0.61)
+    calm = Report(tmp_path)
+    assert analysis.report_seed_splits(calm, seeds_frame({"coarse": [0.55, 0.58, 0.62]}), 8).empty
+    assert "No loss's seeds split by more than 0.1" in calm.markdown()
+
+
+def test_report_convergence_says_a_flat_end_is_the_schedule_not_convergence(tmp_path):
+    report = Report(tmp_path)
+    analysis.report_convergence(report, curves_frame())
+    assert "not that the model has converged" in report.markdown()
