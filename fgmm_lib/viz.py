@@ -256,10 +256,12 @@ def plot_batch_ablation(summary: pd.DataFrame, metrics: Sequence[str] | None = N
 
 
 def plot_comparison(summary: pd.DataFrame, metrics: Sequence[str] | None = None, columns: int = 5,
-                    title: str | None = None) -> Figure:
+                    title: str | None = None, runs: pd.DataFrame | None = None) -> Figure:
     """Bar chart per metric, one bar per loss (mean over seeds, error bar = std): question 1.
 
-    ``summary`` holds one batch size (:func:`comparison_table`).
+    ``summary`` holds one batch size (:func:`comparison_table`). Given ``runs`` (one row per run,
+    :func:`fgmm_lib.analysis.load_runs`), each seed's value at that batch size is a dot on its loss's
+    bar, so seeds that split into groups show as such, not only as a long error bar.
     """
     names = [m for m in (metrics or list(dict.fromkeys(summary["metric"]))) if m in set(summary["metric"])]
     if not names:
@@ -276,6 +278,12 @@ def plot_comparison(summary: pd.DataFrame, metrics: Sequence[str] | None = None,
         means = rows_of_metric.loc[present, "mean"].to_numpy(dtype=float)
         stds = rows_of_metric.loc[present, "std"].fillna(0.0).to_numpy(dtype=float)
         axes.bar(range(len(present)), means, yerr=stds, capsize=3, color=[_loss_colour(loss) for loss in present])
+        if runs is not None and name in runs.columns:
+            batch = runs["batch_size"] == summary["batch_size"].iloc[0]
+            for position, loss in enumerate(present):
+                seeds = runs.loc[batch & (runs["loss"] == loss), name].dropna().to_numpy(dtype=float)
+                offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(len(seeds))
+                axes.scatter(position + offsets, seeds, s=10, color="black", zorder=3)
         axes.set_xticks(range(len(present)))
         axes.set_xticklabels(present, rotation=45, ha="right")
         axes.set_title(metric_label(name), fontsize="medium")

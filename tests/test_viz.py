@@ -362,6 +362,21 @@ def test_recall_confusion_and_sweep_plots(runs):
     comparison = analysis.comparison_table(summary, 4)
     figure = viz.plot_comparison(comparison, metrics=["t2v_R@1", "pointing"])
     assert len(visible_axes(figure)) == 2
+    from matplotlib.collections import PathCollection
+
+    def scatters(axes):
+        return [c for c in axes.collections if isinstance(c, PathCollection)]
+
+    assert not scatters(visible_axes(figure)[0])  # no dots without the runs
+    figure = viz.plot_comparison(comparison, metrics=["t2v_R@1"], runs=runs)
+    dots = np.concatenate([c.get_offsets() for c in scatters(visible_axes(figure)[0])])
+    at_batch = runs[runs["batch_size"] == 4]
+    assert len(dots) == at_batch["t2v_R@1"].notna().sum()  # one dot per seed of each loss at batch 4
+    present = analysis.ordered_losses(comparison["loss"])
+    for position, loss in enumerate(present):  # each loss's dots sit on its bar at its seeds' values
+        on_bar = dots[np.abs(dots[:, 0] - position) < 0.5, 1]
+        want = at_batch.loc[at_batch["loss"] == loss, "t2v_R@1"].dropna()
+        assert sorted(on_bar) == pytest.approx(sorted(want))
     figure = viz.plot_compute(runs, ["compute_flops_per_step", "compute_wall_s"])
     assert len(figure.axes) == 2
     with pytest.raises(ValueError, match="no column"):
