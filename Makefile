@@ -1,4 +1,5 @@
 # Two commands do everything:  make repro  (the whole study)  and  make test  (the test suite).
+# While editing, make test-fast runs the unit tier (no notebooks, pipeline, distributed runs or kernels).
 # Both create or reuse the virtual environment .venv inside the repository.
 PYTHON ?= python3
 VENV := .venv
@@ -6,20 +7,23 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup test repro quick bench-loss bench-import lab clean-venv
+.PHONY: setup test test-fast repro quick bench-loss bench-import lab clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[study,test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
 setup: $(VENV)/.installed  ## create or update .venv
 
-test: setup  ## run the test suite
+test: setup  ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the unit tier: every test not marked integration (under 2 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -m "not integration"
 
 repro: setup  ## run the whole study with DVC (results land in results/)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

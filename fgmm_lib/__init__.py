@@ -1,22 +1,22 @@
 """fgmm_lib: fine-grained multi-modal self-supervised learning.
 
-Modules, one per concept (each imports only those above it):
+Subpackages, one per concept; each imports only those listed before it (a test checks this):
 
-- ``config``: dataclass configs from plain values (CLI, params.yaml, JSON).
-- ``runs``: the run folder, atomic writes of files and folders, output checks, ``load_run``.
-- ``data``: the dataset folder format, its ``Vocabulary`` and the ``NarratedDigits`` reader.
-- ``generate``: the Narrated Digits generator.
-- ``models``: the separable-3D video encoder and the n-gram text encoder.
-- ``losses``: pair scores (coarse, mean, max, attention, attention_floor, attention_gate), InfoNCE and MIL-NCE modules, ``build_loss``.
-- ``triton_scores``: the fused Triton kernel behind ``pair_scores(backend="triton")``.
-- ``train``: pretraining with checkpoints, resume and logs.
-- ``evaluate``: the downstream tasks (linear probe, retrieval, pointing).
-- ``results``: the results folder: each run's metrics, details and compute files, the headline metrics.
-- ``analysis``: tables, summaries, verdicts and the report, from the results files.
-- ``viz``: plots used by the notebooks.
-- ``notebook``: helpers for the parameterised notebooks.
-- ``bench``: the loss benchmark.
-- ``cli``: the ``fgmm`` command (also ``python -m fgmm_lib``).
+- :mod:`fgmm_lib.io` and :mod:`fgmm_lib.config`: atomic file writes; dataclass configs from plain values.
+- :mod:`fgmm_lib.data`: the dataset folder format, its vocabulary and reader, the Narrated Digits
+  generator, the importers of real videos.
+- :mod:`fgmm_lib.models`: the separable-3D video encoder and the n-gram text encoder.
+- :mod:`fgmm_lib.losses`: pair scores (coarse, mean, max, attention, attention_floor, attention_gate)
+  with their reference and chunked backends, the InfoNCE and MIL-NCE modules, ``build_loss``.
+- :mod:`fgmm_lib.kernels`: the fused Triton kernels, loaded only when the ``triton`` backend runs.
+- :mod:`fgmm_lib.runs`: what a run is: its configuration (``TrainConfig``) and its folder (``load_run``).
+- :mod:`fgmm_lib.evaluation`: metric primitives and the evaluation protocol of a run.
+- :mod:`fgmm_lib.training`: pretraining, validation curves, data-parallel runs.
+- :mod:`fgmm_lib.study`: the study's tooling: results files, sweeps, selection rules, tables,
+  statistics, the report, plots, notebook helpers.
+- :mod:`fgmm_lib.bench` and :mod:`fgmm_lib.cli`: the benchmarks and the ``fgmm`` command.
+
+docs/study.md describes the study this code runs.
 """
 
 __version__ = "0.1.0"

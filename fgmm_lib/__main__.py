@@ -2,6 +2,6 @@
 
 import sys
 
-from fgmm_lib.cli import main
+from fgmm_lib.cli.main import main
 
 sys.exit(main())

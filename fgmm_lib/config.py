@@ -1,7 +1,7 @@
 """Dataclass configs from plain values: the one place that turns a field into its type.
 
 The ``fgmm`` command line, ``params.yaml`` and ``config.json`` all name the fields of
-:class:`fgmm_lib.generate.GenerationConfig` and :class:`fgmm_lib.train.TrainConfig`. Both build
+:class:`fgmm_lib.data.generate.GenerationConfig` and :class:`fgmm_lib.runs.config.TrainConfig`. Both build
 themselves through :func:`config_from_dict`, and the CLI types its options with
 :func:`field_types`, so a value is read the same way wherever it comes from.
 """
@@ -13,8 +13,6 @@ import dataclasses
 import os
 import typing
 from typing import Any, Mapping, TypeVar
-
-__all__ = ["field_types", "convert_value", "config_from_dict"]
 
 T = TypeVar("T")
 SIMPLE_TYPES = (bool, int, float, str)

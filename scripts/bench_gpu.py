@@ -23,8 +23,8 @@ import torch
 # fgmm_lib from this checkout, wherever the script is started from
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fgmm_lib import triton_scores as ts  # noqa: E402
-from fgmm_lib.losses import AGGREGATIONS, pair_scores  # noqa: E402
+from fgmm_lib.kernels import triton_scores as ts  # noqa: E402
+from fgmm_lib.losses.scores import AGGREGATIONS, pair_scores  # noqa: E402
 
 Shape = tuple[int, int, int, int, int]  # Bv, Bt, N, M, D
 
@@ -238,13 +238,13 @@ def kernel_times(out: str | Path, device: str = "cuda", size: tuple[int, int, in
 
 
 def sweep(out_dir: str | Path, seconds: float, device: str = "cuda", quick: bool = False) -> Any:
-    """The benchmark of ``fgmm_lib.bench.bench_loss``, fwd+bwd of one InfoNCE step on naive, chunked and
+    """The benchmark of ``fgmm_lib.bench.loss.bench_loss``, fwd+bwd of one InfoNCE step on naive, chunked and
     triton, in bfloat16 and then float32 tokens (the training path): B in 32..1024, N in (16, 64, 196),
     M in (16, 32), D = 256 (``quick``: bench_loss's tiny grid), each dtype starting no configuration
     after ``seconds``. Writes ``out_dir/<dtype>/`` and both tables in ``out_dir/gpu.csv``."""
     import pandas as pd
 
-    from fgmm_lib.bench import bench_loss
+    from fgmm_lib.bench.loss import bench_loss
 
     start = time.perf_counter()
     tables = []

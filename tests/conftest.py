@@ -18,3 +18,22 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+#: Test files of the integration tier (`make test-fast` skips them): notebooks, the pipeline's
+#: fresh-copy checks, distributed runs, the kernels in the interpreter, the GPU script, sweeps,
+#: reliability under faults, benchmarks. Each file also says so in its ``pytestmark``.
+INTEGRATION_FILES = {
+    "test_notebooks.py", "test_study_notebooks.py", "test_first_look.py", "test_distributed.py",
+    "test_kernel_report.py", "test_triton_scores.py", "test_bench_gpu_script.py", "test_sweep.py",
+    "test_reliability.py", "test_bench.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end tests belong to the integration tier too; every file of INTEGRATION_FILES is marked."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+        if item.path.name in INTEGRATION_FILES:
+            assert item.get_closest_marker("integration"), f"{item.path.name} must set pytestmark = pytest.mark.integration"

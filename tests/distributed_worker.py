@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fgmm_lib.losses import LOSSES
-from fgmm_lib.train import TrainConfig, pretrain
+from fgmm_lib.losses.scores import LOSSES
+from fgmm_lib.runs.config import TrainConfig
+from fgmm_lib.training.loop import pretrain
 
 
 def config(data: str, out: Path, **overrides) -> TrainConfig:

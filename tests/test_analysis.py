@@ -1,4 +1,4 @@
-"""Sweep tables, the headline question and the report sections of fgmm_lib.analysis, on small
+"""Sweep tables, the headline question and the report sections of fgmm_lib.study.tables, on small
 hand-made frames whose answers are known."""
 
 from __future__ import annotations
@@ -9,8 +9,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fgmm_lib import analysis
-from fgmm_lib.analysis import Report
+from fgmm_lib.study.report import (
+    Report,
+    answered_questions,
+    headline_answer,
+    learned_attributes_sentence,
+    report_convergence,
+    report_headline,
+    report_lr_rule,
+    report_noise,
+    report_seed_splits,
+    report_temperature,
+    report_time_to_target,
+    report_width,
+)
+from fgmm_lib.study.selection import best_temperatures, temperature_surface
+from fgmm_lib.study.stats import t_quantile_975, tie_or_difference, welch_interval
+from fgmm_lib.study.tables import (
+    SWEEP_LABELS,
+    learnable_temperatures,
+    learned_attributes,
+    load_sweep,
+    load_sweep_if_any,
+    lr_rule_table,
+    noise_drops,
+    noise_table,
+    seed_splits,
+    seed_table,
+    study_temperatures,
+)
 
 
 def write_csv(path, frame):
@@ -70,13 +97,13 @@ def runs_frame(deltas: dict[str, list[float]], coarse: list[float] = (0.6, 0.62,
 
 def test_load_sweep_checks_the_label_and_metric_columns(tmp_path):
     path = write_csv(tmp_path / "noise.csv", noise_frame())
-    frame = analysis.load_sweep(path, analysis.SWEEP_LABELS["noise"])
-    assert len(frame) == 24 and list(frame.columns[:5]) == list(analysis.SWEEP_LABELS["noise"])
+    frame = load_sweep(path, SWEEP_LABELS["noise"])
+    assert len(frame) == 24 and list(frame.columns[:5]) == list(SWEEP_LABELS["noise"])
     bad = write_csv(tmp_path / "bad.csv", noise_frame().drop(columns=["knob", "t2v_R@10"]))
     with pytest.raises(ValueError, match=r"bad\.csv.*knob, t2v_R@10"):
-        analysis.load_sweep(bad, analysis.SWEEP_LABELS["noise"])
+        load_sweep(bad, SWEEP_LABELS["noise"])
     with pytest.raises(FileNotFoundError, match="absent.csv"):
-        analysis.load_sweep(tmp_path / "absent.csv", ["loss"])
+        load_sweep(tmp_path / "absent.csv", ["loss"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,10 +112,10 @@ def test_load_sweep_checks_the_label_and_metric_columns(tmp_path):
 
 
 def test_noise_table_and_drops_are_means_over_seeds():
-    table = analysis.noise_table(noise_frame())
+    table = noise_table(noise_frame())
     assert list(table.columns) == ["coarse", "max"]
     assert table.loc[("distractors", 2), "max"] == pytest.approx(0.8 - 0.2 + 0.005)
-    drops = analysis.noise_drops(noise_frame()).set_index(["knob", "loss"])
+    drops = noise_drops(noise_frame()).set_index(["knob", "loss"])
     assert drops.loc[("distractors", "max"), "change"] == pytest.approx(-0.2)
     assert drops.loc[("distractors", "coarse"), "change"] == pytest.approx(-0.1)
     assert drops.loc[("filler_words", "max"), "change"] == pytest.approx(0.0)
@@ -96,13 +123,13 @@ def test_noise_table_and_drops_are_means_over_seeds():
 
 def test_report_noise_states_each_drop(tmp_path):
     report = Report(tmp_path)
-    analysis.report_noise(report, noise_frame())
+    report_noise(report, noise_frame())
     text = report.markdown()
     assert ("`max`: text→video R@10 drops by 0.200 from distractors 0 to 2 (0.805 → 0.605); stays within 0.001 "
             "from filler_words 0 to 2") in text
     assert "`coarse`: text→video R@10 drops by 0.100 from distractors 0 to 2" in text
     missing = Report(tmp_path)
-    analysis.report_noise(missing, None)
+    report_noise(missing, None)
     assert "Not answered" in missing.markdown() and "noise/noise.csv" in missing.markdown()
 
 
@@ -110,7 +137,7 @@ def test_report_width_gives_the_change_and_the_best_width(tmp_path):
     frame = pd.DataFrame([{"width": w, "loss": "max", "batch_size": 8, "seed": 0, "t2v_R@10": v}
                           for w, v in ((0.5, 0.4), (1.0, 0.7), (2.0, 0.6))])
     report = Report(tmp_path)
-    table = analysis.report_width(report, frame)
+    table = report_width(report, frame)
     assert table.loc[1.0, "max"] == 0.7
     assert "from width 0.5 to 2, text→video R@10 rises by 0.200 (0.400 → 0.600); best at width 1 (0.700)" \
         in report.markdown()
@@ -123,18 +150,18 @@ def test_report_width_gives_the_change_and_the_best_width(tmp_path):
 
 def test_temperature_surface_and_best_pair_use_the_fixed_grid_only():
     frame = temperature_frame()
-    surface = analysis.temperature_surface(frame)
+    surface = temperature_surface(frame)
     assert surface.shape == (3, 2) and list(surface.index) == [0.05, 0.1, 0.5]
-    assert analysis.best_temperatures(frame) == (0.1, 0.5, pytest.approx(0.5))
-    learnable = analysis.learnable_temperatures(frame)
+    assert best_temperatures(frame) == (0.1, 0.5, pytest.approx(0.5))
+    learnable = learnable_temperatures(frame)
     assert learnable.iloc[0]["τa end"] == 0.12 and learnable.iloc[0]["τw start"] == 0.5
     with pytest.raises(ValueError, match="mixes losses"):
-        analysis.temperature_surface(pd.concat([frame, frame.assign(loss="max")]))
+        temperature_surface(pd.concat([frame, frame.assign(loss="max")]))
 
 
 def test_learnable_read_as_text_is_not_on_the_grid():
     frame = temperature_frame().astype({"learnable": str})
-    assert analysis.temperature_surface(frame).size == 6
+    assert temperature_surface(frame).size == 6
 
 
 @pytest.mark.parametrize("chosen, sentence", [
@@ -145,20 +172,20 @@ def test_learnable_read_as_text_is_not_on_the_grid():
 ])
 def test_report_temperature_says_whether_the_study_uses_the_best_pair(tmp_path, chosen, sentence):
     report = Report(tmp_path)
-    assert analysis.report_temperature(report, temperature_frame(), chosen=chosen)[:2] == (0.1, 0.5)
+    assert report_temperature(report, temperature_frame(), chosen=chosen)[:2] == (0.1, 0.5)
     text = report.markdown()
     assert sentence in text and "τa = 0.1, τw = 0.5 (0.500)" in text and "| 0.5 | 0.12" not in text
     assert "| attention | 0 | 0.5000 | 0.1200 | 0.5000 | 0.3000 | 0.4200 |" in text
 
 
 def test_lr_rule_verdicts(tmp_path):
-    table = analysis.lr_rule_table(lr_frame()).set_index(["loss", "batch_size"])
+    table = lr_rule_table(lr_frame()).set_index(["loss", "batch_size"])
     assert table.loc[("max", 8), "verdict"] == "the rule is confirmed"
     assert table.loc[("max", 64), "verdict"] == "the rule is confirmed"
     assert table.loc[("coarse", 8), "verdict"] == "factor 0.5 is better by 0.200"
     assert list(table.index.get_level_values(0)) == ["coarse", "max", "max"]  # study order
     report = Report(tmp_path)
-    analysis.report_lr_rule(report, lr_frame())
+    report_lr_rule(report, lr_frame())
     assert "confirmed for 2 of 3; not for `coarse` b8 (factor 0.5 is better by 0.200)" in report.markdown()
     # b8: the mean over max and coarse is best at 0.5 (0.60 against 0.55); b64: 1 is within the margin
     assert "the factor this grid chose for that batch size" in report.markdown()
@@ -182,18 +209,18 @@ def curves_frame() -> pd.DataFrame:
 
 def test_report_convergence_names_the_curves_that_have_not_flattened(tmp_path):
     report = Report(tmp_path)
-    table = analysis.report_convergence(report, curves_frame())
+    table = report_convergence(report, curves_frame())
     assert list(table["flattened"]) == [True, False]
     assert "Not flattened (gain >= 0.02): `max` b8;" in report.markdown()
 
 
 def test_report_time_to_target_summarises_over_seeds(tmp_path):
-    from fgmm_lib.curves import time_to_target
+    from fgmm_lib.study.curves import time_to_target
 
     table = time_to_target(curves_frame(), {f"{loss}-b8-s{s}": {"flops_per_step": 8.0} for loss in ("coarse", "max")
                                             for s in (0, 1)}, target=0.6)
     report = Report(tmp_path)
-    summary = analysis.report_time_to_target(report, table)
+    summary = report_time_to_target(report, table)
     assert list(summary["reached"]) == [0, 2]
     text = report.markdown()
     assert "Never reached the target: `coarse` b8." in text and "`max` at batch 8 (" in text
@@ -206,12 +233,12 @@ def test_report_time_to_target_summarises_over_seeds(tmp_path):
 
 def test_welch_interval_matches_a_plain_computation():
     a, b = [1.0, 2.0, 3.0], [0.0, 0.5, 1.0, 1.5]
-    difference, low, high = analysis.welch_interval(a, b)
+    difference, low, high = welch_interval(a, b)
     va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
     df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
-    half = analysis.t_quantile_975(int(df)) * math.sqrt(va + vb)
+    half = t_quantile_975(int(df)) * math.sqrt(va + vb)
     assert difference == pytest.approx(1.25) and (low, high) == pytest.approx((1.25 - half, 1.25 + half))
-    assert math.isnan(analysis.welch_interval([1.0], b)[1])
+    assert math.isnan(welch_interval([1.0], b)[1])
 
 
 def test_headline_answer_pairs_by_seed_and_gives_each_verdict():
@@ -219,7 +246,7 @@ def test_headline_answer_pairs_by_seed_and_gives_each_verdict():
                        "max": [-0.2, -0.21, -0.19],        # falls short
                        "mean": [0.1, 0.12, 0.11],          # exceeds
                        "attention_gate": [0.3, -0.3, 0.0]})  # wide -> undecided
-    answer = analysis.headline_answer(runs).set_index("loss")
+    answer = headline_answer(runs).set_index("loss")
     assert list(answer.index) == ["mean", "max", "attention", "attention_gate"]
     assert answer["verdict"].to_dict() == {"mean": "exceeds", "max": "falls short", "attention": "reaches",
                                            "attention_gate": "undecided"}
@@ -227,7 +254,7 @@ def test_headline_answer_pairs_by_seed_and_gives_each_verdict():
     assert answer.loc["attention", "paired_mean"] == pytest.approx(0.0)
     assert answer.loc["attention", "difference"] == pytest.approx(0.0)
     # unpaired, the seed-to-seed spread of coarse makes the same tie undecided
-    assert analysis.tie_or_difference((answer.loc["attention", "welch_low"],
+    assert tie_or_difference((answer.loc["attention", "welch_low"],
                                        answer.loc["attention", "welch_high"])) == "undecided"
     assert answer.loc["max", "reference_mean"] == pytest.approx(0.62)
 
@@ -235,7 +262,7 @@ def test_headline_answer_pairs_by_seed_and_gives_each_verdict():
 def test_headline_answer_without_pairs_reads_the_welch_interval():
     runs = runs_frame({"max": [-0.2, -0.21, -0.19]})
     runs.loc[runs["loss"] == "max", "seed"] += 10
-    answer = analysis.headline_answer(runs)
+    answer = headline_answer(runs)
     assert answer["verdict_on"].tolist() == ["Welch"] and answer["pairs"].tolist() == [0]
     assert answer["verdict"].tolist() == ["falls short"]
 
@@ -249,7 +276,7 @@ def test_headline_answer_without_pairs_reads_the_welch_interval():
 ])
 def test_report_headline_answers_yes_no_or_undecided(tmp_path, deltas, expected):
     report = Report(tmp_path)
-    analysis.report_headline(report, runs_frame(deltas))
+    report_headline(report, runs_frame(deltas))
     text = report.markdown()
     assert "**At equal samples seen, does a fine-grained loss at batch 8 reach `coarse` at batch 256 on " \
            "text→video R@10, within the intervals" + expected in text
@@ -257,7 +284,7 @@ def test_report_headline_answers_yes_no_or_undecided(tmp_path, deltas, expected)
 
 def test_report_headline_without_the_reference(tmp_path):
     report = Report(tmp_path)
-    assert analysis.report_headline(report, pd.DataFrame()).empty
+    assert report_headline(report, pd.DataFrame()).empty
     assert "Not answered" in report.markdown()
 
 
@@ -272,7 +299,7 @@ def test_a_question_is_answered_only_by_non_empty_evidence(tmp_path):
     (tmp_path / "width/width.csv").write_text("width,loss,batch_size,seed,t2v_R@10\n")
     write_csv(tmp_path / "lr/lr.csv", lr_frame())
     (tmp_path / "compute").mkdir()
-    status = analysis.answered_questions(tmp_path, pd.DataFrame())
+    status = answered_questions(tmp_path, pd.DataFrame())
     answered = {question.split(".")[0].split("/")[0]: row["answered"] for question, row in status.iterrows()}
     assert answered["3"] == "yes" and answered["4"] == "no" and answered["7b"] == "yes" and answered["7"] == "no"
     assert "width.csv` (empty)" in status.loc["4. model-size ablation", "evidence"]
@@ -283,20 +310,20 @@ def test_a_question_is_answered_only_by_non_empty_evidence(tmp_path):
 def test_report_headline_checks_equal_samples_seen(tmp_path):
     runs = runs_frame({"max": [-0.2, -0.21, -0.19]}).assign(compute_samples_seen=1000.0)
     report = Report(tmp_path)
-    analysis.report_headline(report, runs)
+    report_headline(report, runs)
     assert "Every compared run saw 1000 samples." in report.markdown()
     runs.loc[runs["loss"] == "max", "compute_samples_seen"] = 500.0
     report = Report(tmp_path)
-    analysis.report_headline(report, runs)
+    report_headline(report, runs)
     assert "Samples seen by the compared runs: 500, 1000 (50.0% apart" in report.markdown()
 
 
 def test_load_sweep_if_any_is_none_for_a_missing_or_empty_table(tmp_path):
-    assert analysis.load_sweep_if_any(tmp_path, "width") is None
-    write_csv(tmp_path / "width/width.csv", pd.DataFrame(columns=[*analysis.SWEEP_LABELS["width"], "t2v_R@10"]))
-    assert analysis.load_sweep_if_any(tmp_path, "width") is None
+    assert load_sweep_if_any(tmp_path, "width") is None
+    write_csv(tmp_path / "width/width.csv", pd.DataFrame(columns=[*SWEEP_LABELS["width"], "t2v_R@10"]))
+    assert load_sweep_if_any(tmp_path, "width") is None
     write_csv(tmp_path / "noise/noise.csv", noise_frame())
-    assert len(analysis.load_sweep_if_any(tmp_path, "noise")) == 24
+    assert len(load_sweep_if_any(tmp_path, "noise")) == 24
 
 
 def test_learned_attributes_need_the_interval_above_chance_by_the_margin():
@@ -304,24 +331,24 @@ def test_learned_attributes_need_the_interval_above_chance_by_the_margin():
         "loss": ["coarse"] * 3 + ["attention"] * 3,
         "digit_top1": [0.15, 0.16, 0.17, 0.40, 0.42, 0.44], "digit_top1_chance": [0.1] * 6,
         "colour_top1": [1.0] * 6, "colour_top1_chance": [0.125] * 6})
-    learned = analysis.learned_attributes(runs)
+    learned = learned_attributes(runs)
     assert learned == {"colour": ["coarse", "attention"], "digit": ["attention"]}
-    sentence = analysis.learned_attributes_sentence(runs)
+    sentence = learned_attributes_sentence(runs)
     assert "colour: every loss" in sentence and "digit: `attention`" in sentence and "No loss learned" not in sentence
-    assert "No loss learned digit at this budget" in analysis.learned_attributes_sentence(
+    assert "No loss learned digit at this budget" in learned_attributes_sentence(
         runs.assign(digit_top1=0.15))
     # a wide interval is not enough: mean 0.3 but one seed at chance
     wide = runs.assign(digit_top1=[0.1, 0.1, 0.1, 0.1, 0.4, 0.4])
-    assert analysis.learned_attributes(wide)["digit"] == []
+    assert learned_attributes(wide)["digit"] == []
 
 
 def test_study_temperatures_read_from_the_attention_runs():
     runs = pd.DataFrame({"loss": ["attention", "attention", "coarse"], "attn_temperature": [0.5, 0.5, 0.1],
                          "weight_temperature": [10.0, 10.0, 0.1]})
-    assert analysis.study_temperatures(runs) == (0.5, 10.0)
-    assert analysis.study_temperatures(runs[runs["loss"] == "coarse"]) is None
+    assert study_temperatures(runs) == (0.5, 10.0)
+    assert study_temperatures(runs[runs["loss"] == "coarse"]) is None
     with pytest.raises(ValueError, match="several temperature pairs"):
-        analysis.study_temperatures(runs.assign(attn_temperature=[0.5, 0.1, 0.1]))
+        study_temperatures(runs.assign(attn_temperature=[0.5, 0.1, 0.1]))
 
 
 def seeds_frame(values: dict[str, list[float]], batch_size: int = 8, metric: str = "action_top1") -> pd.DataFrame:
@@ -348,7 +375,7 @@ def test_seed_splits_find_the_widest_gap_like_a_brute_force_reference():
         seeds = int(rng.integers(2, 7))
         values = {loss: list(rng.choice([0.5, 0.8], size=seeds) + rng.normal(0, 0.03, size=seeds))
                   for loss in ("coarse", "max", "attention")}
-        splits = analysis.seed_splits(seeds_frame(values), 8, "action_top1", gap=0.1).set_index("loss")
+        splits = seed_splits(seeds_frame(values), 8, "action_top1", gap=0.1).set_index("loss")
         for loss, by_seed in values.items():
             want = _reference_split(by_seed, 0.1)
             if want is None:
@@ -364,21 +391,21 @@ def test_seed_splits_find_the_widest_gap_like_a_brute_force_reference():
 def test_report_seed_splits_names_the_split_and_the_seed_low_in_every_one(tmp_path):
     frame = seeds_frame({"coarse": [0.55, 0.58, 0.62], "max": [0.79, 0.61, 0.83], "attention": [0.78, 0.53, 0.78]})
     report = Report(tmp_path)
-    splits = analysis.report_seed_splits(report, frame, 8)
+    splits = report_seed_splits(report, frame, 8)
     assert list(splits["loss"]) == ["max", "attention"]  # coarse's seeds lie within 0.1 of each other
     text = report.markdown()
     assert "`max` (seed 1 at 0.61, seeds 0, 2 at 0.79–0.83)" in text
     assert "`attention` (seed 1 at 0.53, seeds 0, 2 at 0.78)" in text
     assert "Seed 1 lies in the lower group of every one of them." in text and "3 seeds cannot say" in text
-    table = analysis.seed_table(frame, 8)
+    table = seed_table(frame, 8)
     assert list(table.index) == ["coarse", "max", "attention"]
     assert table.loc["max", "action top-1 (linear probe) s1"] == pytest.approx(0.61)
     calm = Report(tmp_path)
-    assert analysis.report_seed_splits(calm, seeds_frame({"coarse": [0.55, 0.58, 0.62]}), 8).empty
+    assert report_seed_splits(calm, seeds_frame({"coarse": [0.55, 0.58, 0.62]}), 8).empty
     assert "No loss's seeds split by more than 0.1" in calm.markdown()
 
 
 def test_report_convergence_says_a_flat_end_is_the_schedule_not_convergence(tmp_path):
     report = Report(tmp_path)
-    analysis.report_convergence(report, curves_frame())
+    report_convergence(report, curves_frame())
     assert "not that the model has converged" in report.markdown()

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fgmm_lib import bench
+from fgmm_lib.bench import loss as bench
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +161,7 @@ def test_bad_arguments_are_named(tmp_path):
 
 
 def test_bench_train_quick_writes_steps_phases_and_parallel(tmp_path):
-    from fgmm_lib.bench_train import COLUMNS, PHASES, bench_train
+    from fgmm_lib.bench.train import COLUMNS, PHASES, bench_train
 
     table = bench_train(out_dir=tmp_path, quick=True, progress=False)
     on_disk = pd.read_csv(tmp_path / "train.csv")

@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("triton", reason="triton is an optional extra (pip install 'fgmm_lib[triton]')")
 
-from fgmm_lib import triton_scores as ts
-from fgmm_lib.losses import AGGREGATIONS
+from fgmm_lib.kernels import triton_scores as ts
+from fgmm_lib.losses.scores import AGGREGATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
-"""Curves of a study (fgmm_lib.curves): loading a folder, convergence, time to a target R@10, and
-their plot (fgmm_lib.viz.plot_learning_curves), against values worked out by hand."""
+"""Curves of a study (fgmm_lib.study.curves): loading a folder, convergence, time to a target R@10, and
+their plot (fgmm_lib.study.plots.plot_learning_curves), against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -15,10 +15,16 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fgmm_lib.curves import (CURVE_COLUMNS, TIME_TO_TARGET_COLUMNS, convergence_table, load_curves,  # noqa: E402
-                             mean_over_seeds, time_to_target)
-from fgmm_lib.analysis import time_to_target_summary
-from fgmm_lib.viz import plot_learning_curves  # noqa: E402
+from fgmm_lib.runs.curves import CURVE_COLUMNS
+from fgmm_lib.study.curves import (
+    TIME_TO_TARGET_COLUMNS,
+    convergence_table,
+    load_curves,
+    mean_over_seeds,
+    time_to_target,
+)
+from fgmm_lib.study.plots import plot_learning_curves  # noqa: E402
+from fgmm_lib.study.tables import time_to_target_summary
 
 SAMPLES = [0, 80, 160, 240, 320]  # batch size 8, validated every 10 steps
 #: run -> (val_t2v_r10, wall_s) at SAMPLES

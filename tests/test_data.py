@@ -1,4 +1,4 @@
-"""Tests of fgmm_lib.generate and fgmm_lib.data: the Narrated Digits generator, the vocabulary and the Dataset."""
+"""Tests of fgmm_lib.data.generate and fgmm_lib.data.dataset: the Narrated Digits generator, the vocabulary and the Dataset."""
 
 from __future__ import annotations
 
@@ -11,9 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from fgmm_lib import generate
-from fgmm_lib.data import ACTIONS, COLOURS, DATASET_FILES, DIGIT_WORDS, SPLITS, NarratedDigits, Vocabulary
-from fgmm_lib.generate import FILLER_WORDS, KNOBS, GenerationConfig, generate_dataset, glyph_split, load_glyphs
+from fgmm_lib.data import generate
+from fgmm_lib.data.dataset import ACTIONS, COLOURS, DATASET_FILES, DIGIT_WORDS, SPLITS, NarratedDigits
+from fgmm_lib.data.generate import (
+    FILLER_WORDS,
+    KNOBS,
+    GenerationConfig,
+    _other_combos,
+    _plan,
+    _render_clips,
+    generate_dataset,
+    glyph_split,
+    load_glyphs,
+)
+from fgmm_lib.data.vocab import Vocabulary
 
 SMALL = dict(clips=40, frames=8, size=32, clips_per_video=4)
 
@@ -158,7 +169,7 @@ def test_distractors_light_pixels_outside_the_actor_box_and_differ_from_the_acto
             outside += int(lit.any())
     assert outside > 0.5 * 40 * 8
     # a distractor never shares the actor's (colour, digit)
-    plan = generate._plan(GenerationConfig(**SMALL, seed=5, distractors=2, misaligned_frames=0.0))
+    plan = _plan(GenerationConfig(**SMALL, seed=5, distractors=2, misaligned_frames=0.0))
     actor = plan.colour[:, -1:, :] * 10 + labels[plan.glyph[:, -1:, :]]
     others = plan.colour[:, :-1, :] * 10 + labels[plan.glyph[:, :-1, :]]
     assert (others != actor).all()
@@ -171,7 +182,7 @@ def test_distractors_light_pixels_outside_the_actor_box_and_differ_from_the_acto
 def test_other_digits_are_uniform_over_the_pairs_that_differ_from_the_actor():
     rng = np.random.default_rng(0)
     avoid = np.arange(80)  # every (colour, digit) pair as colour * 10 + digit
-    colour, digit = generate._other_combos(rng, avoid, (80, 4000))
+    colour, digit = _other_combos(rng, avoid, (80, 4000))
     combo = colour * 10 + digit
     assert (combo != avoid[:, None]).all()
     counts = np.stack([np.bincount(row, minlength=80) for row in combo])
@@ -501,7 +512,7 @@ def test_bad_parameters_are_named(overrides, name):
 
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"count": 0}
-    render = generate._render_clips
+    render = _render_clips
 
     def failing_render(*args, **kwargs):
         calls["count"] += 1
@@ -543,7 +554,7 @@ def test_a_failed_replacement_keeps_the_old_dataset(tmp_path, monkeypatch):
 
 def test_both_configs_read_values_the_same_way():
     """GenerationConfig and TrainConfig go through one converter: numbers as strings, unknown keys."""
-    from fgmm_lib.train import TrainConfig
+    from fgmm_lib.runs.config import TrainConfig
 
     generation = GenerationConfig.from_dict({"clips": "40", "filler_words": "3e-1"})
     assert generation.clips == 40 and generation.filler_words == pytest.approx(0.3)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from fgmm_lib.cli import main as cli_main
-from fgmm_lib.distributed import launch, torchrun_command
-from fgmm_lib.generate import GenerationConfig, generate_dataset
-from fgmm_lib.losses import LOSSES
-from fgmm_lib.train import TrainConfig, pretrain
+from fgmm_lib.cli.main import main as cli_main
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.losses.scores import LOSSES
+from fgmm_lib.runs.config import TrainConfig
+from fgmm_lib.training.distributed import torchrun_command
+from fgmm_lib.training.launch import launch
+from fgmm_lib.training.loop import pretrain
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
@@ -146,7 +149,7 @@ def test_cli_nproc_launches_torchrun(data: Path, tmp_path: Path, capsys: pytest.
 
 
 def test_bench_ddp_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fgmm_lib.bench_ddp import bench_ddp, largest_batch, loss_memory_bytes
+    from fgmm_lib.bench.ddp import bench_ddp, largest_batch, loss_memory_bytes
 
     monkeypatch.setenv("PYTHONPATH", child_environment()["PYTHONPATH"])
     table = bench_ddp(tmp_path, losses=("coarse",), batch_size=8, steps=2, clips=48, quick=True)
@@ -161,7 +164,7 @@ def test_bench_ddp_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_validation_on_two_processes(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0 validates while the other waits: no deadlock, and the curve of a 1-process run."""
-    from fgmm_lib.curves import read_curves
+    from fgmm_lib.runs.curves import read_curves
 
     monkeypatch.setenv("PYTHONPATH", child_environment()["PYTHONPATH"])
     val = generate_dataset(GenerationConfig(clips=80, frames=4, size=32, seed=1, distractors=0, filler_words=0.0,

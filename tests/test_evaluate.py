@@ -1,4 +1,4 @@
-"""Tests of fgmm_lib.evaluate: retrieval metrics, linear probe, pointing and the whole evaluation."""
+"""Tests of fgmm_lib.evaluation.protocol: retrieval metrics, linear probe, pointing and the whole evaluation."""
 
 from __future__ import annotations
 
@@ -10,25 +10,24 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
-from fgmm_lib.losses import AGGREGATIONS, build_loss
-from fgmm_lib.evaluate import (
+from fgmm_lib.evaluation.embedding import embed_dataset, pair_score_matrix, still_frame_indices
+from fgmm_lib.evaluation.metrics import (
     _query_hits,
     attribute_retrieval,
     best_relevant_ranks,
     bootstrap_interval,
     cell_hit_mask,
-    embed_dataset,
-    evaluate,
     linear_probe,
-    pair_score_matrix,
     pointing_accuracy,
     random_ranking_hit_rate,
     retrieval_metrics,
-    still_frame_indices,
 )
+from fgmm_lib.evaluation.protocol import evaluate
+from fgmm_lib.losses.modules import build_loss
+from fgmm_lib.losses.scores import AGGREGATIONS
 
 # --------------------------------------------------------------------------------------------
-# Plain reference implementations (loops, written from STUDY.md section 5)
+# Plain reference implementations (loops, written from docs/study.md section 5)
 # --------------------------------------------------------------------------------------------
 
 
@@ -406,7 +405,7 @@ class FakeClips:
 
 
 def _small_model(vocab_size: int = 12):
-    from fgmm_lib.models import DualEncoder, ModelConfig
+    from fgmm_lib.models.encoders import DualEncoder, ModelConfig
 
     torch.manual_seed(0)
     return DualEncoder(ModelConfig(vocab_size=vocab_size, dim=8, width=0.25, word_dim=8))
@@ -438,7 +437,7 @@ def test_embed_dataset_shapes_stills_and_mode() -> None:
 
 
 def test_pair_score_matrix_is_the_runs_score() -> None:
-    from fgmm_lib.losses import pair_scores
+    from fgmm_lib.losses.scores import pair_scores
 
     generator = torch.Generator().manual_seed(0)
     video_tokens, video_global = torch.randn(7, 5, 4, generator=generator), torch.randn(7, 4, generator=generator)
@@ -465,7 +464,8 @@ def test_pair_score_matrix_is_the_runs_score() -> None:
 def test_digit_phrase_indices_and_clean_probe_rows() -> None:
     import pandas as pd
 
-    from fgmm_lib.evaluate import _clean_probe_rows, digit_phrase_indices
+    from fgmm_lib.evaluation.metrics import digit_phrase_indices
+    from fgmm_lib.evaluation.protocol import _clean_probe_rows
 
     captions = ["the red seven moves left", "the blue zero grows", "The Cyan Nine Blinks"]
     assert digit_phrase_indices(captions, torch.tensor([7, 0, 9]), max_words=16).tolist() == [2, 2, 2]
@@ -478,7 +478,7 @@ def test_digit_phrase_indices_and_clean_probe_rows() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The whole evaluation, on tiny generated data and tiny runs saved by fgmm_lib.train
+# The whole evaluation, on tiny generated data and tiny runs saved by fgmm_lib.training.loop
 # --------------------------------------------------------------------------------------------
 
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
@@ -494,9 +494,10 @@ def workspace(tmp_path_factory):
     """Noisy pretraining data, a clean evaluation set with its vocabulary, one with another
     vocabulary, and two runs ("attention" and "coarse") stopped after one step at a tiny
     learning rate: encoders that are, for every purpose here, untrained."""
-    from fgmm_lib.data import Vocabulary
-    from fgmm_lib.generate import GenerationConfig, generate_dataset
-    from fgmm_lib.train import TrainConfig, pretrain
+    from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+    from fgmm_lib.data.vocab import Vocabulary
+    from fgmm_lib.runs.config import TrainConfig
+    from fgmm_lib.training.loop import pretrain
 
     root = tmp_path_factory.mktemp("evaluate")
     # 200 clips at seed 0: the train narrations use every word of the clean captions.
@@ -531,7 +532,7 @@ def _assert_at_chance(task: dict) -> None:
 def test_evaluate_end_to_end_untrained_is_at_chance(workspace, loss: str) -> None:
     import json
 
-    from fgmm_lib.data import NarratedDigits
+    from fgmm_lib.data.dataset import NarratedDigits
 
     out = workspace["root"] / f"metrics_{loss}" / "metrics.json"
     compute_out = out.parent / "compute.json"
@@ -599,7 +600,7 @@ def test_evaluate_rejects_data_with_another_vocabulary(workspace, tmp_path) -> N
 def test_evaluate_rejects_a_run_without_checkpoint(workspace, tmp_path) -> None:
     import shutil
 
-    from fgmm_lib.train import CHECKPOINT
+    from fgmm_lib.runs.folder import CHECKPOINT
 
     run = tmp_path / "run"
     shutil.copytree(workspace["runs"]["attention"], run)
@@ -613,12 +614,12 @@ def test_evaluate_rejects_a_run_without_checkpoint(workspace, tmp_path) -> None:
 
 
 def test_evaluate_checks_the_output_path_before_any_work(workspace, tmp_path, monkeypatch) -> None:
-    import fgmm_lib.evaluate
+    import fgmm_lib.evaluation.protocol
 
     def no_work(run):
         raise AssertionError("the run was loaded before the output path was checked")
 
-    monkeypatch.setattr(fgmm_lib.evaluate, "load_run", no_work)
+    monkeypatch.setattr(fgmm_lib.evaluation.protocol, "load_run", no_work)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="cannot write the metrics file"):
@@ -636,7 +637,8 @@ def test_evaluate_refuses_a_probe_without_clean_clips(workspace) -> None:
 
 
 def test_evaluate_warns_about_an_unfinished_run(tmp_path, workspace) -> None:
-    from fgmm_lib.train import TrainConfig, pretrain
+    from fgmm_lib.runs.config import TrainConfig
+    from fgmm_lib.training.loop import pretrain
 
     config = TrainConfig(data=str(workspace["pretrain"]), out=str(tmp_path / "partial"), loss="coarse", batch_size=8,
                          epochs=2, max_steps=1, dim=16, width=0.25, device="cpu", seed=0)

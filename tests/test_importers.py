@@ -11,10 +11,11 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from fgmm_lib import importers  # noqa: E402
-from fgmm_lib.cli import main  # noqa: E402
-from fgmm_lib.data import NarratedDigits, Vocabulary  # noqa: E402
-from fgmm_lib.video_io import read_clips, read_video_clips, sample_times  # noqa: E402
+from fgmm_lib.cli.main import main  # noqa: E402
+from fgmm_lib.data import importers  # noqa: E402
+from fgmm_lib.data.dataset import NarratedDigits  # noqa: E402
+from fgmm_lib.data.video_io import read_clips, read_video_clips, sample_times  # noqa: E402
+from fgmm_lib.data.vocab import Vocabulary  # noqa: E402
 
 FPS = 10
 WIDTH, HEIGHT = 48, 32  # a 32 x 32 import crops 8 columns on each side
@@ -336,7 +337,7 @@ def test_pretrain_and_evaluate_on_the_imports(pretraining, downstream, tmp_path,
 
 
 def test_import_benchmark_writes_its_table(tmp_path) -> None:
-    from fgmm_lib.bench_import import bench_import
+    from fgmm_lib.bench.imports import bench_import
 
     table = bench_import(out_dir=tmp_path, videos=2, clips_per_video=2, seconds=2.0, source_size=(64, 48),
                          workers=(1,), batch_size=2, batches=2, rounds=1, progress=False)
@@ -346,7 +347,7 @@ def test_import_benchmark_writes_its_table(tmp_path) -> None:
 
 
 def test_import_benchmark_reads_a_batch_no_larger_than_a_small_import(tmp_path) -> None:
-    from fgmm_lib.bench_import import bench_import
+    from fgmm_lib.bench.imports import bench_import
 
     table = bench_import(out_dir=tmp_path, videos=2, clips_per_video=2, seconds=2.0, source_size=(64, 48),
                          workers=(1,), batch_size=32, batches=2, rounds=1, progress=False)

@@ -9,18 +9,22 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("triton", reason="triton is an optional extra (pip install 'fgmm_lib[triton]')")
 pytest.importorskip("triton.backends.nvidia.compiler", reason="this triton has no CUDA backend")
 
-from fgmm_lib import cli, kernel_report, triton_scores  # noqa: E402
-from fgmm_lib.triton_scores import AGGREGATION_CODES  # noqa: E402
+from fgmm_lib.bench import kernel_report  # noqa: E402
+from fgmm_lib.cli import main as cli  # noqa: E402
+from fgmm_lib.kernels import triton_scores  # noqa: E402
+from fgmm_lib.kernels.triton_scores import AGGREGATION_CODES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     # a process of its own: the interpreted kernel tests build interpreter kernels in this one
     out = tmp_path_factory.mktemp("kernels")
-    code = ("import sys; from fgmm_lib.kernel_report import compile_report\n"
+    code = ("import sys; from fgmm_lib.bench.kernel_report import compile_report\n"
             "compile_report(sys.argv[1], arch='sm90', phrases=(32,), dims=(256,), progress=False)\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300,

@@ -1,4 +1,4 @@
-"""Tests of fgmm_lib.losses against plain loop references written from STUDY.md sections 2 and 3."""
+"""Tests of fgmm_lib.losses against plain loop references written from docs/study.md sections 2 and 3."""
 
 from __future__ import annotations
 
@@ -11,9 +11,21 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from fgmm_lib import losses
-from fgmm_lib.losses import (AGGREGATIONS, ATTENTION_AGGREGATIONS, CONTRASTIVE_AGGREGATIONS, ContrastiveLoss,
-                             attention_maps, chunk_block_size, mil_nce_loss, pair_scores)
+import fgmm_lib.losses.scores as losses
+from fgmm_lib.losses.modules import ContrastiveLoss, build_loss, mil_nce_loss
+from fgmm_lib.losses.scores import (
+    AGGREGATIONS,
+    ATTENTION_AGGREGATIONS,
+    ATTENTION_FLOOR,
+    CHUNK_MEMORY_BUDGET_BYTES,
+    CHUNK_WORKING_COPIES,
+    CONTRASTIVE_AGGREGATIONS,
+    MIN_TEMPERATURE,
+    attention_maps,
+    auto_backend,
+    chunk_block_size,
+    pair_scores,
+)
 
 DTYPE = torch.float64
 
@@ -67,7 +79,7 @@ def gate_weights_loop(values: list[torch.Tensor], temperature) -> list[torch.Ten
 def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, text_mask, aggregation: str,
                          attn_temperature=0.1, weight_temperature=0.1, inner: str = "softmax",
                          outer: str = "softmax") -> torch.Tensor:
-    """One pair's score, loops over valid cells n and phrases m, straight from STUDY.md section 2 (and the
+    """One pair's score, loops over valid cells n and phrases m, straight from docs/study.md section 2 (and the
     formulas of "attention_floor" and "attention_gate" in the module docstring of fgmm_lib.losses)."""
     cells = [n for n in range(video.shape[0]) if video_mask is None or bool(video_mask[n])]
     phrases = [m for m in range(text.shape[0]) if text_mask is None or bool(text_mask[m])]
@@ -90,7 +102,7 @@ def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, te
         if outer == "mean":
             return sum(values) / len(values)
         if aggregation == "attention_floor":
-            weights = floor_weights_loop(values, weight_temperature, losses.ATTENTION_FLOOR)
+            weights = floor_weights_loop(values, weight_temperature, ATTENTION_FLOOR)
         elif aggregation == "attention_gate":
             weights = gate_weights_loop(values, weight_temperature)
         else:
@@ -202,11 +214,11 @@ def test_chunked_with_float_temperatures_and_partial_grads() -> None:
 
 
 def test_chunk_block_size_follows_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    per_text = losses.CHUNK_WORKING_COPIES * 8 * 64 * 16 * 4
+    per_text = CHUNK_WORKING_COPIES * 8 * 64 * 16 * 4
     assert chunk_block_size(8, 64, 16, 4, budget_bytes=per_text * 5) == 5
     assert chunk_block_size(8, 64, 16, 4, budget_bytes=per_text * 5 + per_text - 1) == 5
     assert chunk_block_size(8, 64, 16, 4, budget_bytes=1) == 1
-    assert chunk_block_size(8, 64, 16, 4) == losses.CHUNK_MEMORY_BUDGET_BYTES // per_text
+    assert chunk_block_size(8, 64, 16, 4) == CHUNK_MEMORY_BUDGET_BYTES // per_text
     # a budget that fits one text per block: still correct
     monkeypatch.setattr(losses, "CHUNK_MEMORY_BUDGET_BYTES", 1)
     video, text, video_mask, text_mask = random_inputs(2, 4, 3, 3, 4, seed=6)
@@ -349,7 +361,7 @@ def test_floor_and_gate_weights_never_collapse_onto_one_token(weight_temperature
                 count = int(valid.sum())
                 assert (weights[~valid] == 0).all()
                 if aggregation == "attention_floor":
-                    floor = losses.ATTENTION_FLOOR
+                    floor = ATTENTION_FLOOR
                     assert weights[valid].min() >= floor / count - 1e-12
                     assert weights.max() <= 1 - floor + floor / count + 1e-12
                 elif aggregation == "attention_gate":
@@ -360,7 +372,7 @@ def test_floor_and_gate_weights_never_collapse_onto_one_token(weight_temperature
 
 @pytest.mark.parametrize("aggregation", ["attention_floor", "attention_gate"])
 def test_aggregations_without_a_kernel_fall_back_to_chunked_with_a_warning(aggregation: str) -> None:
-    from fgmm_lib import triton_scores
+    from fgmm_lib.kernels import triton_scores
 
     assert aggregation not in triton_scores.AGGREGATION_CODES
     video, text, video_mask, text_mask = random_inputs(2, 3, 4, 3, 5, seed=33)
@@ -477,7 +489,7 @@ def test_loss_attention_focus(aggregation: str) -> None:
     """Every aggregation points: the attention aggregations with their softmax over cells and their
     own outer weights, "mean" and "max" with the cosines."""
     video, text, video_mask, text_mask = random_inputs(1, 1, 6, 5, 4, seed=34)
-    module = losses.build_loss(aggregation, attn_temperature=0.2, weight_temperature=0.3, backend="naive").double()
+    module = build_loss(aggregation, attn_temperature=0.2, weight_temperature=0.3, backend="naive").double()
     assert module.has_attention and module.uses_tokens
     maps = module.attention(video[0].detach(), text[0].detach(), text_mask[0], video_mask[0])
     assert maps["focus"].shape == (5, 6)
@@ -567,18 +579,18 @@ def test_contrastive_loss_temperatures() -> None:
     with torch.no_grad():
         learned.log_temperature.fill_(math.log(0.001))
     learned.clamp_temperatures_()
-    assert math.isclose(learned.temperature, losses.MIN_TEMPERATURE, rel_tol=1e-12)
+    assert math.isclose(learned.temperature, MIN_TEMPERATURE, rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["coarse", "milnce"])
 def test_temperature_clamped_after_the_step_keeps_its_gradient_and_recovers(name: str) -> None:
     """At the lower clamp the forward pass still sees the parameter, so its gradient is not zero and
     an optimiser step can raise it again (a clamp inside the forward pass would freeze it there)."""
-    loss_module = losses.build_loss(name)
+    loss_module = build_loss(name)
     with torch.no_grad():
         loss_module.log_temperature.fill_(math.log(0.001))
     loss_module.clamp_temperatures_()
-    assert loss_module.temperature == pytest.approx(losses.MIN_TEMPERATURE)
+    assert loss_module.temperature == pytest.approx(MIN_TEMPERATURE)
     generator = torch.Generator().manual_seed(0)
     video = torch.randn(6, 8, generator=generator)
     if name == "milnce":
@@ -592,9 +604,9 @@ def test_temperature_clamped_after_the_step_keeps_its_gradient_and_recovers(name
     optimizer.step()
     loss_module.clamp_temperatures_()
     if grad < 0:  # the loss wants a larger temperature: it comes back up
-        assert loss_module.temperature > losses.MIN_TEMPERATURE
+        assert loss_module.temperature > MIN_TEMPERATURE
     else:
-        assert loss_module.temperature == pytest.approx(losses.MIN_TEMPERATURE)
+        assert loss_module.temperature == pytest.approx(MIN_TEMPERATURE)
 
 
 # --------------------------------------------------------------------------------------
@@ -666,14 +678,13 @@ def test_auto_backend_on_cpu_is_chunked() -> None:
 
 
 def test_auto_backend_fuses_only_where_the_kernel_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fgmm_lib import losses
 
     monkeypatch.setattr(losses, "_TRITON_AVAILABLE", True)
-    assert [losses.auto_backend(True, a) for a in losses.AGGREGATIONS] == [
+    assert [auto_backend(True, a) for a in AGGREGATIONS] == [
         "chunked", "triton", "triton", "chunked", "chunked"]  # mean: closed form; floor, gate: no kernel
-    assert {losses.auto_backend(False, a) for a in losses.AGGREGATIONS} == {"chunked"}
+    assert {auto_backend(False, a) for a in AGGREGATIONS} == {"chunked"}
     monkeypatch.setattr(losses, "_TRITON_AVAILABLE", False)
-    assert losses.auto_backend(True, "attention") == "chunked"
+    assert auto_backend(True, "attention") == "chunked"
 
 
 def test_triton_backend_delegates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -686,7 +697,7 @@ def test_triton_backend_delegates(monkeypatch: pytest.MonkeyPatch) -> None:
         return pair_scores(video_tokens, text_tokens, text_mask, video_mask, aggregation, attn_temperature,
                            weight_temperature, backend="naive")
 
-    monkeypatch.setitem(sys.modules, "fgmm_lib.triton_scores",
+    monkeypatch.setitem(sys.modules, "fgmm_lib.kernels.triton_scores",
                         types.SimpleNamespace(triton_pair_scores=fake_triton_pair_scores))
     video, text, video_mask, text_mask = random_inputs(2, 3, 4, 3, 5, seed=21)
     got = pair_scores(video, text, text_mask, video_mask, "max", 0.2, 0.3, backend="triton")
@@ -735,9 +746,9 @@ def test_bad_loss_input_raises() -> None:
     with pytest.raises(ValueError, match="temperature"):
         ContrastiveLoss("mean", temperature=0)
     with pytest.raises(ValueError, match="unknown loss 'median'"):
-        losses.build_loss("median")
+        build_loss("median")
     with pytest.raises(ValueError, match="attn_temperature"):
-        losses.build_loss("attention", attn_temperature=-1.0)
+        build_loss("attention", attn_temperature=-1.0)
     with pytest.raises(ValueError, match="as many videos as texts"):
         ContrastiveLoss("coarse")(None, torch.randn(3, 4), None, torch.randn(2, 4))
     with pytest.raises(ValueError, match="text_tokens"):

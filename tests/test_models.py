@@ -1,4 +1,4 @@
-"""Tests for fgmm_lib.models: shapes, token grid, masking, size knobs and bad input."""
+"""Tests for fgmm_lib.models.encoders: shapes, token grid, masking, size knobs and bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fgmm_lib.models import DualEncoder, ModelConfig, TextEncoder, VideoEncoder, token_to_cell
+from fgmm_lib.models.encoders import DualEncoder, ModelConfig, TextEncoder, VideoEncoder, token_to_cell
 
 
 def _parameter_count(module: nn.Module) -> int:

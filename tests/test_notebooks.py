@@ -18,19 +18,23 @@ import pytest
 import torch
 import yaml
 
-from fgmm_lib import analysis
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.evaluation.protocol import evaluate
+from fgmm_lib.runs.config import TrainConfig
+from fgmm_lib.study.notebook import declared_parameters
+from fgmm_lib.study.results import METRICS, compute_path, details_path, metrics_path, write_metrics
+from fgmm_lib.training.loop import pretrain
 
-from fgmm_lib.generate import GenerationConfig, generate_dataset
-from fgmm_lib.evaluate import evaluate
-from fgmm_lib.notebook import declared_parameters
-from fgmm_lib.results import compute_path, details_path, metrics_path, write_metrics
-from fgmm_lib.train import TrainConfig, pretrain
+pytestmark = pytest.mark.integration
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "python3"
 TRAIN = {"epochs": 1, "dim": 16, "width": 0.25}
 #: The parameters of every notebook and their defaults: the pipeline contract (dvc.yaml passes them).
 CONTRACT = {
+    "tour": {"workdir": "", "clips": 800, "eval_clips": 500, "frames": 8, "size": 32, "loss": "attention",
+             "epochs": 2, "batch_size": 16, "dim": 64, "width": 0.5, "seed": 0, "attention_clips": 2,
+             "results_dir": "results"},
     "pretrain": {"params_file": "params.yaml", "data": "data/pretrain", "out": "runs/demo", "loss": "attention",
                  "batch_size": 64, "seed": 0, "overrides": {}},
     "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json",
@@ -172,7 +176,7 @@ def evaluated(world):
 def test_evaluate_notebook_writes_metrics_details_and_compute(world, evaluated):
     executed, name = evaluated
     metrics = json.loads(metrics_path(name, world).read_text())
-    assert sorted(metrics) == sorted(analysis.METRICS)  # the headline metrics only, flat
+    assert sorted(metrics) == sorted(METRICS)  # the headline metrics only, flat
     assert 0 <= metrics["pointing"] <= 1 and 0 <= metrics["t2v_R@1"] <= 1
     details = json.loads(details_path(name, world).read_text())
     for key in ("loss", "split", "probe", "t2v", "t2i", "pointing", "temperatures"):
@@ -258,7 +262,8 @@ def test_report_notebook_summarises_every_loss(world, ablation, attention):
 
 def fake_sweeps(results: Path) -> None:
     """Hand-made sweep tables, curves and a time-to-target table, as the pipeline writes them."""
-    from fgmm_lib.curves import CURVE_COLUMNS, time_to_target
+    from fgmm_lib.runs.curves import CURVE_COLUMNS
+    from fgmm_lib.study.curves import time_to_target
 
     def write(name, rows):
         (results / name).parent.mkdir(parents=True, exist_ok=True)

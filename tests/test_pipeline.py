@@ -1,12 +1,10 @@
 """The DVC pipeline (dvc.yaml): each stage depends on exactly the fgmm_lib modules its command
 imports, its plots are defined on their data, and a fresh copy of the repository can be queried.
 
-Which modules a stage imports is read from the source with :mod:`ast`, as :mod:`modulefinder`
-does: every ``import`` of an fgmm_lib module anywhere in the stage's entry code (the notebook's
-code cells; for ``fgmm <command>``, the ``cli`` module, its ``build_parser`` and the command's
-handler), then transitively every fgmm_lib import anywhere in those modules, function-level ones
-included (a module a function imports runs when that function does). The package's
-``__init__.py`` (a docstring and the version) is left out.
+Which modules a stage imports is read from the source (tests/package_imports.py): every import of an
+fgmm_lib module in the stage's entry code (the notebook's code cells; for ``fgmm <command>``, the
+command line's ``main`` module and the module of that command), then transitively every fgmm_lib
+import in those modules, function-level ones included.
 """
 
 from __future__ import annotations
@@ -23,51 +21,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from package_imports import closure, files, imported_modules
 
-from fgmm_lib.losses import LOSSES
-from fgmm_lib.results import METRICS, headline_metrics
+from fgmm_lib.cli.main import COMMANDS
+from fgmm_lib.losses.scores import LOSSES
+from fgmm_lib.study.results import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "fgmm_lib"
 DVC = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-
-
-def _imported_modules(tree: ast.AST) -> set[str]:
-    """fgmm_lib module names (``"train"``) imported anywhere in ``tree``."""
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "fgmm_lib":
-                names = [f"fgmm_lib.{alias.name}" for alias in node.names]
-            else:
-                names = [node.module]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "fgmm_lib" and len(parts) > 1 and (PACKAGE / f"{parts[1]}.py").is_file():
-                found.add(parts[1])
-    return found
-
-
-def _module_tree(name: str) -> ast.Module:
-    return ast.parse((PACKAGE / f"{name}.py").read_text())
-
-
-def closure(modules: set[str], read: set[str] = frozenset()) -> set[str]:
-    """``modules`` and every fgmm_lib module they import, transitively; the modules in ``read``
-    (whose imports the caller has read already, like the cli's) are not read again."""
-    seen: set[str] = set(read)
-    todo = list(modules - seen)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo.extend(_imported_modules(_module_tree(name)) - seen)
-    return seen
 
 
 def notebook_imports(path: Path) -> set[str]:
@@ -75,22 +36,13 @@ def notebook_imports(path: Path) -> set[str]:
     modules: set[str] = set()
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            modules |= _imported_modules(ast.parse(cell.source))
+            modules |= imported_modules(ast.parse(cell.source))
     return modules
 
 
 def cli_imports(command: str) -> set[str]:
-    """What ``fgmm <command>`` imports: the cli module's own imports, ``build_parser`` and ``main``,
-    and the command's handler ``_cmd_<command>``."""
-    tree = _module_tree("cli")
-    modules = {"cli"}
-    handler = "_cmd_" + command.replace("-", "_")
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules |= _imported_modules(node)
-        elif isinstance(node, ast.FunctionDef) and node.name in ("build_parser", "main", handler):
-            modules |= _imported_modules(node)
-    return modules
+    """What ``fgmm <command>`` imports: the command line's main module and the command's own module."""
+    return {"fgmm_lib.cli.main", COMMANDS[command][0]}
 
 
 def stage_commands(stage: dict) -> list[str]:
@@ -99,15 +51,14 @@ def stage_commands(stage: dict) -> list[str]:
 
 
 def stage_imports(stage: dict) -> set[str]:
+    """The fgmm_lib files a stage's commands run."""
     entry: set[str] = set()
-    read: set[str] = set()
     for cmd in stage_commands(stage):
         for notebook in re.findall(r"papermill .*?(notebooks/\S+\.ipynb)", cmd):
             entry |= notebook_imports(ROOT / notebook)
         for command in re.findall(r"(?:^|&&\s*)fgmm (\S+)", cmd):
             entry |= cli_imports(command)
-            read.add("cli")
-    return closure(entry, read)
+    return files(closure(entry))
 
 
 def dvc_yaml() -> dict:
@@ -120,7 +71,7 @@ STAGES = dvc_yaml()["stages"]
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_depends_on_exactly_the_modules_it_imports(name):
     stage = STAGES[name].get("do", STAGES[name])  # a foreach stage's body
-    listed = {Path(dep).stem for dep in stage["deps"] if str(dep).startswith("fgmm_lib/")}
+    listed = {str(dep) for dep in stage["deps"] if str(dep).startswith("fgmm_lib/")}
     imported = stage_imports(stage)
     assert imported, f"stage {name} runs no fgmm_lib code?"
     assert listed == imported, (f"stage {name}: deps list {sorted(listed)}, its command imports {sorted(imported)}; "
@@ -130,15 +81,28 @@ def test_stage_depends_on_exactly_the_modules_it_imports(name):
             assert notebook in stage["deps"], f"stage {name} runs {notebook} but does not depend on it"
 
 
-def test_training_and_evaluation_do_not_depend_on_plots_or_analysis():
-    for name in ("study", "temperature", "sweep", "data_pretrain", "data_eval"):
-        deps = set(STAGES[name].get("do", STAGES[name])["deps"])
-        assert not deps & {"fgmm_lib/viz.py", "fgmm_lib/analysis.py"}, name
+def test_each_stage_depends_on_what_decides_its_numbers():
+    deps = {name: {str(dep) for dep in STAGES[name].get("do", STAGES[name])["deps"]} for name in STAGES}
+    for name in ("data_pretrain", "data_eval"):  # data: the data code, the command line, the two leaves
+        assert all(dep.startswith(("fgmm_lib/data/", "fgmm_lib/cli/", "fgmm_lib/io.py", "fgmm_lib/config.py"))
+                   for dep in deps[name] if dep.startswith("fgmm_lib/")), sorted(deps[name])
+    for name in STAGES:  # on a CPU the kernels never run: only the loss benchmark (which compiles them) names them
+        kernels = {dep for dep in deps[name] if dep.startswith("fgmm_lib/kernels/")}
+        assert not kernels or name == "bench_loss", (name, kernels)
+        benches = {dep for dep in deps[name] if dep.startswith("fgmm_lib/bench/")}
+        assert not benches or name.startswith("bench_"), (name, benches)
+    for name in ("study", "temperature", "sweep", "data_pretrain", "data_eval"):  # training draws nothing
+        assert "fgmm_lib/study/plots.py" not in deps[name] and "fgmm_lib/study/report.py" not in deps[name], name
+    for name in ("ablation", "attention_maps", "report"):  # report stages: no training loop
+        assert "fgmm_lib/training/loop.py" not in deps[name], name
 
 
-def test_the_closure_follows_function_level_imports():
-    assert closure({"runs"}) >= {"runs", "train", "data", "models", "losses"}  # load_run imports them when called
-    assert "viz" not in closure({"train"}) and "analysis" not in closure({"evaluate"})
+def test_the_closure_follows_function_level_imports_and_packages():
+    assert closure({"fgmm_lib.data.importers"}) >= {"fgmm_lib.data", "fgmm_lib.data.importers",
+                                                     "fgmm_lib.data.video_io", "fgmm_lib.data.dataset"}
+    assert "fgmm_lib.study.plots" not in closure({"fgmm_lib.training.loop"})
+    assert not any(name.startswith("fgmm_lib.kernels") for name in closure({"fgmm_lib.training.loop"}))
+    assert "fgmm_lib.kernels.triton_scores" in closure({"fgmm_lib.bench.kernel_report"})
 
 
 def test_top_level_plots_are_defined_on_the_per_loss_csv_files():

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fgmm_lib import cli
-from fgmm_lib.generate import GenerationConfig, generate_dataset
+from fgmm_lib.cli import main as cli
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+
+pytestmark = pytest.mark.integration
 
 TINY = ["--clips", "40", "--frames", "4", "--size", "16", "--distractors", "0"]
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)

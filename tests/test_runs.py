@@ -1,4 +1,4 @@
-"""Tests of fgmm_lib.runs: atomic writes of files and folders, leftovers, permissions, output checks."""
+"""Tests of fgmm_lib.runs.folder: atomic writes of files and folders, leftovers, permissions, output checks."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import stat
 
 import pytest
 
-from fgmm_lib.runs import (
+from fgmm_lib.io import (
     check_writable_file,
     check_writable_folder,
     clean_leftovers,
-    is_run_folder,
     partial_folder,
     replace_folder,
     write_atomic,
     write_json,
 )
+from fgmm_lib.runs.folder import is_run_folder
 
 
 @pytest.fixture()

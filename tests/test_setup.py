@@ -19,12 +19,20 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_names_the_same_dependencies_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {_name(r) for r in project["dependencies"]} | {_name(r) for r in project["optional-dependencies"]["test"]}
+    extras = project["optional-dependencies"]
+    declared = {_name(r) for r in [*project["dependencies"], *extras["study"], *extras["test"]]} - {"fgmm-lib"}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_name(r) for r in pip_section if not r.startswith("-")}
     assert listed == declared, f"only in environment.yml: {listed - declared}; only in pyproject.toml: {declared - listed}"
-    assert "-e ." in pip_section, "environment.yml must install the package itself"
+    assert any(r.startswith("-e .") for r in pip_section), "environment.yml must install the package itself"
+
+
+def test_the_library_installs_without_the_study_tools():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {_name(r) for r in project["dependencies"]}
+    assert not core & {"dvc", "papermill", "jupyterlab", "matplotlib", "seaborn", "triton"}, core
+    assert {"dvc", "papermill", "jupyterlab", "matplotlib"} <= {_name(r) for r in project["optional-dependencies"]["study"]}
 
 
 def test_constraints_pin_every_declared_dependency_exactly():

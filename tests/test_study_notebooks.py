@@ -11,7 +11,9 @@ import papermill
 import pytest
 import yaml
 
-from fgmm_lib.generate import GenerationConfig, generate_dataset
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+
+pytestmark = pytest.mark.integration
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KNOBS = dict(distractors=1, filler_words=0.3, misaligned_frames=0.25, mismatched_narration=0.1)

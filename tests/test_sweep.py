@@ -1,4 +1,4 @@
-"""Sweeps (fgmm_lib.sweep): the points of each sweep, their checks, and a tiny sweep end to end."""
+"""Sweeps (fgmm_lib.study.sweep): the points of each sweep, their checks, and a tiny sweep end to end."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ import json
 import pandas as pd
 import pytest
 
-from fgmm_lib import sweep
-from fgmm_lib.generate import GenerationConfig, generate_dataset
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.study.selection import lr_factors
+from fgmm_lib.study.sweep import (
+    lr_points,
+    noise_points,
+    run_sweep,
+    study_points,
+    sweep_points,
+    temperature_points,
+    width_points,
+)
+
+pytestmark = pytest.mark.integration
 
 CLEAN = dict(distractors=0, filler_words=0.0, misaligned_frames=0.0, mismatched_narration=0.0)
 TINY = dict(frames=4, size=16)
@@ -16,7 +27,7 @@ BASE_KNOBS = dict(distractors=1, filler_words=0.3, misaligned_frames=0.25, misma
 
 
 def test_noise_points_share_the_base_level_across_knobs():
-    points = sweep.noise_points(["coarse", "max"], {"distractors": [0, 1, 2], "filler_words": [0.0, 0.3]},
+    points = noise_points(["coarse", "max"], {"distractors": [0, 1, 2], "filler_words": [0.0, 0.3]},
                                 BASE_KNOBS, batch_size=8, seed=0)
     assert len(points) == 2 * (3 + 2)
     base = [p for p in points if not p.data]
@@ -36,22 +47,22 @@ def test_lr_factors_choose_per_batch_size_on_validation_and_keep_the_rule_within
                 ("attention", 64, 0.5, 0.30), ("attention", 64, 1.0, 0.40), ("attention", 64, 2.0, 0.42),
                 ("coarse", 256, 0.5, 0.50), ("coarse", 256, 1.0, 0.40), ("coarse", 256, 2.0, 0.30)]]
     frame = pd.DataFrame(rows)
-    assert sweep.lr_factors(frame) == {8: 2.0, 64: 1.0, 256: 0.5}
-    assert sweep.lr_factors(frame, margin=0.01) == {8: 2.0, 64: 2.0, 256: 0.5}
-    points = sweep.study_points([{"batch_size": 8, "losses": ["coarse"]}, {"batch_size": 64, "losses": ["max"]},
+    assert lr_factors(frame) == {8: 2.0, 64: 1.0, 256: 0.5}
+    assert lr_factors(frame, margin=0.01) == {8: 2.0, 64: 2.0, 256: 0.5}
+    points = study_points([{"batch_size": 8, "losses": ["coarse"]}, {"batch_size": 64, "losses": ["max"]},
                                  {"batch_size": 32, "losses": ["max"]}], [0], lr=0.002,
-                                lr_factors=sweep.lr_factors(frame))
+                                lr_factors=lr_factors(frame))
     assert [p.train.get("lr") for p in points] == [0.004, 0.002, None]  # b32 is outside the grid: the rule
     with pytest.raises(ValueError, match="no run at factor 1 for batch size 8"):
-        sweep.lr_factors(frame[frame["lr_factor"] != 1.0])
+        lr_factors(frame[frame["lr_factor"] != 1.0])
     with pytest.raises(ValueError, match="lacks the columns"):
-        sweep.lr_factors(frame.drop(columns="lr_factor"))
+        lr_factors(frame.drop(columns="lr_factor"))
     with pytest.raises(ValueError, match="base lr"):
-        sweep.study_points([{"batch_size": 8, "losses": ["coarse"]}], [0], lr_factors={8: 2.0})
+        study_points([{"batch_size": 8, "losses": ["coarse"]}], [0], lr_factors={8: 2.0})
 
 
 def test_study_points_cross_groups_losses_and_seeds():
-    points = sweep.study_points([{"batch_size": 8, "losses": ["coarse", "max"]},
+    points = study_points([{"batch_size": 8, "losses": ["coarse", "max"]},
                                  {"batch_size": 256, "losses": ["coarse"]}], seeds=[0, 1, 2])
     assert [p.name for p in points][:3] == ["coarse-b8-s0", "coarse-b8-s1", "coarse-b8-s2"]
     assert len(points) == 9 and points[-1].name == "coarse-b256-s2"
@@ -59,13 +70,13 @@ def test_study_points_cross_groups_losses_and_seeds():
 
 
 def test_lr_points_multiply_the_rule_base():
-    points = sweep.lr_points([{"batch_size": 8, "losses": ["attention"]}], factors=[0.5, 2.0], lr=0.002)
+    points = lr_points([{"batch_size": 8, "losses": ["attention"]}], factors=[0.5, 2.0], lr=0.002)
     assert [p.train["lr"] for p in points] == [0.001, 0.004]
     assert [p.labels["lr_factor"] for p in points] == [0.5, 2.0]
 
 
 def test_temperature_points_grid_then_learnable():
-    points = sweep.temperature_points("attention", [0.05, 0.1], [1.0, 10.0], [[0.1, 0.1]], batch_size=8)
+    points = temperature_points("attention", [0.05, 0.1], [1.0, 10.0], [[0.1, 0.1]], batch_size=8)
     assert len(points) == 5
     assert [p.labels["learnable"] for p in points] == [False] * 4 + [True]
     assert points[1].train["attn_temperature"] == 0.05 and points[1].train["weight_temperature"] == 10.0
@@ -73,18 +84,18 @@ def test_temperature_points_grid_then_learnable():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sweep.temperature_points("attention", [0.1, 0.0], [1.0], [], 8), "positive"),
-    (lambda: sweep.temperature_points("attention", [0.1], [-1.0], [], 8), "positive"),
-    (lambda: sweep.temperature_points("attention", [0.1], [1.0], [[0.1, 0]], 8), "positive"),
-    (lambda: sweep.temperature_points("attention", [0.1], [1.0], [[0.1]], 8), "pairs"),
-    (lambda: sweep.temperature_points("cross", [0.1], [1.0], [], 8), "unknown loss"),
-    (lambda: sweep.noise_points(["coarse"], {"blur": [0, 1]}, BASE_KNOBS, 8), "unknown noise knob"),
-    (lambda: sweep.noise_points(["coarse"], {"distractors": [-1, 1]}, BASE_KNOBS, 8), ">= 0"),
-    (lambda: sweep.width_points(["coarse"], [1.0, 1.0], 8), "repeats"),
-    (lambda: sweep.study_points([{"batch_size": 8, "losses": ["sum"]}], [0]), "unknown loss"),
-    (lambda: sweep.study_points([{"batch_size": 1, "losses": ["coarse"]}], [0]), ">= 2"),
-    (lambda: sweep.study_points([{"batch": 8, "losses": ["coarse"]}], [0]), "exactly the keys"),
-    (lambda: sweep.sweep_points("depth", {}, {"batch_size": 8, "seed": 0}, {}, {}), "unknown sweep kind"),
+    (lambda: temperature_points("attention", [0.1, 0.0], [1.0], [], 8), "positive"),
+    (lambda: temperature_points("attention", [0.1], [-1.0], [], 8), "positive"),
+    (lambda: temperature_points("attention", [0.1], [1.0], [[0.1, 0]], 8), "positive"),
+    (lambda: temperature_points("attention", [0.1], [1.0], [[0.1]], 8), "pairs"),
+    (lambda: temperature_points("cross", [0.1], [1.0], [], 8), "unknown loss"),
+    (lambda: noise_points(["coarse"], {"blur": [0, 1]}, BASE_KNOBS, 8), "unknown noise knob"),
+    (lambda: noise_points(["coarse"], {"distractors": [-1, 1]}, BASE_KNOBS, 8), ">= 0"),
+    (lambda: width_points(["coarse"], [1.0, 1.0], 8), "repeats"),
+    (lambda: study_points([{"batch_size": 8, "losses": ["sum"]}], [0]), "unknown loss"),
+    (lambda: study_points([{"batch_size": 1, "losses": ["coarse"]}], [0]), ">= 2"),
+    (lambda: study_points([{"batch": 8, "losses": ["coarse"]}], [0]), "exactly the keys"),
+    (lambda: sweep_points("depth", {}, {"batch_size": 8, "seed": 0}, {}, {}), "unknown sweep kind"),
 ])
 def test_bad_sweep_parameters_are_named(call, message):
     with pytest.raises(ValueError, match=message):
@@ -104,9 +115,9 @@ def tiny_data(tmp_path_factory):
 
 def test_a_noise_sweep_generates_each_dataset_once_and_writes_one_row_per_point(tiny_data):
     root, pretrain, evaluation, train = tiny_data
-    points = sweep.noise_points(["coarse"], {"distractors": [0, 1]}, BASE_KNOBS, batch_size=8)
+    points = noise_points(["coarse"], {"distractors": [0, 1]}, BASE_KNOBS, batch_size=8)
     out = root / "noise" / "noise.csv"
-    table = sweep.run_sweep(points, train, pretrain, evaluation, root / "runs_noise", out, workers=1, progress=False)
+    table = run_sweep(points, train, pretrain, evaluation, root / "runs_noise", out, workers=1, progress=False)
     assert out.is_file() and len(pd.read_csv(out)) == 2
     assert list(table["level"]) == [0, 1]
     generated = json.loads((root / "runs_noise" / "data" / "distractors-0" / "params.json").read_text())
@@ -120,9 +131,9 @@ def test_a_noise_sweep_generates_each_dataset_once_and_writes_one_row_per_point(
 
 def test_a_study_sweep_writes_the_run_files_and_resumes_without_training(tiny_data):
     root, pretrain, evaluation, train = tiny_data
-    points = sweep.study_points([{"batch_size": 8, "losses": ["coarse", "mean"]}], seeds=[0])
+    points = study_points([{"batch_size": 8, "losses": ["coarse", "mean"]}], seeds=[0])
     args = (points, train, pretrain, evaluation, root / "runs_study", root / "runs_study" / "runs.csv")
-    sweep.run_sweep(*args, workers=2, progress=False, results_root=root)
+    run_sweep(*args, workers=2, progress=False, results_root=root)
     for name in ("coarse-b8-s0", "mean-b8-s0"):
         for path in (root / "results" / "metrics" / f"{name}.json", root / "results" / "compute" / f"{name}.json",
                      root / "results" / "details" / f"{name}.json",
@@ -130,28 +141,28 @@ def test_a_study_sweep_writes_the_run_files_and_resumes_without_training(tiny_da
             assert path.is_file(), path
     checkpoint = root / "runs_study" / "coarse-b8-s0" / "checkpoint.pt"
     stamp = checkpoint.stat().st_mtime_ns
-    table = sweep.run_sweep(*args, workers=1, progress=False)
+    table = run_sweep(*args, workers=1, progress=False)
     assert checkpoint.stat().st_mtime_ns == stamp  # finished runs are evaluated again, not retrained
     assert list(table["run"]) == ["coarse-b8-s0", "mean-b8-s0"]
 
 
 def test_run_sweep_refuses_a_missing_dataset_and_a_bad_split(tiny_data):
     root, pretrain, evaluation, train = tiny_data
-    points = sweep.width_points(["coarse"], [0.5], batch_size=8)
+    points = width_points(["coarse"], [0.5], batch_size=8)
     with pytest.raises(FileNotFoundError, match="is not a dataset"):
-        sweep.run_sweep(points, train, root / "nowhere", evaluation, root / "r", root / "t.csv", progress=False)
+        run_sweep(points, train, root / "nowhere", evaluation, root / "r", root / "t.csv", progress=False)
     with pytest.raises(ValueError, match="split must be 'val' or 'test'"):
-        sweep.run_sweep(points, train, pretrain, evaluation, root / "r", root / "t.csv", split="train",
+        run_sweep(points, train, pretrain, evaluation, root / "r", root / "t.csv", split="train",
                         progress=False)
     with pytest.raises(ValueError, match="epochs"):  # every config is checked before any run starts
-        sweep.run_sweep(points, {**train, "epochs": 0}, pretrain, evaluation, root / "r", root / "t.csv",
+        run_sweep(points, {**train, "epochs": 0}, pretrain, evaluation, root / "r", root / "t.csv",
                         progress=False)
     assert not (root / "r" / points[0].name).exists()
 
 
 def test_run_names_of_every_loss_parse():
-    from fgmm_lib.losses import LOSSES
-    from fgmm_lib.results import parse_run_name, run_name
+    from fgmm_lib.losses.scores import LOSSES
+    from fgmm_lib.study.results import parse_run_name, run_name
 
     for loss in LOSSES:
         assert parse_run_name(run_name(loss, 8, 2)) == {"loss": loss, "batch_size": 8, "seed": 2}

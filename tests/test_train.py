@@ -1,4 +1,4 @@
-"""Tests for fgmm_lib.train: run folder contents, reproducibility, kill and resume, bad input."""
+"""Tests for fgmm_lib.training.loop: run folder contents, reproducibility, kill and resume, bad input."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import fgmm_lib.train as train
-from fgmm_lib.data import NarratedDigits
-from fgmm_lib.generate import GenerationConfig, generate_dataset
-from fgmm_lib.losses import LOSSES
-from fgmm_lib.models import DualEncoder
-from fgmm_lib.runs import load_run
-from fgmm_lib.train import TrainConfig, batch_loss, loss_from_config, lr_factor, pretrain
+from fgmm_lib.data.dataset import NarratedDigits
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.losses.scores import LOSSES
+from fgmm_lib.models.encoders import DualEncoder
+from fgmm_lib.runs.config import TrainConfig, loss_from_config, peak_lr
+from fgmm_lib.runs.folder import load_run
+from fgmm_lib.training import loop as train_loop
+from fgmm_lib.training.loop import pretrain
+from fgmm_lib.training.step import batch_loss, lr_factor, validation_steps, warmup_steps
 
 STEPS_PER_EPOCH = 4  # 36 train clips // batch 8
 
@@ -63,9 +65,9 @@ def assert_same_weights(first: Path, second: Path) -> None:
 
 
 def killed_at_call(call: int):
-    """``train.batch_loss`` that raises KeyboardInterrupt at its ``call``-th call, as a kill would."""
+    """``batch_loss`` that raises KeyboardInterrupt at its ``call``-th call, as a kill would."""
     calls = {"n": 0}
-    real_batch_loss = train.batch_loss
+    real_batch_loss = train_loop.batch_loss
 
     def batch_loss(*args, **kwargs):
         calls["n"] += 1
@@ -144,13 +146,13 @@ def test_same_seed_same_weights(data: Path, tmp_path: Path) -> None:
 def test_resume_after_kill_matches_uninterrupted(full_run: Path, data: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Kill the run during step 6 (epoch 2), resume from the epoch-1 checkpoint: same weights bitwise."""
-    real_batch_loss = train.batch_loss
+    real_batch_loss = train_loop.batch_loss
     killed_at_step_6 = killed_at_call(6)
     config = make_config(data, tmp_path / "run")
-    monkeypatch.setattr(train, "batch_loss", killed_at_step_6)
+    monkeypatch.setattr(train_loop, "batch_loss", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, progress=False)
-    monkeypatch.setattr(train, "batch_loss", real_batch_loss)
+    monkeypatch.setattr(train_loop, "batch_loss", real_batch_loss)
     assert checkpoint_of(tmp_path / "run")["step"] == STEPS_PER_EPOCH
     assert [row["step"] for row in read_log(tmp_path / "run")] == [1, 2, 3, 4, 5]
 
@@ -181,21 +183,21 @@ def test_nan_loss_raises_and_keeps_checkpoint(data: Path, tmp_path: Path, monkey
     pretrain(config, progress=False)
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     calls = {"n": 0}
-    real_batch_loss = train.batch_loss
+    real_batch_loss = train_loop.batch_loss
 
     def nan_at_second_call(*args, **kwargs):
         calls["n"] += 1
         value = real_batch_loss(*args, **kwargs)
         return value * float("nan") if calls["n"] == 2 else value
 
-    monkeypatch.setattr(train, "batch_loss", nan_at_second_call)
+    monkeypatch.setattr(train_loop, "batch_loss", nan_at_second_call)
     with pytest.raises(FloatingPointError, match=r"nan at step 6 .*checkpoint.*\(step 4\) is kept"):
         pretrain(make_config(data, tmp_path / "run", loss="coarse"), resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     assert not list((tmp_path / "run").glob(".*tmp")), "no temporary files left behind"
 
     # The very first step gives inf: no checkpoint at all.
-    monkeypatch.setattr(train, "batch_loss",
+    monkeypatch.setattr(train_loop, "batch_loss",
                         lambda *a, **k: real_batch_loss(*a, **k) * float("inf"))
     with pytest.raises(FloatingPointError, match=r"inf at step 1 .*no checkpoint"):
         pretrain(make_config(data, tmp_path / "fresh", loss="coarse"), progress=False)
@@ -359,7 +361,7 @@ def curve_run(data: Path, val_data: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_validation_curve_rows(curve_run: Path, full_run: Path, val_data: Path) -> None:
-    from fgmm_lib.curves import CURVE_COLUMNS, read_curves
+    from fgmm_lib.runs.curves import CURVE_COLUMNS, read_curves
 
     curve = read_curves(curve_run / "curves.csv", run="run")
     assert list(curve.columns) == list(CURVE_COLUMNS)
@@ -380,7 +382,7 @@ def test_validation_curve_rows(curve_run: Path, full_run: Path, val_data: Path) 
     assert [row["loss"] for row in read_log(curve_run)] == [row["loss"] for row in read_log(full_run)]
 
     # The last point is the test protocol on the val split with the final weights.
-    from fgmm_lib.evaluate import evaluate
+    from fgmm_lib.evaluation.protocol import evaluate
 
     with warnings.catch_warnings():  # words of the clean captions that the tiny train split lacks
         warnings.simplefilter("ignore")
@@ -391,9 +393,9 @@ def test_validation_curve_rows(curve_run: Path, full_run: Path, val_data: Path) 
 
 def test_validation_every_samples(data: Path, val_data: Path, tmp_path: Path) -> None:
     config = make_config(data, tmp_path / "run", val_data=str(val_data), val_every=20, max_steps=6)
-    assert train.validation_steps(config, 8) == [0, 3, 5, 8]  # first step at or past 20, 40, 60 samples; the end
+    assert validation_steps(config, 8) == [0, 3, 5, 8]  # first step at or past 20, 40, 60 samples; the end
     run = pretrain(config, progress=False)
-    from fgmm_lib.curves import read_curves
+    from fgmm_lib.runs.curves import read_curves
 
     assert read_curves(run / "curves.csv")["samples_seen"].tolist() == [0, 24, 40]  # stopped at step 6
 
@@ -402,15 +404,15 @@ def test_resume_after_kill_gives_the_same_curve(curve_run: Path, data: Path, val
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed during step 6, after the step-5 validation: resumed from the epoch-1 checkpoint, the
     curve rows and the weights equal the uninterrupted run's."""
-    from fgmm_lib.curves import read_curves
+    from fgmm_lib.runs.curves import read_curves
 
-    real_batch_loss = train.batch_loss
+    real_batch_loss = train_loop.batch_loss
     killed_at_step_6 = killed_at_call(6)
     config = make_config(data, tmp_path / "run", val_data=str(val_data), val_points=3)
-    monkeypatch.setattr(train, "batch_loss", killed_at_step_6)
+    monkeypatch.setattr(train_loop, "batch_loss", killed_at_step_6)
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, progress=False)
-    monkeypatch.setattr(train, "batch_loss", real_batch_loss)
+    monkeypatch.setattr(train_loop, "batch_loss", real_batch_loss)
     assert read_curves(tmp_path / "run" / "curves.csv")["step"].tolist() == [0, 3, 5]
 
     pretrain(config, resume=True, progress=False)
@@ -447,7 +449,7 @@ def test_validation_data_is_checked_before_training(data: Path, tmp_path: Path) 
 
 
 def test_curve_of_another_run_is_refused(curve_run: Path, tmp_path: Path) -> None:
-    from fgmm_lib.curves import read_curves
+    from fgmm_lib.runs.curves import read_curves
 
     fingerprint = read_curves(curve_run / "curves.csv")["config_fingerprint"].iloc[0]
     read_curves(curve_run / "curves.csv", run="run", fingerprint=fingerprint)
@@ -469,7 +471,7 @@ def test_curve_of_another_run_is_refused(curve_run: Path, tmp_path: Path) -> Non
 def test_curve_gain() -> None:
     import pandas as pd
 
-    from fgmm_lib.curves import curve_gain
+    from fgmm_lib.runs.curves import curve_gain
 
     flat = pd.DataFrame({"samples_seen": [0, 100, 200, 300, 400, 500], "val_t2v_r10": [0.1, 0.5, 0.6, 0.6, 0.6, 0.61]})
     assert curve_gain(flat) == pytest.approx(0.01)  # 0.61 - value at 400
@@ -504,11 +506,11 @@ def test_lr_and_warmup_follow_the_batch_size(scaling: str, batch_size: int, expe
                                              expected_warmup: int) -> None:
     config = TrainConfig(data="d", out="o", lr=2e-3, batch_size=batch_size, lr_scaling=scaling,
                          reference_batch_size=64, warmup_samples=100)
-    assert train.peak_lr(config) == pytest.approx(expected_lr)
-    assert train.warmup_steps(config, total_steps=1000) == expected_warmup  # round(100 / batch_size)
-    assert train.warmup_steps(config, total_steps=3) == min(3, expected_warmup)
+    assert peak_lr(config) == pytest.approx(expected_lr)
+    assert warmup_steps(config, total_steps=1000) == expected_warmup  # round(100 / batch_size)
+    assert warmup_steps(config, total_steps=3) == min(3, expected_warmup)
     fraction = TrainConfig(data="d", out="o", warmup_fraction=0.1, batch_size=batch_size)
-    assert train.warmup_steps(fraction, total_steps=1000) == 100 and train.peak_lr(fraction) == 2e-3
+    assert warmup_steps(fraction, total_steps=1000) == 100 and peak_lr(fraction) == 2e-3
 
 
 def test_lr_rule_is_recorded_and_used(data: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The fused Triton pair scores against plain references, on the CPU through the Triton interpreter.
 
 Triton decides between compiling and interpreting when a kernel is decorated, which
-fgmm_lib.triton_scores does on its first call; this module therefore sets TRITON_INTERPRET=1 when
+fgmm_lib.kernels.triton_scores does on its first call; this module therefore sets TRITON_INTERPRET=1 when
 pytest imports it, before any triton kernel of the package is built. (A process that already built
 the kernels in compiled mode cannot switch; on a CPU-only machine nothing builds them before this.)
 """
@@ -17,18 +17,20 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("triton", reason="triton is an optional extra (pip install 'fgmm_lib[triton]')")
 
-from fgmm_lib import losses  # noqa: E402
-from fgmm_lib import triton_scores  # noqa: E402
-from fgmm_lib.triton_scores import AGGREGATION_CODES, MAX_PHRASES, tile_shape  # noqa: E402
+from fgmm_lib.kernels import triton_scores  # noqa: E402
+from fgmm_lib.kernels.triton_scores import AGGREGATION_CODES, MAX_PHRASES, tile_shape  # noqa: E402
+from fgmm_lib.losses.scores import pair_scores
 
 AGGREGATIONS = tuple(AGGREGATION_CODES)
 
 
 def reference_scores(video, text, text_mask=None, video_mask=None, aggregation="attention",
                      attn_temperature=0.1, weight_temperature=0.1):
-    """STUDY.md section 2, one (video, text) pair at a time, over the valid cells and phrases only."""
+    """docs/study.md section 2, one (video, text) pair at a time, over the valid cells and phrases only."""
     video = torch.nn.functional.normalize(video, dim=-1)
     text = torch.nn.functional.normalize(text, dim=-1)
     Bv, N, _ = video.shape
@@ -99,7 +101,7 @@ def assert_case_matches_reference(case, function=None, **kwargs):
 
 def fused(video, text, text_mask, video_mask, **kwargs):
     """The triton backend through its caller, which validates and zeroes masked tokens."""
-    return losses.pair_scores(video, text, text_mask, video_mask, backend="triton", **kwargs)
+    return pair_scores(video, text, text_mask, video_mask, backend="triton", **kwargs)
 
 
 # (Bv, Bt, N, M, D): texts per program = 128 // BLOCK_M (8 at M <= 16, 4 at M <= 32)
@@ -514,7 +516,7 @@ def test_matches_library_naive_and_chunked_backends():
                                   aggregation=aggregation)
         for backend in ("naive", "chunked"):
             def reference(v, t, tm, vm, backend=backend, **kwargs):
-                return losses.pair_scores(v, t, tm, vm, backend=backend, **kwargs)
+                return pair_scores(v, t, tm, vm, backend=backend, **kwargs)
 
             expected = values_and_grads(reference, video, text, video_mask, text_mask, upstream, torch.float32,
                                         aggregation=aggregation)
@@ -543,7 +545,7 @@ def test_max_ties_give_the_whole_gradient_to_the_first_index(cells, first, secon
     grads = {}
     for backend, cells_in in (("triton", video.float()), ("naive", video), ("nudged", nudged)):
         v = cells_in.clone().requires_grad_()
-        losses.pair_scores(v, text.to(v.dtype), aggregation="max",
+        pair_scores(v, text.to(v.dtype), aggregation="max",
                            backend="naive" if backend == "nudged" else backend).sum().backward()
         grads[backend] = v.grad[0]
     # naive splits the tied gradient evenly; the kernel gives all of it to the first cell, as if the
@@ -557,7 +559,7 @@ def test_long_texts_fall_back_to_chunked_with_a_warning():
     video, text, video_mask, text_mask, upstream = random_case(2, 2, 5, MAX_PHRASES + 1, 8, seed=5)
     with pytest.warns(RuntimeWarning, match="chunked"):
         scores = fused(video.float(), text.float(), text_mask, video_mask, aggregation="max")
-    expected = losses.pair_scores(video.float(), text.float(), text_mask, video_mask, aggregation="max",
+    expected = pair_scores(video.float(), text.float(), text_mask, video_mask, aggregation="max",
                                   backend="chunked")
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores, expected)
@@ -577,17 +579,17 @@ def test_kernel_entry_never_waits_for_the_device():
 def test_bad_inputs_are_named_by_the_caller():
     video, text = torch.randn(2, 4, 8), torch.randn(3, 5, 8)
     with pytest.raises(ValueError, match="aggregation"):
-        losses.pair_scores(video, text, aggregation="median", backend="triton")
+        pair_scores(video, text, aggregation="median", backend="triton")
     with pytest.raises(ValueError, match="text_mask"):
-        losses.pair_scores(video, text, text_mask=torch.zeros(3, 5, dtype=torch.bool), backend="triton")
+        pair_scores(video, text, text_mask=torch.zeros(3, 5, dtype=torch.bool), backend="triton")
     with pytest.raises(ValueError, match="attn_temperature"):
-        losses.pair_scores(video, text, attn_temperature=0.0, backend="triton")
+        pair_scores(video, text, attn_temperature=0.0, backend="triton")
 
 
 def test_module_imports_without_triton_and_explains_when_called():
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import torch, fgmm_lib.triton_scores as ts\n"
+        "import torch, fgmm_lib.kernels.triton_scores as ts\n"
         "assert not ts.triton_available()\n"
         "mask = torch.ones(1, 2, dtype=torch.bool)\n"
         "try:\n"

@@ -1,4 +1,4 @@
-"""Tables and plots of fgmm_lib.viz, and the notebook helpers of fgmm_lib.notebook."""
+"""Tables and plots of fgmm_lib.study.plots, and the notebook helpers of fgmm_lib.study.notebook."""
 
 from __future__ import annotations
 
@@ -18,17 +18,52 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from fgmm_lib import analysis, results, viz  # noqa: E402
-from fgmm_lib.runs import write_atomic, write_json  # noqa: E402
-from fgmm_lib.losses import attention_maps  # noqa: E402
-from fgmm_lib.models import token_to_cell  # noqa: E402
-from fgmm_lib.notebook import (  # noqa: E402
+from fgmm_lib.io import write_atomic, write_json  # noqa: E402
+from fgmm_lib.losses.scores import attention_maps  # noqa: E402
+from fgmm_lib.models.encoders import token_to_cell  # noqa: E402
+from fgmm_lib.study import plots as viz  # noqa: E402
+from fgmm_lib.study import results
+from fgmm_lib.study.attention import attention_example, pointing_table
+from fgmm_lib.study.notebook import (
     check_parameters,
     declared_parameters,
     load_params,
     project_root,
     train_config,
     use_project_root,
+)
+from fgmm_lib.study.report import (
+    Report,
+    answered_questions,
+    report_attention,
+    report_attributes,
+    report_batch_ablation,
+    report_compute,
+    report_loss_comparison,
+    report_status,
+    report_temperatures,
+)
+from fgmm_lib.study.results import LOSS_ORDER, METRICS, ordered_losses
+from fgmm_lib.study.stats import paired_differences, t_interval, t_quantile_975, tie_or_difference
+from fgmm_lib.study.tables import (
+    COST_LABELS,
+    attribute_table,
+    best_losses,
+    comparison_batch_size,
+    comparison_table,
+    compute_table,
+    evaluation_interval_table,
+    flatten_metrics,
+    interval_table,
+    load_runs,
+    markdown_table,
+    mean_std_table,
+    metric_label,
+    metrics_table,
+    paired_difference_table,
+    recall_at_k_table,
+    summarise_over_seeds,
+    sweep_by_loss,
 )
 
 
@@ -39,7 +74,7 @@ def close_figures():
 
 
 def metrics_record(loss: str, batch_size: int, seed: int, rng: np.random.Generator) -> dict:
-    """An evaluation record shaped like fgmm_lib.evaluate.evaluate's, with random values."""
+    """An evaluation record shaped like fgmm_lib.evaluation.protocol.evaluate's, with random values."""
     def retrieval() -> dict:
         values = {"R@1": float(rng.uniform(0, 0.5)), "R@5": float(rng.uniform(0.5, 0.8)),
                   "R@10": float(rng.uniform(0.8, 1)), "median_rank": float(rng.integers(1, 20)), "mean_rank": 5.0,
@@ -88,7 +123,7 @@ def runs(tmp_path) -> pd.DataFrame:
         for batch_size in (4, 16):
             for seed in (0, 1, 2):
                 write_results(tmp_path, loss, batch_size, seed, rng)
-    return analysis.load_runs(results.metrics_path("x", tmp_path).parent)
+    return load_runs(results.metrics_path("x", tmp_path).parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,9 +134,9 @@ def runs(tmp_path) -> pd.DataFrame:
 def test_flatten_metrics_reads_every_metric_chance_and_compute():
     record = metrics_record("attention", 8, 3, np.random.default_rng(1))
     flat = results.headline_metrics(record)
-    row = analysis.flatten_metrics(flat, source="attention-b8-s3.json", details=record,
+    row = flatten_metrics(flat, source="attention-b8-s3.json", details=record,
                                    compute=compute_record("attention", 8, 3))
-    assert analysis.flatten_metrics(record, compute=compute_record("attention", 8, 3)) == row  # the whole record alike
+    assert flatten_metrics(record, compute=compute_record("attention", 8, 3)) == row  # the whole record alike
     assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("attention-b8-s3", "attention", 8, 3)
     assert row["t2v_R@5"] == record["t2v"]["R@5"]
     assert row["t2i_median_rank"] == record["t2i"]["median_rank"]
@@ -120,16 +155,16 @@ def test_flatten_metrics_reads_every_metric_chance_and_compute():
 
     coarse = results.headline_metrics(metrics_record("coarse", 8, 0, np.random.default_rng(1)))
     assert coarse["pointing"] is None
-    assert math.isnan(analysis.flatten_metrics(coarse, source="results/metrics/coarse-b8-s0.json")["pointing"])
+    assert math.isnan(flatten_metrics(coarse, source="results/metrics/coarse-b8-s0.json")["pointing"])
 
 
 def test_flatten_metrics_without_compute_uses_the_run_name_or_fails_naming_the_source():
     flat = results.headline_metrics(metrics_record("max", 32, 2, np.random.default_rng(1)))
-    row = analysis.flatten_metrics(flat, source="results/metrics/max-b32-s2.json")
+    row = flatten_metrics(flat, source="results/metrics/max-b32-s2.json")
     assert (row["run"], row["loss"], row["batch_size"], row["seed"]) == ("max-b32-s2", "max", 32, 2)
     assert not any(key.startswith("compute_") for key in row)
     with pytest.raises(ValueError, match="demo.json.*not named <loss>-b<batch_size>-s<seed>"):
-        analysis.flatten_metrics(flat, source="results/metrics/demo.json")
+        flatten_metrics(flat, source="results/metrics/demo.json")
     with pytest.raises(ValueError, match="none of the downstream metrics"):
         results.headline_metrics({"t2v": {}})
 
@@ -141,18 +176,18 @@ def test_load_runs_sorts_by_loss_order_and_reports_bad_files(tmp_path, runs):
     assert list(first["batch_size"]) == [4, 4, 4, 16, 16, 16] and list(first["seed"]) == [0, 1, 2] * 2
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        analysis.load_runs(tmp_path / "nowhere")
+        load_runs(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no \\*.json"):
-        analysis.load_runs(tmp_path / "empty")
+        load_runs(tmp_path / "empty")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.json").write_text("{not json")
     with pytest.raises(ValueError, match="x.json is not valid JSON"):
-        analysis.load_runs(tmp_path / "broken")
+        load_runs(tmp_path / "broken")
 
 
 def test_summarise_over_seeds_matches_a_plain_computation(runs):
-    summary = analysis.summarise_over_seeds(runs, metrics=[*analysis.METRICS, *results.ATTRIBUTE_METRICS])
+    summary = summarise_over_seeds(runs, metrics=[*METRICS, *results.ATTRIBUTE_METRICS])
     assert list(summary.columns) == ["loss", "batch_size", "metric", "mean", "std", "n", "ci95_low", "ci95_high"]
     for (loss, batch_size), group in runs.groupby(["loss", "batch_size"]):
         for name in ("t2v_R@1", "action_top1", "t2i_median_rank", "t2v_colour_R@1"):
@@ -170,7 +205,7 @@ def test_summarise_over_seeds_matches_a_plain_computation(runs):
     # coarse has no pointing: no row rather than a NaN mean
     assert summary[(summary["loss"] == "coarse") & (summary["metric"] == "pointing")].empty
     with pytest.raises(ValueError, match="no column"):
-        analysis.summarise_over_seeds(runs, by=("loss", "width"))
+        summarise_over_seeds(runs, by=("loss", "width"))
 
 
 def _t_cdf(t: float, df: int) -> float:
@@ -183,31 +218,31 @@ def _t_cdf(t: float, df: int) -> float:
 
 
 def test_t_quantiles_are_the_975_quantiles():
-    assert analysis.t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-8)  # Cauchy
-    assert analysis.t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-8)
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-8)  # Cauchy
+    assert t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), abs=1e-8)
     for df in (*range(3, 31), 31, 40, 100, 1000):
-        assert _t_cdf(analysis.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-7), df
-    assert analysis.t_quantile_975(10 ** 6) == pytest.approx(1.959964, abs=1e-5)
+        assert _t_cdf(t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-7), df
+    assert t_quantile_975(10 ** 6) == pytest.approx(1.959964, abs=1e-5)
     with pytest.raises(ValueError, match="degrees of freedom"):
-        analysis.t_quantile_975(0)
-    assert all(math.isnan(v) for v in analysis.t_interval(0.5, 0.1, 1))
+        t_quantile_975(0)
+    assert all(math.isnan(v) for v in t_interval(0.5, 0.1, 1))
 
 
 def test_tie_or_difference():
-    assert analysis.tie_or_difference((-0.02, 0.025)) == "tie"
-    assert analysis.tie_or_difference((0.005, 0.02)) == "tie"  # within the margin, though it excludes 0
-    assert analysis.tie_or_difference((0.01, 0.2)) == "better"
-    assert analysis.tie_or_difference((-0.2, -0.01)) == "worse"
-    assert analysis.tie_or_difference((-0.2, -0.01), higher_is_better=False) == "better"  # ranks
-    assert analysis.tie_or_difference((-0.05, 0.02)) == "undecided"
-    assert analysis.tie_or_difference((-0.05, 0.02), margin=0.05) == "tie"
-    assert analysis.tie_or_difference((math.nan, math.nan)) == "undecided"
+    assert tie_or_difference((-0.02, 0.025)) == "tie"
+    assert tie_or_difference((0.005, 0.02)) == "tie"  # within the margin, though it excludes 0
+    assert tie_or_difference((0.01, 0.2)) == "better"
+    assert tie_or_difference((-0.2, -0.01)) == "worse"
+    assert tie_or_difference((-0.2, -0.01), higher_is_better=False) == "better"  # ranks
+    assert tie_or_difference((-0.05, 0.02)) == "undecided"
+    assert tie_or_difference((-0.05, 0.02), margin=0.05) == "tie"
+    assert tie_or_difference((math.nan, math.nan)) == "undecided"
     with pytest.raises(ValueError, match="low <= high"):
-        analysis.tie_or_difference((0.1, -0.1))
+        tie_or_difference((0.1, -0.1))
 
 
 def test_paired_differences_match_a_plain_computation(runs):
-    table = analysis.paired_differences(runs, "t2v_R@10", reference=("coarse", 16))
+    table = paired_differences(runs, "t2v_R@10", reference=("coarse", 16))
     assert len(table) == 5  # coarse b4, max b4 and b16, attention b4 and b16
     assert list(table["loss"]) == ["coarse", "max", "max", "attention", "attention"]
     for _, row in table.iterrows():
@@ -221,83 +256,83 @@ def test_paired_differences_match_a_plain_computation(runs):
         assert row["n"] == 3 and row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
         assert row["ci95_low"] == pytest.approx(mean - 4.302652730 * std / math.sqrt(3))
         assert row["ci95_high"] == pytest.approx(mean + 4.302652730 * std / math.sqrt(3))
-        assert row["verdict"] == analysis.tie_or_difference((row["ci95_low"], row["ci95_high"]))
+        assert row["verdict"] == tie_or_difference((row["ci95_low"], row["ci95_high"]))
         assert row["reference"] == "coarse b16" and row["seeds"] == "0,1,2"
     # Only shared seeds pair; a reference without runs gives an empty table.
     fewer = runs[~((runs["loss"] == "max") & (runs["seed"] == 2))]
-    assert set(analysis.paired_differences(fewer, "t2v_R@10", ("coarse", 16))
+    assert set(paired_differences(fewer, "t2v_R@10", ("coarse", 16))
                .query("loss == 'max'")["n"]) == {2}
-    assert analysis.paired_differences(runs, "t2v_R@10", ("coarse", 256)).empty
+    assert paired_differences(runs, "t2v_R@10", ("coarse", 256)).empty
     with pytest.raises(ValueError, match="one value per column"):
-        analysis.paired_differences(runs, "t2v_R@10", ("coarse",))
+        paired_differences(runs, "t2v_R@10", ("coarse",))
     with pytest.raises(ValueError, match="no column"):
-        analysis.paired_differences(runs, "nothing", ("coarse", 16))
+        paired_differences(runs, "nothing", ("coarse", 16))
     twice = pd.concat([runs, runs[(runs["loss"] == "coarse") & (runs["batch_size"] == 16)]])
     with pytest.raises(ValueError, match="same seed"):
-        analysis.paired_differences(twice, "t2v_R@10", ("coarse", 16))
-    table = analysis.paired_difference_table(runs, ("coarse", 16))
+        paired_differences(twice, "t2v_R@10", ("coarse", 16))
+    table = paired_difference_table(runs, ("coarse", 16))
     assert len(table) == 15 and set(table["verdict"]) <= {"tie", "better", "worse", "undecided"}
 
 
 def test_attribute_and_interval_tables(runs):
-    table = analysis.attribute_table(runs, 16)
+    table = attribute_table(runs, 16)
     assert list(table.index) == ["coarse", "max", "attention", "chance"]
     assert "colour top-1 (linear probe)" in table.columns and "text→video R@1, digit only" in table.columns
     assert table.loc["chance", "digit top-1 (linear probe)"] == "0.100"
-    summary = analysis.summarise_over_seeds(runs)
+    summary = summarise_over_seeds(runs)
     row = summary[(summary["loss"] == "max") & (summary["batch_size"] == 16) & (summary["metric"] == "t2v_R@10")]
-    wide = analysis.interval_table(analysis.comparison_table(summary, 16), metrics=["t2v_R@10"])
+    wide = interval_table(comparison_table(summary, 16), metrics=["t2v_R@10"])
     assert wide.loc["max", "text→video R@10"] == (f"{row['mean'].item():.3f} [{row['ci95_low'].item():.3f}, "
                                                   f"{row['ci95_high'].item():.3f}]")
-    precision = analysis.evaluation_interval_table(runs)
+    precision = evaluation_interval_table(runs)
     assert precision["text→video R@10"].tolist() == pytest.approx([0.045] * 6)
     assert precision["action top-1 (linear probe)"].tolist() == pytest.approx([0.025] * 6)
 
 
 def test_comparison_tables(runs):
-    summary = analysis.summarise_over_seeds(runs)
-    comparison = analysis.comparison_table(summary, 16)
+    summary = summarise_over_seeds(runs)
+    comparison = comparison_table(summary, 16)
     assert set(comparison["batch_size"]) == {16}
     with pytest.raises(ValueError, match="no run at batch size 64"):
-        analysis.comparison_table(summary, 64)
-    wide = analysis.mean_std_table(comparison)
+        comparison_table(summary, 64)
+    wide = mean_std_table(comparison)
     assert list(wide.index) == ["coarse", "max", "attention"]
     assert wide.loc["coarse", "pointing accuracy"] == "–"
     row = comparison[(comparison["loss"] == "max") & (comparison["metric"] == "t2v_R@1")].iloc[0]
     assert wide.loc["max", "text→video R@1"] == f"{row['mean']:.3f} ± {row['std']:.3f}"
 
-    best = analysis.best_losses(comparison)
+    best = best_losses(comparison)
     for name in ("t2v_R@1", "t2v_median_rank"):
         rows = comparison[comparison["metric"] == name]
         expected = rows.loc[rows["mean"].idxmin() if name.endswith("rank") else rows["mean"].idxmax(), "loss"]
-        assert best.loc[analysis.metric_label(name), "best"] == expected
+        assert best.loc[metric_label(name), "best"] == expected
 
-    assert analysis.comparison_batch_size([8, 64, 256, 64], preferred=64) == 64
-    assert analysis.comparison_batch_size([8, 64, 256], preferred=32) == 64
-    assert analysis.comparison_batch_size([8, 256]) == 8
+    assert comparison_batch_size([8, 64, 256, 64], preferred=64) == 64
+    assert comparison_batch_size([8, 64, 256], preferred=32) == 64
+    assert comparison_batch_size([8, 256]) == 8
     with pytest.raises(ValueError, match="no runs"):
-        analysis.comparison_batch_size([])
+        comparison_batch_size([])
 
 
 def test_markdown_table():
     table = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x|y", "z"]}, index=pd.Index(["r1", "r2"], name="row"))
-    text = analysis.markdown_table(table)
+    text = markdown_table(table)
     assert text.splitlines() == ["| row | a | b |", "| --- | --- | --- |", "| r1 | 1.235 | x\\|y |", "| r2 | – | z |"]
-    assert analysis.markdown_table(table, index=False).splitlines()[0] == "| a | b |"
+    assert markdown_table(table, index=False).splitlines()[0] == "| a | b |"
 
 
 def test_metrics_and_recall_tables():
     record = metrics_record("coarse", 8, 0, np.random.default_rng(2))
-    table = analysis.metrics_table(record)
+    table = metrics_table(record)
     assert "pointing accuracy" not in table.index
     assert table.loc["text→video R@5", "value"] == record["t2v"]["R@5"]
     assert table.loc["text→video R@5", "chance"] == 0.4
     assert math.isnan(table.loc["text→video median rank", "chance"])
-    recall = analysis.recall_at_k_table(record)
+    recall = recall_at_k_table(record)
     assert list(recall["K"]) == [1, 5, 10, 1, 5, 10]
     assert recall.set_index(["task", "K"]).loc[("t2i", 10), "recall"] == record["t2i"]["R@10"]
     with pytest.raises(ValueError, match="no R@K"):
-        analysis.recall_at_k_table({"t2v": {"median_rank": 3}})
+        recall_at_k_table({"t2v": {"median_rank": 3}})
 
 
 def test_outputs_are_written_atomically(tmp_path):
@@ -342,7 +377,7 @@ def test_training_curves():
 
 def test_recall_confusion_and_sweep_plots(runs):
     record = metrics_record("attention", 8, 0, np.random.default_rng(3))
-    figure = viz.plot_recall_at_k(analysis.recall_at_k_table(record))
+    figure = viz.plot_recall_at_k(recall_at_k_table(record))
     assert len(figure.axes[0].get_lines()) == 4  # two tasks, each with its chance line
 
     confusion = np.diag([3, 2, 0, 1]) + np.eye(4, k=1, dtype=int)
@@ -352,14 +387,14 @@ def test_recall_confusion_and_sweep_plots(runs):
     with pytest.raises(ValueError, match="square"):
         viz.plot_confusion_matrix(confusion, ["a", "b"])
 
-    summary = analysis.summarise_over_seeds(runs)
+    summary = summarise_over_seeds(runs)
     figure = viz.plot_batch_ablation(summary, chance={"t2v_R@1": 0.1})
-    assert len(visible_axes(figure)) == len(analysis.METRICS)
+    assert len(visible_axes(figure)) == len(METRICS)
     first = visible_axes(figure)[0]
     assert first.get_xscale() == "log" and [t.get_text() for t in first.get_xticklabels()] == ["4", "16"]
     assert viz.plot_metric_sweep(summary, metrics=["t2v_R@1", "pointing"], log2=False).axes[0].get_xscale() == "linear"
 
-    comparison = analysis.comparison_table(summary, 4)
+    comparison = comparison_table(summary, 4)
     figure = viz.plot_comparison(comparison, metrics=["t2v_R@1", "pointing"])
     assert len(visible_axes(figure)) == 2
     from matplotlib.collections import PathCollection
@@ -372,7 +407,7 @@ def test_recall_confusion_and_sweep_plots(runs):
     dots = np.concatenate([c.get_offsets() for c in scatters(visible_axes(figure)[0])])
     at_batch = runs[runs["batch_size"] == 4]
     assert len(dots) == at_batch["t2v_R@1"].notna().sum()  # one dot per seed of each loss at batch 4
-    present = analysis.ordered_losses(comparison["loss"])
+    present = ordered_losses(comparison["loss"])
     for position, loss in enumerate(present):  # each loss's dots sit on its bar at its seeds' values
         on_bar = dots[np.abs(dots[:, 0] - position) < 0.5, 1]
         want = at_batch.loc[at_batch["loss"] == loss, "t2v_R@1"].dropna()
@@ -394,7 +429,7 @@ def test_attention_example_puts_each_token_in_its_cell():
     text_tokens[1] = video_tokens[17] * 10
     maps = attention_maps(video_tokens, text_tokens, text_mask=text_mask, attn_temperature=0.01)
     video = torch.rand(3, 4, 12, 16)
-    example = analysis.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+    example = attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
                                     ["the", "red", "seven"], phrase_mask=text_mask, ngram=3, title="clip")
     assert example["phrase_attention"].shape == (3, 2, 3, 4)
     assert example["phrases"] == ["[the] red", "the [red] seven", "red [seven]"]
@@ -405,7 +440,7 @@ def test_attention_example_puts_each_token_in_its_cell():
         assert example["cell_weight"][token_to_cell(n, grid)] == pytest.approx(float(maps["cell_weight"][n]))
     assert example["phrase_weight"].sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="2 words for 3 valid phrases"):
-        analysis.attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
+        attention_example(video, torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), maps, grid,
                               ["the", "red"], phrase_mask=text_mask)
 
     figure = viz.plot_attention_maps([example, example], title="run")
@@ -531,29 +566,29 @@ def test_load_runs_reads_compute_and_details_beside_the_metrics(runs):
 
 
 def test_compute_table_labels_costs_once(runs):
-    table = analysis.compute_table(runs)
-    assert "GFLOPs per training step" in table.columns and analysis.COST_LABELS["compute_wall_s"] in table.columns
+    table = compute_table(runs)
+    assert "GFLOPs per training step" in table.columns and COST_LABELS["compute_wall_s"] in table.columns
     first = table[(table["loss"] == "coarse") & (table["batch_size"] == 4)]
     assert first["GFLOPs per training step"].item() == pytest.approx(4e6 / 1e9)
 
 
 def test_report_sections_answer_from_the_results_folder(tmp_path, runs):
     shown = []
-    report = analysis.Report(tmp_path, show=shown.append)
-    comparison = analysis.report_loss_comparison(report, runs, study_batch_size=16)
+    report = Report(tmp_path, show=shown.append)
+    comparison = report_loss_comparison(report, runs, study_batch_size=16)
     assert comparison.attrs["batch_size"] == 16 and set(comparison["loss"]) == {"coarse", "max", "attention"}
-    assert analysis.report_batch_ablation(report).empty  # no ablation/batch_size.csv
-    summary = analysis.summarise_over_seeds(runs)
+    assert report_batch_ablation(report).empty  # no ablation/batch_size.csv
+    summary = summarise_over_seeds(runs)
     viz.save_table(summary, tmp_path / "ablation" / "batch_size.csv")
-    paired = analysis.report_batch_ablation(report, runs)
+    paired = report_batch_ablation(report, runs)
     assert not paired.empty and set(paired["verdict"]) <= {"tie", "better", "worse", "undecided"}
-    attributes = analysis.report_attributes(report, runs, 16)
+    attributes = report_attributes(report, runs, 16)
     assert list(attributes.index) == ["coarse", "max", "attention", "chance"]
-    assert analysis.report_compute(report, runs) == ["compute_flops_per_step", "compute_wall_s"]
-    analysis.report_attention(report)
-    temperatures = analysis.report_temperatures(report, runs)
+    assert report_compute(report, runs) == ["compute_flops_per_step", "compute_wall_s"]
+    report_attention(report)
+    temperatures = report_temperatures(report, runs)
     assert set(temperatures["loss"]) == {"max", "attention"}  # the losses with an aggregation
-    status = analysis.report_status(report, runs)
+    status = report_status(report, runs)
     assert status.loc["2. batch-size ablation", "answered"] == "yes"
     assert status.loc["3. noise ablation", "answered"] == "no"
     text = report.markdown()
@@ -563,11 +598,11 @@ def test_report_sections_answer_from_the_results_folder(tmp_path, runs):
     assert "## What the encoders learned, per attribute" in text and "mean half-width" in text
     assert "text→video R@1, colour only" not in text.split("## 2.")[0]  # the comparison keeps the headline metrics
     assert "Not answered: " in text and "attention/pointing.csv" in text
-    empty = analysis.Report(tmp_path / "nothing")
-    assert analysis.report_loss_comparison(empty, pd.DataFrame(), 8).empty
-    assert analysis.report_compute(empty, pd.DataFrame()) == []
-    assert analysis.report_attributes(empty, pd.DataFrame()).empty
-    assert analysis.answered_questions(tmp_path / "nothing", pd.DataFrame())["answered"].eq("no").all()
+    empty = Report(tmp_path / "nothing")
+    assert report_loss_comparison(empty, pd.DataFrame(), 8).empty
+    assert report_compute(empty, pd.DataFrame()) == []
+    assert report_attributes(empty, pd.DataFrame()).empty
+    assert answered_questions(tmp_path / "nothing", pd.DataFrame())["answered"].eq("no").all()
 
 
 def test_one_seed_answers_the_comparison_partly(tmp_path):
@@ -576,8 +611,8 @@ def test_one_seed_answers_the_comparison_partly(tmp_path):
         write_results(tmp_path, loss, 8, 0, rng)
     (tmp_path / "results" / "ablation").mkdir()
     (tmp_path / "results" / "ablation" / "comparison.csv").write_text("loss\ncoarse\n")  # a header alone is empty
-    one_seed = analysis.load_runs(tmp_path / "results" / "metrics")
-    status = analysis.answered_questions(tmp_path / "results", one_seed)
+    one_seed = load_runs(tmp_path / "results" / "metrics")
+    status = answered_questions(tmp_path / "results", one_seed)
     assert status.loc["1. loss comparison (mean ± std over seeds)", "answered"] == "partly: one seed, no spread"
 
 
@@ -585,14 +620,14 @@ def test_report_image_links_are_relative_to_the_report_folder(tmp_path):
     png = tmp_path / "attention" / "max-b8-s0.png"
     png.parent.mkdir()
     png.write_bytes(b"png")
-    report = analysis.Report(tmp_path)
+    report = Report(tmp_path)
     report.image(png, "maps")
     assert report.markdown() == "![maps](../attention/max-b8-s0.png)\n"
 
 
 def test_sweep_by_loss_is_one_wide_table_per_loss(runs):
-    summary = analysis.summarise_over_seeds(runs)
-    tables = analysis.sweep_by_loss(summary)
+    summary = summarise_over_seeds(runs)
+    tables = sweep_by_loss(summary)
     assert list(tables) == ["coarse", "max", "attention"]
     coarse = tables["coarse"]
     assert list(coarse.columns[:3]) == ["batch_size", "action_top1", "t2v_R@1"] and "pointing" not in coarse
@@ -602,12 +637,12 @@ def test_sweep_by_loss_is_one_wide_table_per_loss(runs):
 
 def test_pointing_table_reads_the_metrics_files(tmp_path, runs):
     folder = results.metrics_path("x", tmp_path).parent
-    table = analysis.pointing_table(["runs/coarse-b4-s0", "runs/max-b4-s1"], folder)
+    table = pointing_table(["runs/coarse-b4-s0", "runs/max-b4-s1"], folder)
     stored = json.loads((folder / "max-b4-s1.json").read_text())["pointing"]
     assert table.to_dict("records") == [{"run": "max-b4-s1", "loss": "max", "pointing_accuracy": stored,
                                          "chance": 0.2, "clips": None}]
     with pytest.raises(FileNotFoundError, match="mean-b4-s0 has no metrics file.*evaluate it first"):
-        analysis.pointing_table(["runs/mean-b4-s0"], folder)
+        pointing_table(["runs/mean-b4-s0"], folder)
 
 
 def test_run_names_round_trip():
@@ -629,9 +664,9 @@ def test_train_config_merges_params_overrides_and_the_notebook_parameters(tmp_pa
 
 
 def test_every_loss_has_its_own_colour():
-    from fgmm_lib.losses import LOSSES
+    from fgmm_lib.losses.scores import LOSSES
 
-    assert analysis.LOSS_ORDER == LOSSES
+    assert LOSS_ORDER == LOSSES
     assert set(viz.LOSS_COLOURS) == set(LOSSES)
     assert len({tuple(colour) for colour in viz.LOSS_COLOURS.values()}) == len(LOSSES)
 
@@ -646,7 +681,7 @@ def test_plot_noise_has_a_panel_per_knob_and_metric():
     figure = viz.plot_noise(frame)
     axes = [a for a in figure.axes if a.get_visible()]
     assert len(axes) == 4 and axes[0].get_title() == "distractors" and axes[1].get_title() == "filler words"
-    assert axes[2].get_ylabel() == analysis.metric_label("digit_top1")
+    assert axes[2].get_ylabel() == metric_label("digit_top1")
     # one line per loss, through the mean over seeds at each level
     lines = [line for line in axes[0].get_lines() if line.get_marker() == "o"]
     assert len(lines) == 2 and np.allclose(lines[0].get_ydata(), [0.005, 0.105, 0.205])

@@ -1,0 +1,161 @@
+"""The training benchmark: samples per second of pretraining steps, where a step's time goes, and
+whether two 1-thread processes side by side beat one 2-thread process on this machine.
+
+:func:`bench_train` writes ``train.csv`` (one row per measurement) with the columns of
+:data:`COLUMNS`:
+
+- ``measure="step"``: the median time of whole training steps (batch assembly, both encoders,
+  the loss, backward, AdamW) for each loss and batch size, as ``samples_per_s``;
+- ``measure="phase"``: the same steps cut into phases (``batch`` assembly, the forward pass of both
+  ``encoders``, the ``loss``, the ``backward`` pass through loss and encoders, the ``optimizer``),
+  each phase's median milliseconds and its share of the step;
+- ``measure="parallel"``: total samples per second of ``1x2`` (one process, two threads) and
+  ``2x1`` (two processes with one thread each, side by side, each training its own run).
+
+The steps are those of :func:`fgmm_lib.training.loop.pretrain` (same model, loss module, optimiser and
+batch assembly), on a temporary Narrated Digits folder of the study's clip shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fgmm_lib.data.dataset import NarratedDigits
+from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.io import write_atomic
+from fgmm_lib.models.encoders import DualEncoder
+from fgmm_lib.runs.config import TrainConfig, loss_from_config
+from fgmm_lib.training.step import BATCH_KEYS, encode_batch, loss_of_outputs, parameter_groups
+
+COLUMNS = ["measure", "loss", "batch_size", "threads", "processes", "phase", "ms", "share", "samples_per_s",
+           "steps", "cpu"]
+PHASES = ("batch", "encoders", "loss", "backward", "optimizer")
+
+
+def _setup(data: Path, loss: str, batch_size: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    torch.manual_seed(seed)
+    config = TrainConfig(data=str(data), out="unused", loss=loss, batch_size=batch_size, device="cpu",
+                         backend="chunked")
+    dataset = NarratedDigits(data, split="train", neighbours=config.neighbours)
+    model = DualEncoder(config.model_config(len(dataset.vocab)))
+    loss_module = loss_from_config(config)
+    optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
+    return dataset, model, loss_module, optimizer
+
+
+def _positions(count: int, batch_size: int, step: int) -> np.ndarray:
+    return np.random.default_rng(step).choice(count, size=batch_size, replace=False)
+
+
+def _timed_phases(dataset: Any, model: Any, loss_module: Any, optimizer: Any, batch_size: int,
+                  step: int) -> dict[str, float]:
+    """One training step with a clock between its phases (the CPU runs them synchronously)."""
+
+    times = {}
+    start = time.perf_counter()
+    raw = dataset.get_batch(_positions(len(dataset), batch_size, step))
+    batch = {key: torch.as_tensor(raw[key]) for key in BATCH_KEYS if key in raw}
+    times["batch"] = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    outputs = encode_batch(model, loss_module, batch)
+    times["encoders"] = time.perf_counter()
+    value = loss_of_outputs(loss_module, outputs)
+    times["loss"] = time.perf_counter()
+    value.backward()
+    times["backward"] = time.perf_counter()
+    optimizer.step()
+    loss_module.clamp_temperatures_()
+    times["optimizer"] = time.perf_counter()
+    previous, spans = start, {}
+    for phase in PHASES:
+        spans[phase] = times[phase] - previous
+        previous = times[phase]
+    return spans
+
+
+def measure_steps(data: Path, loss: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
+    """Median phase times (seconds) and samples per second over ``steps`` steps after one warm-up."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size)
+        _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=10**6)  # warm-up
+        spans = [_timed_phases(dataset, model, loss_module, optimizer, batch_size, step) for step in range(steps)]
+    finally:
+        torch.set_num_threads(previous)
+    phases = {phase: statistics.median(span[phase] for span in spans) for phase in PHASES}
+    step_s = statistics.median(sum(span.values()) for span in spans)
+    return {"phases": phases, "step_s": step_s, "samples_per_s": batch_size / step_s}
+
+
+def _worker_command(data: Path, loss: str, batch_size: int, steps: int, threads: int) -> list[str]:
+    code = ("import json, sys; from pathlib import Path; from fgmm_lib.bench.train import measure_steps; "
+            "print(json.dumps(measure_steps(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
+            "int(sys.argv[5]))))")
+    return [sys.executable, "-c", code, str(data), loss, str(batch_size), str(steps), str(threads)]
+
+
+def measure_parallel(data: Path, loss: str, batch_size: int, steps: int, processes: int) -> float:
+    """Total samples per second of ``processes`` 1-thread processes training side by side."""
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    started = [subprocess.Popen(_worker_command(data, loss, batch_size, steps, 1), stdout=subprocess.PIPE,
+                                text=True, env=environment) for _ in range(processes)]
+    rates = []
+    for process in started:
+        out, _ = process.communicate(timeout=1800)
+        if process.returncode != 0:
+            raise ChildProcessError(f"a benchmark process failed with status {process.returncode}")
+        rates.append(json.loads(out.strip().splitlines()[-1])["samples_per_s"])
+    return float(sum(rates))
+
+
+def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = ("coarse", "max", "attention"),
+                batch_sizes: Sequence[int] = (8, 64, 256), steps: int = 6, threads: int = 2,
+                parallel_losses: Sequence[str] = ("coarse", "max"), parallel_batch_size: int = 64,
+                clips: int = 1200, quick: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Measure training speed (see the module docstring); write ``out_dir/train.csv``; return the table."""
+    from tqdm.auto import tqdm
+
+
+    if quick:
+        losses, batch_sizes, steps, parallel_losses, parallel_batch_size, clips = ("coarse", "max"), (8,), 2, \
+            ("coarse",), 8, 80
+    for name, value in (("steps", steps), ("threads", threads), ("parallel_batch_size", parallel_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"bench_train: {name} must be a positive integer, got {value!r}")
+    cpu = platform.processor() or platform.machine()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fgmm-bench-train-") as tmp:
+        data = generate_dataset(GenerationConfig(clips=clips, seed=0), Path(tmp) / "data", progress=False)
+        jobs = [(loss, batch) for loss in losses for batch in batch_sizes]
+        for loss, batch in tqdm(jobs, desc="training steps", unit="config", disable=not progress):
+            result = measure_steps(data, loss, batch, steps, threads)
+            base = {"loss": loss, "batch_size": batch, "threads": threads, "processes": 1, "steps": steps, "cpu": cpu}
+            rows.append({**base, "measure": "step", "phase": "step", "ms": 1000 * result["step_s"], "share": 1.0,
+                         "samples_per_s": result["samples_per_s"]})
+            for phase, seconds in result["phases"].items():
+                rows.append({**base, "measure": "phase", "phase": phase, "ms": 1000 * seconds,
+                             "share": seconds / result["step_s"]})
+        for loss in tqdm(parallel_losses, desc="1x2 against 2x1", unit="loss", disable=not progress):
+            together = measure_steps(data, loss, parallel_batch_size, steps, threads)["samples_per_s"]
+            apart = measure_parallel(data, loss, parallel_batch_size, steps, threads)
+            for label, processes, per_process, rate in (("1x2", 1, threads, together), ("2x1", threads, 1, apart)):
+                rows.append({"measure": "parallel", "loss": loss, "batch_size": parallel_batch_size,
+                             "threads": per_process, "processes": processes, "phase": label, "samples_per_s": rate,
+                             "steps": steps, "cpu": cpu})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    write_atomic(Path(out_dir) / "train.csv", lambda path: table.to_csv(path, index=False))
+    return table

@@ -1,0 +1,75 @@
+"""``fgmm import-*``: import real videos, narrations and downstream sets into a dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fgmm_lib.data import importers
+
+#: The import commands: name -> (help, [(option, help)] of the inputs they read).
+IMPORTS = {
+    "import-videos": ("narrated videos from a CSV / JSONL manifest (video,start,end,text[,split])",
+                      [("--manifest", "CSV or JSONL manifest; video paths relative to its folder")]),
+    "import-ucf101": ("UCF101 action recognition (official train / test lists)",
+                      [("--videos", "folder of <Class>/*.avi"),
+                       ("--splits", "folder of classInd.txt, trainlist0N.txt, testlist0N.txt")]),
+    "import-hmdb51": ("HMDB51 action recognition (official split files)",
+                      [("--videos", "folder of <class>/*.avi"), ("--splits", "folder of <class>_test_splitN.txt")]),
+    "import-msrvtt": ("MSR-VTT text-to-video retrieval",
+                      [("--annotations", "caption JSON (videos + sentences) or CSV video,caption[,split]"),
+                       ("--videos", "folder of <video_id>.mp4 (any depth)")]),
+    "import-youcook2": ("YouCook2 text-to-video retrieval on annotated segments",
+                        [("--annotations", "youcookii_annotations_*.json"),
+                         ("--videos", "folder of <youtube_id>.<ext> (any depth)")]),
+    "import-karpathy": ("Flickr30k / COCO text-to-image retrieval (Karpathy split)",
+                        [("--annotations", "dataset_flickr30k.json or dataset_coco.json"),
+                         ("--images", "folder of the images")]),
+}
+
+
+def add_options(parser: argparse.ArgumentParser, name: str) -> None:
+    for option, option_help in IMPORTS[name][1]:
+        parser.add_argument(option, required=True, help=option_help)
+    if name in ("import-ucf101", "import-hmdb51"):
+        parser.add_argument("--fold", type=int, default=1, help="official split number (default: 1)")
+    parser.add_argument("--out", required=True, help="dataset folder to write (appears complete at the end)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip, sampled evenly over it (default: 8)")
+    parser.add_argument("--size", type=int, default=32, help="frame side after resize and centre crop (default: 32)")
+    parser.add_argument("--workers", type=int, default=1, help="decoding processes (default: 1)")
+    parser.add_argument("--vocab", default=None, help="reuse this vocab.json (evaluation folders: the pretraining one)")
+    parser.add_argument("--min-count", type=int, default=1, help="keep words seen this often in train narrations")
+    parser.add_argument("--max-vocab", type=int, default=0, help="most words in the vocabulary (0 = no cap)")
+    parser.add_argument("--max-words", type=int, default=16, help="narrations are padded / truncated to this length")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def listed_clips(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
+    """The clips (and class names) that an ``import-*`` command lists."""
+    if args.command == "import-videos":
+        return importers.read_manifest(args.manifest), None
+    if args.command == "import-ucf101":
+        return importers.ucf101_clips(args.videos, args.splits, fold=args.fold)
+    if args.command == "import-hmdb51":
+        return importers.hmdb51_clips(args.videos, args.splits, fold=args.fold)
+    if args.command == "import-msrvtt":
+        return importers.msrvtt_clips(args.annotations, args.videos), None
+    if args.command == "import-youcook2":
+        return importers.youcook2_clips(args.annotations, args.videos), None
+    return importers.karpathy_clips(args.annotations, args.images), None
+
+
+def run(args: argparse.Namespace) -> int:
+    clips, classes = listed_clips(args)
+    result = importers.import_clips(
+        clips, args.out, source=args.command.removeprefix("import-"), frames=args.frames, size=args.size,
+        workers=args.workers, vocab=args.vocab, min_count=args.min_count, max_vocab=args.max_vocab,
+        max_words=args.max_words, classes=classes, progress=not args.quiet,
+    )
+    print(f"wrote {result.out}: {result.imported} clips in {result.seconds:.1f} s "
+          f"({result.imported / max(result.seconds, 1e-9):.1f} clips/s)")
+    if result.skipped:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in result.skipped_reasons.items())
+        print(f"skipped {result.skipped} clips ({reasons}): see {result.out / importers.SKIPPED_FILE}", file=sys.stderr)
+    return 0

@@ -1,0 +1,77 @@
+"""The ``fgmm`` command line: generate, pretrain, evaluate, import-*, bench-loss, bench-import, bench-ddp, bench-train.
+
+Each command lives in its own module, imported only when that command runs: ``fgmm generate``
+loads the data code and nothing of training, and ``fgmm --help`` loads no command at all. Options of
+``generate`` and ``pretrain`` are derived from the fields of
+:class:`fgmm_lib.data.generate.GenerationConfig` and :class:`fgmm_lib.runs.config.TrainConfig`, so the
+command line, ``params.yaml`` and the Python API always name the same knobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from fgmm_lib import __version__
+
+_IMPORT_HELP = {
+    "import-videos": "narrated videos from a CSV / JSONL manifest (video,start,end,text[,split])",
+    "import-ucf101": "UCF101 action recognition (official train / test lists)",
+    "import-hmdb51": "HMDB51 action recognition (official split files)",
+    "import-msrvtt": "MSR-VTT text-to-video retrieval",
+    "import-youcook2": "YouCook2 text-to-video retrieval on annotated segments",
+    "import-karpathy": "Flickr30k / COCO text-to-image retrieval (Karpathy split)",
+}
+
+#: Every command: name -> (module that adds its options and runs it, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("fgmm_lib.cli.generate", "write a Narrated Digits dataset folder"),
+    "pretrain": ("fgmm_lib.cli.pretrain", "pretrain both encoders from scratch"),
+    "evaluate": ("fgmm_lib.cli.evaluate", "every downstream task of a run, on held-out clips"),
+    **{name: ("fgmm_lib.cli.imports", help_text) for name, help_text in _IMPORT_HELP.items()},
+    "bench-loss": ("fgmm_lib.cli.bench_loss", "time and peak memory of the pair-score backends"),
+    "bench-import": ("fgmm_lib.cli.bench_import", "import throughput and batch reading speed of imported data"),
+    "bench-ddp": ("fgmm_lib.cli.bench_ddp", "1 process x T threads against T processes x 1 thread, and batch limits"),
+    "bench-train": ("fgmm_lib.cli.bench_train", "samples/s of training steps, where a step's time goes, 1x2 vs 2x1"),
+}
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv``: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser of the ``fgmm`` command, with the options of the command ``argv`` names
+    (that command's module is imported here; the others are not)."""
+    parser = argparse.ArgumentParser(prog="fgmm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fgmm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = _chosen_command(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            if module_name.endswith(".imports"):
+                module.add_options(command, name)
+            else:
+                module.add_options(command)
+            command.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fgmm`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, FloatingPointError) as error:
+        print(f"fgmm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
