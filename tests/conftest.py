@@ -26,7 +26,8 @@ def _one_thread():
 INTEGRATION_FILES = {
     "test_notebooks.py", "test_study_notebooks.py", "test_first_look.py", "test_distributed.py",
     "test_kernel_report.py", "test_triton_scores.py", "test_bench_gpu_script.py", "test_sweep.py",
-    "test_reliability.py", "test_bench.py",
+    "test_reliability.py", "test_bench.py", "test_import_checks.py",
+    "test_faults.py",
 }
 
 

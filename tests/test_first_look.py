@@ -4,7 +4,6 @@ input and the command that makes it."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

@@ -142,7 +142,6 @@ def _compile(kernel: str, aggregation: str, input_dtype: str, phrases: int, dim:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default of a launch; silences a warning
     if ts._interpret_mode():
         raise RuntimeError("compile_report needs a process without TRITON_INTERPRET: its kernels are interpreted")

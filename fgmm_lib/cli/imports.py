@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Callable
 
-from fgmm_lib.data import importers
+from fgmm_lib.data import datasets, importers
 
 #: The import commands: name -> (help, [(option, help)] of the inputs they read).
 IMPORTS = {
@@ -29,14 +29,32 @@ IMPORTS = {
 }
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else a one-line error naming the option."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return value
+
+    return integer
+
+
 def add_options(parser: argparse.ArgumentParser, name: str) -> None:
     for option, option_help in IMPORTS[name][1]:
         parser.add_argument(option, required=True, help=option_help)
     if name in ("import-ucf101", "import-hmdb51"):
         parser.add_argument("--fold", type=int, default=1, help="official split number (default: 1)")
     parser.add_argument("--out", required=True, help="dataset folder to write (appears complete at the end)")
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip, sampled evenly over it (default: 8)")
-    parser.add_argument("--size", type=int, default=32, help="frame side after resize and centre crop (default: 32)")
+    low, high = importers.FRAMES_RANGE
+    parser.add_argument("--frames", type=_bounded(low, high), default=8,
+                        help=f"frames per clip, sampled evenly over it, {low} to {high} (default: 8)")
+    low, high = importers.SIZE_RANGE
+    parser.add_argument("--size", type=_bounded(low, high), default=32,
+                        help=f"frame side in pixels after resize and centre crop, {low} to {high} (default: 32)")
     parser.add_argument("--workers", type=int, default=1, help="decoding processes (default: 1)")
     parser.add_argument("--vocab", default=None, help="reuse this vocab.json (evaluation folders: the pretraining one)")
     parser.add_argument("--min-count", type=int, default=1, help="keep words seen this often in train narrations")
@@ -50,14 +68,14 @@ def listed_clips(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]
     if args.command == "import-videos":
         return importers.read_manifest(args.manifest), None
     if args.command == "import-ucf101":
-        return importers.ucf101_clips(args.videos, args.splits, fold=args.fold)
+        return datasets.ucf101_clips(args.videos, args.splits, fold=args.fold)
     if args.command == "import-hmdb51":
-        return importers.hmdb51_clips(args.videos, args.splits, fold=args.fold)
+        return datasets.hmdb51_clips(args.videos, args.splits, fold=args.fold)
     if args.command == "import-msrvtt":
-        return importers.msrvtt_clips(args.annotations, args.videos), None
+        return datasets.msrvtt_clips(args.annotations, args.videos), None
     if args.command == "import-youcook2":
-        return importers.youcook2_clips(args.annotations, args.videos), None
-    return importers.karpathy_clips(args.annotations, args.images), None
+        return datasets.youcook2_clips(args.annotations, args.videos), None
+    return datasets.karpathy_clips(args.annotations, args.images), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,3 +91,12 @@ def run(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{count} {reason}" for reason, count in result.skipped_reasons.items())
         print(f"skipped {result.skipped} clips ({reasons}): see {result.out / importers.SKIPPED_FILE}", file=sys.stderr)
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted import kept, and how to go on."""
+    work = importers.work_folder(args.out)
+    if work.is_dir():
+        return (f"the clips decoded so far are kept in {work}; run the same command again to carry on "
+                f"({args.out} appears only when the import is complete)")
+    return f"{args.out} was not changed; run the same command again"

@@ -5,16 +5,23 @@ loads the data code and nothing of training, and ``fgmm --help`` loads no comman
 ``generate`` and ``pretrain`` are derived from the fields of
 :class:`fgmm_lib.data.generate.GenerationConfig` and :class:`fgmm_lib.runs.config.TrainConfig`, so the
 command line, ``params.yaml`` and the Python API always name the same knobs.
+
+Ctrl-C (and SIGTERM, :func:`fgmm_lib.io.sigterm_as_interrupt`) stops a command with one line that
+says what was kept and how to go on (the command module's ``interrupted(args)``, when it has one),
+and exit status 130 (143 for SIGTERM), without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from typing import Sequence
 
 from fgmm_lib import __version__
+from fgmm_lib.io import Terminated, sigterm_as_interrupt
 
 _IMPORT_HELP = {
     "import-videos": "narrated videos from a CSV / JSONL manifest (video,start,end,text[,split])",
@@ -58,19 +65,41 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                 module.add_options(command, name)
             else:
                 module.add_options(command)
-            command.set_defaults(func=module.run)
+            command.set_defaults(func=module.run, interrupted=getattr(module, "interrupted", None))
     return parser
+
+
+def _interrupted(args: argparse.Namespace, stop: KeyboardInterrupt) -> int:
+    """Report an interruption in one line (what was kept, how to go on); the exit status 128 + signal."""
+    number = stop.signal_number if isinstance(stop, Terminated) else int(signal.SIGINT)
+    describe = getattr(args, "interrupted", None)
+    message = describe(args) if describe is not None else "nothing is left half-written (outputs appear only complete)"
+    if message:  # None: a process of a run whose launcher reports it
+        name = "SIGTERM" if number == signal.SIGTERM else "Ctrl-C"
+        print(f"fgmm {args.command}: stopped by {name}: {message}", file=sys.stderr)
+    return 128 + number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fgmm`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser(argv).parse_args(argv)  # imports the command's module (torch: seconds)
+    except KeyboardInterrupt:
+        print("fgmm: stopped by Ctrl-C before the command started: nothing was written", file=sys.stderr)
+        return 130
+    in_rank = "TORCHELASTIC_RUN_ID" in os.environ  # torchrun stops the ranks with SIGTERM: let it kill them
+    try:
+        if in_rank:
+            return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
+    except KeyboardInterrupt as stop:
+        return _interrupted(args, stop)
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"fgmm {args.command}: error: {error}", file=sys.stderr)
         return 2
+
 
 
 if __name__ == "__main__":

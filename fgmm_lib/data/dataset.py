@@ -82,6 +82,7 @@ class DatasetParams:
             known["clips"] = self.clips
         return {**self.extra, **known}
 
+
 # --------------------------------------------------------------------------------------------
 
 #: Keys every row of meta.jsonl has.
@@ -92,20 +93,34 @@ OPTIONAL_META_KEYS = (
 )
 
 
-def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every non-blank line of a JSON Lines file; a bad line raises
-    ValueError naming the file and the line."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line of a UTF-8 text file, line endings kept; a leading byte
+    order mark (as Excel writes it) is dropped. Bytes that are not UTF-8 raise ValueError naming
+    the file, the line and the column."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: a row must be a JSON object, got {type(row).__name__}")
-            yield number, row
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                                 f"{error.start + 1}); save the file as UTF-8") from None
+
+
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a JSON Lines file (UTF-8, with or without a
+    byte order mark); a bad line raises ValueError naming the file and the line."""
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {number}: a row must be a JSON object, got {type(row).__name__}")
+        yield number, row
 
 
 def _is_int(value: Any) -> bool:

@@ -19,20 +19,17 @@ The import is resumable: decoded clips are kept in a work folder next to ``out``
 (``.<name>.import``) and a repeated command carries on where a killed one stopped. ``out`` itself
 only appears, complete, at the end (written under a temporary name and renamed).
 
-Formats (nothing is downloaded; point the importers at files you have):
-
-- :func:`read_manifest`: CSV or JSONL with ``video``, ``start``, ``end``, ``text`` and optional
-  ``split`` / ``caption`` (the HowTo100M / WebVid shape);
-- :func:`ucf101_clips`: ``classInd.txt``, ``trainlistNN.txt``, ``testlistNN.txt`` and the .avi files;
-- :func:`hmdb51_clips`: the per-class ``<class>_test_splitN.txt`` files (1 = train, 2 = test);
-- :func:`msrvtt_clips`: the caption JSON (``videos`` + ``sentences``) or a CSV ``video,caption``;
-- :func:`youcook2_clips`: ``youcookii_annotations_*.json`` (annotated segments);
-- :func:`karpathy_clips`: ``dataset_flickr30k.json`` / ``dataset_coco.json`` with the images.
+Formats (nothing is downloaded; point the importers at files you have): :func:`read_manifest`
+reads a CSV or JSONL with ``video``, ``start``, ``end``, ``text`` and optional ``split`` /
+``caption`` (the HowTo100M / WebVid shape); :mod:`fgmm_lib.data.datasets` reads the standard
+downstream sets (UCF101, HMDB51, MSR-VTT, YouCook2, Flickr30k / COCO).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
+import functools
 import hashlib
 import json
 import math
@@ -40,20 +37,26 @@ import os
 import re
 import shutil
 import time
+import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fgmm_lib.data.dataset import DATASET_FILES, check_dataset_target, jsonl_rows, vocab_file
-from fgmm_lib.data.video_io import read_clips
-from fgmm_lib.data.vocab import Vocabulary
-from fgmm_lib.io import partial_folder, replace_folder
+from fgmm_lib.data.dataset import DATASET_FILES, check_dataset_target, jsonl_rows, text_lines, vocab_file
+from fgmm_lib.data.video_io import decode_into, read_clips
+from fgmm_lib.data.vocab import Vocabulary, split_words
+from fgmm_lib.io import init_worker, output_lock, partial_folder, replace_folder, stop_processes, write_atomic
 
 SPLITS = ("train", "val", "test")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+#: A manifest's columns (CSV) or keys (JSONL): the first four are required.
+MANIFEST_FIELDS = ("video", "start", "end", "text", "split", "caption")
 SKIPPED_FILE = "skipped.csv"
+#: Bounds of an import's clip shape: frames per clip, and a frame's side in pixels.
+FRAMES_RANGE = (1, 256)
+SIZE_RANGE = (8, 1024)
 #: Seconds between two saves of the import's progress (decoded frames, then their record).
 SAVE_EVERY_S = 2.0
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -94,26 +97,50 @@ def normalise_text(text: str) -> str:
     return " ".join(_WORD.findall(str(text).lower()))
 
 
-def _text(value: Any, where: str, name: str) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for error messages: ``a text``, ``a list``, ``an object``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def text_field(value: Any, where: str, name: str) -> str:
+    """The words of the text field ``name`` (:func:`normalise_text`); a value that is not a text, or
+    has no words, raises ValueError naming ``where`` and the field."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a text, got {json_type(value)} ({value!r:.60})")
     text = normalise_text(value) if value is not None else ""
     if not text:
         raise ValueError(f"{where}: field {name!r} has no words ({value!r})")
     return text
 
 
-def _split(value: Any, where: str, aliases: dict[str, str] | None = None) -> str:
-    split = str(value).strip().lower()
+def split_field(value: Any, where: str, aliases: dict[str, str] | None = None) -> str:
+    """``train``, ``val`` or ``test`` (case and surrounding spaces ignored; ``aliases`` map a set's own names)."""
+    split = str(value).strip().lower() if isinstance(value, str) else None
     split = (aliases or {}).get(split, split)
     if split not in SPLITS:
         raise ValueError(f"{where}: field 'split' must be one of {', '.join(SPLITS)}, got {value!r}")
     return split
 
 
-def _seconds(value: Any, where: str, name: str) -> float:
+def seconds_field(value: Any, where: str, name: str) -> float:
+    """A non-negative finite number of seconds: a JSON number, or a text that holds one (CSV)."""
     try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: field {name!r} must be a number of seconds, got {value!r}") from None
+        raise ValueError(f"{where}: field {name!r} must be a number of seconds, got {json_type(value)} "
+                         f"({value!r:.60})") from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{where}: field {name!r} must be a non-negative finite number of seconds, got {value!r}")
     return number
@@ -124,241 +151,121 @@ def _seconds(value: Any, where: str, name: str) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _table_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a CSV (with a header line) or JSONL file; blank lines are skipped."""
-    if path.suffix.lower() in (".jsonl", ".json"):
+def table_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV / TSV (with a header line) or JSONL file; blank lines are skipped.
 
+    The text must be UTF-8 (a byte order mark, as Excel writes, is dropped): other bytes raise
+    ValueError naming the file and the line, as does a CSV row with more fields than its header (a
+    text holding an unquoted delimiter) and a header that names a column twice. A row with fewer
+    fields than the header lacks the last ones (None)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
         yield from jsonl_rows(path)
-    elif path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            for row in reader:
-                if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
-                    continue
-                yield reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}
-    else:
+        return
+    if suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: a table must be .csv, .tsv or .jsonl")
+    delimiter = "\t" if suffix == ".tsv" else ","
+    reader = csv.reader((line for _, line in text_lines(path)), delimiter=delimiter)
+    header = [name.strip() for name in next(reader, [])]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise ValueError(f"{path}, line 1: the header names column(s) {', '.join(map(repr, twice))} more than once")
+    for row in reader:
+        if not any(value.strip() for value in row):
+            continue
+        if len(row) > len(header):
+            raise ValueError(
+                f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)} "
+                f"({', '.join(header)}): quote a text that holds {delimiter!r} (\"the cat, sat on the mat\")")
+        yield reader.line_num, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
 
 
-def _required(row: dict[str, Any], names: Sequence[str], where: str) -> None:
+def require_fields(row: dict[str, Any], names: Sequence[str], where: str) -> None:
+    """ValueError naming ``where`` and the first of ``names`` that ``row`` lacks (or holds empty)."""
     for name in names:
         if row.get(name) is None or (isinstance(row[name], str) and not row[name].strip()):
             raise ValueError(f"{where}: missing field {name!r}")
+
+
+def _check_fields(names: Iterable[str], where: str, ignored: set[str]) -> None:
+    """An unknown field that looks like a manifest field the row lacks (``spilt``, ``Split``,
+    ``captoin``) raises ValueError naming it; other unknown fields are added to ``ignored``."""
+    names = set(names)
+    unknown = sorted(names - set(MANIFEST_FIELDS))
+    mistaken = {}
+    for name in unknown:
+        near = difflib.get_close_matches(name.strip().lower(), MANIFEST_FIELDS, n=1, cutoff=0.75)
+        if near and near[0] not in names:
+            mistaken[name] = near[0]
+    if mistaken:
+        raise ValueError(f"{where}: unknown column(s) " + ", ".join(
+            f"{name!r} (did you mean {known!r}?)" for name, known in mistaken.items()) +
+            f"; a manifest's columns are {', '.join(MANIFEST_FIELDS)}")
+    ignored.update(unknown)
 
 
 def read_manifest(path: str | Path) -> list[Clip]:
     """Clips of a CSV / JSONL manifest: ``video`` (a path, relative to the manifest's folder),
     ``start`` and ``end`` (seconds), ``text`` (the narration), and optional ``split`` (default
     train) and ``caption`` (a clean caption for retrieval). Bad rows raise ValueError naming the
-    file, the line and the field."""
+    file, the line and the field (a JSON value of the wrong type too: ``"start": true``).
+
+    An unknown column that looks like a missing manifest field (``spilt``, ``Split``,
+    ``captoin``) is an error; other unknown columns are ignored with a warning. A row that repeats
+    an earlier one exactly is imported once, with a warning; the same span of one video in two
+    splits is an error naming both lines (it would leak test clips into pretraining)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    clips = []
-    for number, row in _table_rows(path):
+    clips: list[Clip] = []
+    checked: set[frozenset[str]] = set()
+    ignored: set[str] = set()
+    spans: dict[tuple[str, float, float], dict[str, int]] = {}  # span -> split -> first line
+    rows: set[tuple[Any, ...]] = set()
+    repeated: list[int] = []
+    for number, row in table_rows(path):
         where = f"{path}, line {number}"
-        _required(row, ("video", "start", "end", "text"), where)
-        start = _seconds(row["start"], where, "start")
-        end = _seconds(row["end"], where, "end")
+        if frozenset(row) not in checked:
+            _check_fields(row, where if path.suffix.lower() in (".jsonl", ".json") else f"{path}, line 1", ignored)
+            checked.add(frozenset(row))
+        require_fields(row, MANIFEST_FIELDS[:4], where)
+        start = seconds_field(row["start"], where, "start")
+        end = seconds_field(row["end"], where, "end")
         if end <= start:
             raise ValueError(f"{where}: field 'end' ({end}) must be greater than 'start' ({start})")
-        video = Path(str(row["video"]).strip())
-        video = video if video.is_absolute() else path.parent / video
+        if not isinstance(row["video"], str):
+            raise ValueError(f"{where}: field 'video' must be a path (a text), got {json_type(row['video'])}")
+        video = Path(row["video"].strip())
+        video = Path(os.path.normpath(video if video.is_absolute() else path.parent / video))
         caption = row.get("caption")
-        clips.append(Clip(
-            file=str(video), start=start, end=end, narration=_text(row["text"], where, "text"),
-            split=_split(row.get("split") or "train", where),
-            caption=_text(caption, where, "caption") if caption not in (None, "") else None,
+        clip = Clip(
+            file=str(video), start=start, end=end, narration=text_field(row["text"], where, "text"),
+            split=split_field(row.get("split") or "train", where),
+            caption=text_field(caption, where, "caption") if caption not in (None, "") else None,
             line=f"{path.name}:{number}",
-        ))
+        )
+        same = (clip.file, start, end, clip.split, clip.narration, clip.caption)
+        if same in rows:
+            repeated.append(number)
+            continue
+        rows.add(same)
+        lines = spans.setdefault((clip.file, start, end), {})
+        lines.setdefault(clip.split, number)
+        if len(lines) > 1:
+            (first, first_line), (second, second_line) = sorted(lines.items(), key=lambda item: item[1])[:2]
+            raise ValueError(f"{path}: lines {first_line} and {second_line} list the same span of {row['video']} "
+                             f"({start:g}-{end:g} s) in the {first} and the {second} split: a span belongs to "
+                             f"one split (else test clips leak into pretraining)")
+        clips.append(clip)
     if not clips:
         raise ValueError(f"{path}: the manifest lists no clips")
-    return clips
-
-
-# --------------------------------------------------------------------------------------------
-# Downstream sets
-# --------------------------------------------------------------------------------------------
-
-
-def _class_words(name: str) -> str:
-    """``ApplyEyeMakeup`` -> ``apply eye makeup``; ``brush_hair`` -> ``brush hair``."""
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|_", " ", name)
-    return normalise_text(spaced)
-
-
-def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    return [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
-
-
-def _label_clip(file: Path, split: str, action: int, name: str, where: str) -> Clip:
-    words = _class_words(name)
-    return Clip(file=str(file), split=split, narration=words, caption=words, action=action, action_name=name,
-                line=where)
-
-
-def ucf101_clips(videos: str | Path, splits: str | Path, fold: int = 1) -> tuple[list[Clip], list[str]]:
-    """UCF101 fold ``fold``: (clips, class names). ``videos`` holds ``<Class>/v_<Class>_gXX_cYY.avi``;
-    ``splits`` holds ``classInd.txt``, ``trainlist0N.txt`` and ``testlist0N.txt``. The text of a
-    clip is its class name in words."""
-    videos, splits = Path(videos), Path(splits)
-    class_file = splits / "classInd.txt"
-    classes: dict[str, int] = {}
-    for number, parts in _lines(class_file):
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{class_file}, line {number}: expected '<index> <ClassName>', got {' '.join(parts)!r}")
-        classes[parts[1]] = int(parts[0]) - 1
-    names = [name for name, _ in sorted(classes.items(), key=lambda item: item[1])]
-    clips = []
-    for split, list_name in (("train", f"trainlist{fold:02d}.txt"), ("test", f"testlist{fold:02d}.txt")):
-        list_file = splits / list_name
-        for number, parts in _lines(list_file):
-            where = f"{list_file.name}:{number}"
-            name = parts[0].split("/")[0]
-            if name not in classes:
-                raise ValueError(f"{list_file}, line {number}: class {name!r} is not in {class_file}")
-            clips.append(_label_clip(videos / parts[0], split, classes[name], name, where))
-    return clips, names
-
-
-def hmdb51_clips(videos: str | Path, splits: str | Path, fold: int = 1) -> tuple[list[Clip], list[str]]:
-    """HMDB51 fold ``fold``: (clips, class names). ``splits`` holds ``<class>_test_split<N>.txt``
-    (lines ``<video>.avi <1|2|0>``: 1 = train, 2 = test, 0 = unused); ``videos`` holds
-    ``<class>/<video>.avi``. Classes are numbered in alphabetical order."""
-    videos, splits = Path(videos), Path(splits)
-    suffix = f"_test_split{fold}.txt"
-    files = sorted(p for p in splits.glob(f"*{suffix}"))
-    if not files:
-        raise FileNotFoundError(f"no HMDB51 split files *{suffix} in {splits}")
-    names = [p.name[: -len(suffix)] for p in files]
-    clips = []
-    for action, (name, list_file) in enumerate(zip(names, files)):
-        for number, parts in _lines(list_file):
-            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-                raise ValueError(f"{list_file}, line {number}: expected '<video> <0|1|2>', got {' '.join(parts)!r}")
-            if parts[1] == "0":
-                continue
-            split = "train" if parts[1] == "1" else "test"
-            clips.append(_label_clip(videos / name / parts[0], split, action, name, f"{list_file.name}:{number}"))
-    return clips, names
-
-
-def _video_index(root: Path) -> dict[str, Path]:
-    """Video files under ``root`` by file stem."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"video folder not found: {root}")
-    index: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            index.setdefault(path.stem, path)
-    return index
-
-
-def _find(index: dict[str, Path], root: Path, key: str) -> str:
-    return str(index.get(key, root / f"{key}.mp4"))
-
-
-def _captioned_clip(file: str, split: str, texts: list[str], where: str, source: str | None = None,
-                    start: float | None = None, end: float | None = None, image: bool = False) -> Clip:
-    captions = list(dict.fromkeys(_text(t, where, "caption") for t in texts))
-    return Clip(file=file, split=split, narration=captions[0], caption=captions[0], captions=captions,
-                start=start, end=end, source=source, image=image, line=where)
-
-
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-
-
-def msrvtt_clips(annotations: str | Path, videos: str | Path, split: str = "test") -> list[Clip]:
-    """MSR-VTT: one clip per video (the whole video), every caption of it a correct answer.
-
-    ``annotations`` is the caption JSON (``{"videos": [{"video_id", "split"}], "sentences":
-    [{"video_id", "caption"}]}``, splits train / validate / test) or a CSV with ``video`` and
-    ``caption`` (and optional ``split``, default ``split``: the 1k-A test list has this shape)."""
-    annotations, videos = Path(annotations), Path(videos)
-    index = _video_index(videos)
-    captions: dict[str, list[str]] = {}
-    splits: dict[str, str] = {}
-    where: dict[str, str] = {}
-    if annotations.suffix.lower() == ".json":
-        content = _load_json(annotations)
-        if not isinstance(content, dict) or "sentences" not in content:
-            raise ValueError(f"{annotations}: expected an MSR-VTT caption JSON with 'videos' and 'sentences'")
-        for number, video in enumerate(content.get("videos", [])):
-            spot = f"{annotations.name}: videos[{number}]"
-            _required(video, ("video_id", "split"), spot)
-            splits[video["video_id"]] = _split(video["split"], spot, {"validate": "val"})
-        for number, sentence in enumerate(content["sentences"]):
-            spot = f"{annotations.name}: sentences[{number}]"
-            _required(sentence, ("video_id", "caption"), spot)
-            captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
-            where.setdefault(sentence["video_id"], spot)
-    else:
-        for number, row in _table_rows(annotations):
-            spot = f"{annotations}, line {number}"
-            _required(row, ("video", "caption"), spot)
-            key = str(row["video"]).strip()
-            captions.setdefault(key, []).append(row["caption"])
-            splits.setdefault(key, _split(row.get("split") or split, spot))
-            where.setdefault(key, f"{annotations.name}:{number}")
-    clips = []
-    for key, texts in captions.items():
-        clip_split = splits.get(key, _split(split, str(annotations)))
-        clips.append(_captioned_clip(_find(index, videos, key), clip_split, texts, where[key], source=key))
-    return clips
-
-
-def youcook2_clips(annotations: str | Path, videos: str | Path) -> list[Clip]:
-    """YouCook2: one clip per annotated segment (``database.<id>.annotations[].segment`` and
-    ``sentence``); subsets training / validation / testing become train / val / test. Videos are
-    found under ``videos`` by their YouTube id (any depth, any video extension)."""
-    annotations, videos = Path(annotations), Path(videos)
-    content = _load_json(annotations)
-    if not isinstance(content, dict) or not isinstance(content.get("database"), dict):
-        raise ValueError(f"{annotations}: expected a YouCook2 annotation JSON with a 'database' object")
-    index = _video_index(videos)
-    aliases = {"training": "train", "validation": "val", "testing": "test"}
-    clips = []
-    for key, video in content["database"].items():
-        spot = f"{annotations.name}: database.{key}"
-        _required(video, ("subset",), spot)
-        split = _split(video["subset"], spot, aliases)
-        for number, segment in enumerate(video.get("annotations", [])):
-            place = f"{spot}.annotations[{number}]"
-            _required(segment, ("segment", "sentence"), place)
-            start, end = (_seconds(value, place, "segment") for value in segment["segment"])
-            if end <= start:
-                raise ValueError(f"{place}: field 'segment' must end after it starts, got {segment['segment']}")
-            clips.append(_captioned_clip(_find(index, videos, key), split, [segment["sentence"]], place,
-                                         source=key, start=start, end=end))
-    return clips
-
-
-def karpathy_clips(annotations: str | Path, images: str | Path) -> list[Clip]:
-    """Flickr30k / COCO in the Karpathy split (``dataset_flickr30k.json``, ``dataset_coco.json``):
-    one one-frame clip per image, its five sentences the correct answers; ``restval`` joins train.
-    An image is at ``images/<filepath>/<filename>`` (COCO) or ``images/<filename>``."""
-    annotations, images = Path(annotations), Path(images)
-    content = _load_json(annotations)
-    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
-        raise ValueError(f"{annotations}: expected a Karpathy-split JSON with an 'images' list")
-    clips = []
-    for number, image in enumerate(content["images"]):
-        spot = f"{annotations.name}: images[{number}]"
-        _required(image, ("filename", "split", "sentences"), spot)
-        texts = [s.get("raw") or " ".join(s.get("tokens", [])) for s in image["sentences"] if isinstance(s, dict)]
-        if not texts:
-            raise ValueError(f"{spot}: field 'sentences' holds no sentence")
-        folder = images / image["filepath"] if image.get("filepath") else images
-        clips.append(_captioned_clip(str(folder / image["filename"]), _split(image["split"], spot, {"restval": "train"}),
-                                     texts, spot, image=True))
+    if ignored:
+        warnings.warn(f"{path}: column(s) {', '.join(map(repr, sorted(ignored)))} are not manifest columns "
+                      f"({', '.join(MANIFEST_FIELDS)}) and are ignored", stacklevel=2)
+    if repeated:
+        shown = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+        warnings.warn(f"{path}: {len(repeated)} row(s) repeat an earlier row exactly and are imported once "
+                      f"(line(s) {shown})", stacklevel=2)
     return clips
 
 
@@ -423,12 +330,29 @@ class _WorkFolder:
         self._pending: dict[int, str] = {}
         self._saved = time.monotonic()
 
+    def forget_changed(self, files: Sequence[str], stamps: dict[str, list[int] | None]) -> None:
+        """Forget the clips (``files[position]``) whose file changed since it was decoded (its
+        :func:`_stamp` differs from the one recorded then), so that they are decoded again; then
+        record ``stamps``, taken before this run decodes anything."""
+        recorded = self.path / "stamps.json"
+        old = json.loads(recorded.read_text()) if recorded.is_file() else {}
+        changed = [p for p in self.status if old.get(files[p], "unknown") != stamps.get(files[p])]
+        if changed:
+            for p in changed:
+                del self.status[p]
+            line = json.dumps({str(k): v for k, v in self.status.items()}) + "\n"
+            write_atomic(self.path / "done.jsonl", lambda temporary: temporary.write_text(line))
+        write_atomic(recorded, lambda temporary: temporary.write_text(json.dumps(stamps) + "\n"))
+
     def put(self, position: int, result: np.ndarray | str) -> None:
-        if isinstance(result, str):
-            self._pending[position] = result
-        else:
+        """Record a decoded clip (its frames) or why it was skipped (a string)."""
+        if not isinstance(result, str):
             self.frames[position] = result
-            self._pending[position] = "ok"
+        self.mark(position, "ok" if not isinstance(result, str) else result)
+
+    def mark(self, position: int, status: str) -> None:
+        """Record the status of a clip whose frames (if ``status`` is ``"ok"``) are already in ``frames.npy``."""
+        self._pending[position] = status
         if time.monotonic() - self._saved > SAVE_EVERY_S:
             self.save()
 
@@ -447,36 +371,93 @@ class _WorkFolder:
 
 def _run_groups(tasks: list[tuple[str, bool, list[tuple[float, float | None]], list[int]]], frames: int, size: int,
                 workers: int, work: _WorkFolder, bar: Any) -> None:
-    def store(positions: list[int], results: list[np.ndarray | str]) -> None:
-        for position, result in zip(positions, results):
-            work.put(position, result)
-        bar.update(len(positions))
-
     if workers <= 1:
         for file, image, spans, positions in tasks:
-            store(positions, read_clips(file, image, spans, frames, size))
+            for position, result in zip(positions, read_clips(file, image, spans, frames, size)):
+                work.put(position, result)
+            bar.update(len(positions))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(read_clips, file, image, spans, frames, size): positions
+    # The workers ignore Ctrl-C and die with this process, however it dies (init_worker). When the
+    # import stops (Ctrl-C, SIGTERM, an error), they are ended at once rather than waited for: the
+    # clips they were decoding are not recorded as done, so a rerun decodes them again. A worker writes
+    # its frames into the work folder's frames.npy itself and sends back only their statuses, a message of
+    # a few hundred bytes that reaches the pipe in one write. (Frames sent through the pipe took long
+    # to write, and a worker ended mid-write left half a message that the pool's reader thread then
+    # waited for forever, which hung the interpreter's exit.)
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
+    try:
+        frames_file = work.path / "frames.npy"
+        futures = {pool.submit(decode_into, frames_file, positions, file, image, spans, frames, size): positions
                    for file, image, spans, positions in tasks}
-        try:
-            for future in as_completed(futures):
-                store(futures[future], future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in as_completed(futures):
+            positions = futures[future]
+            for position, status in zip(positions, future.result()):
+                work.mark(position, status)
+            bar.update(len(positions))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_processes(set(multiprocessing.active_children()) - before)
+        raise
+    pool.shutdown()
 
 
-def _check_size(name: str, value: int, low: int) -> int:
+def _check_size(name: str, value: int, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
     return int(value)
 
 
+def _vocabulary(narrations: list[str], min_count: int, max_vocab: int, which: str) -> Vocabulary:
+    """The vocabulary of the train ``narrations``; ValueError when there are none, or when
+    ``min_count`` leaves no word (naming --min-count and the most frequent word's count)."""
+    if not narrations:
+        raise ValueError(f"no train clip {which} to build a vocabulary from: list train clips, "
+                         f"or pass the pretraining vocabulary (--vocab)")
+    vocab = Vocabulary.build(narrations, min_count=min_count, max_size=max_vocab or None)
+    if len(vocab) <= 2:
+        counts = Counter(word for text in narrations for word in split_words(text))
+        word, count = min(counts.items(), key=lambda item: (-item[1], item[0]))
+        raise ValueError(f"the vocabulary would hold no word: --min-count {min_count} keeps none of the words of the "
+                         f"{len(narrations)} train narrations {which} (the most frequent, {word!r}, is seen {count} "
+                         f"time(s)); lower --min-count")
+    return vocab
+
+
+def _stamp(file: str) -> list[int] | None:
+    """A file's size and modification time (ns), or None where it is missing: a changed stamp
+    makes a resumed import decode the file again."""
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def work_folder(out: str | Path) -> Path:
+    """The work folder of an import into ``out``: ``.NAME.import`` beside it, kept until the import ends."""
+    out = Path(out)
+    return out.parent / f".{out.name}.import"
+
+
+def _one_writer(function: Any) -> Any:
+    """Run :func:`import_clips` holding the locks of its ``out`` and of its work folder
+    (:func:`fgmm_lib.io.output_lock`): a second import, or any writer of ``out``, is refused."""
+    @functools.wraps(function)
+    def locked(clips: Sequence[Clip], out: str | Path, *args: Any, **kwargs: Any) -> Any:
+        with output_lock(out), output_lock(work_folder(out), "import work folder"):
+            return function(clips, out, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def import_clips(
     clips: Sequence[Clip],
     out: str | Path,
@@ -501,11 +482,10 @@ def import_clips(
     """
     from tqdm.auto import tqdm
 
-
     started = time.monotonic()
     out = Path(out)
-    frames = _check_size("frames", frames, 1)
-    size = _check_size("size", size, 1)
+    frames = _check_size("frames", frames, *FRAMES_RANGE)
+    size = _check_size("size", size, *SIZE_RANGE)
     workers = _check_size("workers", workers, 1)
     min_count = _check_size("min_count", min_count, 1)
     max_vocab = _check_size("max_vocab", max_vocab, 0)
@@ -519,6 +499,8 @@ def import_clips(
         raise ValueError("a dataset folder holds either videos or images, not both")
     frames = 1 if images == {True} else frames
     reused = Vocabulary.load(vocab_file(vocab)) if vocab is not None else None
+    if reused is None:  # refused before any decoding; checked again on the clips that could be read
+        _vocabulary([clip.narration for clip in clips if clip.split == "train"], min_count, max_vocab, "listed")
     check_dataset_target(out, (*DATASET_FILES, SKIPPED_FILE))
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -528,6 +510,7 @@ def import_clips(
                 "vocab": reused.fingerprint() if reused is not None else None}
     fingerprint = _fingerprint(clips, settings)
     work = _WorkFolder(out.parent / f".{out.name}.import", fingerprint, (len(clips), frames, size, size, 3))
+    work.forget_changed([clip.file for clip in clips], {file: _stamp(file) for file in {clip.file for clip in clips}})
     resumed = len(work.status)
     tasks = []
     for file, image, positions in _groups(clips):
@@ -551,10 +534,15 @@ def import_clips(
         shutil.rmtree(work.path, ignore_errors=True)
         raise ValueError(f"nothing could be read: all {len(clips)} clips were skipped ({examples})")
     if reused is None:
-        train = [clips[p].narration for p in kept if clips[p].split == "train"]
-        if not train:
-            raise ValueError("no train clip to build a vocabulary from: pass the pretraining vocabulary (--vocab)")
-        reused = Vocabulary.build(train, min_count=min_count, max_size=max_vocab or None)
+        try:
+            reused = _vocabulary([clips[p].narration for p in kept if clips[p].split == "train"], min_count,
+                                 max_vocab, "that could be read")
+        except ValueError as error:  # a rerun would fail the same way: the decoded clips are removed
+            shutil.rmtree(work.path, ignore_errors=True)
+            train = [p for p in skipped if clips[p].split == "train"]
+            examples = "; ".join(f"{clips[p].file}: {work.status[p]}" for p in train[:3])
+            skipped_train = f" ({len(train)} train clips skipped: {examples})" if train else ""
+            raise ValueError(f"{error}{skipped_train}") from None
 
     tmp = partial_folder(out)
     try:

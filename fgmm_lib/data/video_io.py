@@ -13,6 +13,7 @@ neither torch nor the rest of the library: worker processes start quickly.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -40,18 +41,52 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + size, left : left + size]
 
 
+def _rgb(image):
+    """A Pillow image of any mode as 8-bit RGB: 16- and 32-bit grey (``I;16``, ``I``) scaled from
+    0..65535, float grey (``F``) from 0..1 (or clipped to 0..255), palette, CMYK and the rest through
+    Pillow; a transparent image (``LA``, ``RGBA``, ``PA``, a palette with transparency) is composited
+    onto white, as a viewer shows it on a page."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        peak = float(values.max(initial=0.0))
+        if mode.startswith("I;16") or (mode == "I" and peak > 255):
+            values = values / 257.0
+        elif mode == "F" and peak <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = image.convert("LA").convert("RGBA") if mode == "La" else image.convert("RGBA")
+        page = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(page, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def read_image(path: str | Path, size: int) -> np.ndarray | str:
-    """An image file as a one-frame clip, uint8 ``[1, size, size, 3]``, or the reason it cannot be read."""
+    """An image file as a one-frame clip, uint8 ``[1, size, size, 3]``, or the reason it cannot be read.
+
+    Every Pillow mode is converted to 8-bit RGB (:func:`_rgb`). An image larger than Pillow's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million pixels) is not
+    decoded: its reason is "image too large"."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         return "missing file"
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            rgb = rgb.resize(resized_shape(rgb.width, rgb.height, size), Image.Resampling.BILINEAR)
-            array = np.asarray(rgb, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                rgb = _rgb(image)
+        rgb = rgb.resize(resized_shape(rgb.width, rgb.height, size), Image.Resampling.BILINEAR)
+        array = np.asarray(rgb, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return f"image too large ({_short(error)})"
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return f"corrupt image ({_short(error)})"
     return centre_crop(array, size)[None].copy()
@@ -186,3 +221,29 @@ def read_clips(
     if image:
         return [read_image(path, size)] * len(spans)
     return read_video_clips(path, spans, frames, size)
+
+
+#: Longest reason a worker sends back for one skipped clip: the statuses of a file stay small.
+REASON_CHARS = 120
+
+
+def decode_into(frames_file: Path, positions: list[int], file: str, image: bool,
+                spans: list[tuple[float, float | None]], frames: int, size: int) -> list[str]:
+    """Decode the clips of one file into rows ``positions`` of ``frames_file`` (a ``.npy`` of an import's
+    work folder, opened as a memory map); return each clip's status: ``"ok"`` or why it was skipped.
+
+    What an import's worker processes run: this module imports neither torch nor the rest of the
+    package, so a worker starts in a fraction of a second."""
+    results = read_clips(file, image, spans, frames, size)
+    stored = np.load(frames_file, mmap_mode="r+")
+    statuses, reasons = [], {}
+    for position, result in zip(positions, results):
+        if isinstance(result, str):
+            reason = result[:REASON_CHARS]
+            statuses.append(reasons.setdefault(reason, reason))  # one object per reason: pickled once
+        else:
+            stored[position] = result
+            statuses.append("ok")
+    stored.flush()
+    del stored
+    return statuses

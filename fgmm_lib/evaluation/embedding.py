@@ -29,6 +29,9 @@ from fgmm_lib.data.dataset import COLOURS, DIGIT_WORDS
 from fgmm_lib.evaluation.metrics import attribute_retrieval, retrieval_with_intervals
 from fgmm_lib.losses.modules import PairLoss
 
+#: The attributes of a Narrated Digits clip that the linear probes read, each with its class count.
+PROBE_ATTRIBUTES = ("action", "colour", "digit")
+
 # --------------------------------------------------------------------------------------------
 # Embedding
 # --------------------------------------------------------------------------------------------
@@ -239,7 +242,3 @@ def _unique_first(values: Sequence[Any]) -> tuple[list[Any], list[int]]:
     for row, value in enumerate(values):
         seen.setdefault(value, row)
     return list(seen), list(seen.values())
-
-
-#: The attributes of a Narrated Digits clip that the linear probes read, each with its class count.
-PROBE_ATTRIBUTES = ("action", "colour", "digit")

@@ -8,12 +8,15 @@
   (``lr_scaling``).
 - :data:`GATHERS`: the ways to gather embeddings across ranks (:mod:`fgmm_lib.training.distributed`).
 - :func:`loss_from_config`: the run's loss module (:func:`fgmm_lib.losses.modules.build_loss`).
+- :func:`check_backend`: refuses, before a run writes anything, a backend this machine cannot run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +167,27 @@ def loss_from_config(config: TrainConfig) -> PairLoss:
     return build_loss(config.loss, temperature=config.temperature, attn_temperature=config.attn_temperature,
                       weight_temperature=config.weight_temperature,
                       learn_attention_temperatures=config.learn_attention_temperatures, backend=config.backend)
+
+
+def check_backend(config: TrainConfig) -> None:
+    """Refuse (ValueError, one line) a pair-score backend that cannot run here, before any work.
+
+    ``"triton"`` needs the ``triton`` package and a CUDA device: ``device`` cuda, or auto on a machine
+    with CUDA (on the CPU, only with ``TRITON_INTERPRET=1``, Triton's interpreter, which the tests use).
+    A config is not refused when it is only read (a run trained on a GPU is evaluated anywhere).
+    """
+    if config.backend != "triton":
+        return
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("TrainConfig.backend 'triton' needs the triton package (pip install 'fgmm_lib[triton]'); "
+                         "use backend auto or chunked")
+    wants_cuda = config.device == "auto" or torch.device(config.device).type == "cuda"
+    interpreted = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if not (wants_cuda and torch.cuda.is_available()) and not interpreted:
+        where = ("this machine has no CUDA device" if not torch.cuda.is_available()
+                 else f"TrainConfig.device is {config.device!r}")
+        raise ValueError(f"TrainConfig.backend 'triton' needs a CUDA device, but {where}; "
+                         f"use backend auto or chunked (auto picks the fused kernel on CUDA)")
 
 
 def peak_lr(config: TrainConfig) -> float:

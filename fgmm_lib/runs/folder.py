@@ -17,7 +17,7 @@ A run folder (written by :func:`fgmm_lib.training.loop.pretrain`) holds the file
 - ``curves.csv`` (:data:`CURVES`): validation retrieval at points of the schedule, only for a run
   with validation data (its format: :mod:`fgmm_lib.runs.curves`).
 
-:func:`is_run_folder` says whether a folder holds a run. :func:`load_checkpoint` reads a checkpoint
+:func:`is_run_folder` says whether a folder holds a run (:func:`run_config_problem`: why not). :func:`load_checkpoint` reads a checkpoint
 and fails clearly on a bad file. :func:`load_run` rebuilds a run's model, loss module, config and
 vocabulary. :func:`mismatches` names the keys where two configs differ. The files are written through
 :mod:`fgmm_lib.io` (atomic writers, leftovers of killed writers, writable-output checks).
@@ -57,13 +57,39 @@ def is_run_folder(folder: str | Path) -> bool:
         return False
 
 
+def run_config_problem(folder: str | Path) -> str | None:
+    """What keeps ``folder``'s config.json from being a run's (missing, corrupt, no ``train`` section), or None."""
+    config = Path(folder) / CONFIG
+    if not config.is_file():
+        return f"has no run {CONFIG}"
+    try:
+        info = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"has a corrupt {CONFIG} ({config} is not valid JSON: {error})"
+    if not isinstance(info, dict) or "train" not in info:
+        return f"has a {CONFIG} that is not a run's (no 'train' section in {config})"
+    return None
+
+
+def _unreadable_reason(error: BaseException) -> str:
+    """One line for torch.load's error on a file that is not a checkpoint (its own messages run to
+    several lines of advice about weights_only that do not apply here)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return first.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fgmm_lib.training.loop.pretrain`; a bad file raises ValueError naming it."""
+    """Read a checkpoint written by :func:`fgmm_lib.training.loop.pretrain`; a bad file raises ValueError
+    naming it, in one line."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        raise ValueError(f"cannot read checkpoint {path}: it is corrupt or not a checkpoint "
+                         f"({_unreadable_reason(error)})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a checkpoint written by fgmm_lib.training.loop (format {CHECKPOINT_FORMAT})")
     return checkpoint

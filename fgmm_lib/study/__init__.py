@@ -10,4 +10,5 @@
 - :mod:`~fgmm_lib.study.attention`: a run's attention on some clips, pointing per run.
 - :mod:`~fgmm_lib.study.plots`: every plot the notebooks draw.
 - :mod:`~fgmm_lib.study.notebook`: notebook helpers (project root, parameters).
+- :mod:`~fgmm_lib.study.records`: one evaluation record: what it holds and what it lacks.
 """

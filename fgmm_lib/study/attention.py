@@ -94,7 +94,6 @@ def attention_examples(run: str | Path, data: str | Path, clips: Sequence[int], 
     """
     import torch
 
-
     name = Path(run).name
     model, loss_module, config, vocab = load_run(run)
     if not loss_module.has_attention:

@@ -155,12 +155,18 @@ def plot_recall_at_k(recall: pd.DataFrame, title: str | None = None) -> Figure:
     return figure
 
 
+#: Largest number of classes whose confusion-matrix cells are annotated with their counts.
+CONFUSION_ANNOTATED = 20
+
+
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, labels: Sequence[str],
                           normalise: bool = True, title: str | None = None) -> Figure:
     """Confusion matrix heat map (rows = true class, columns = predicted), counts annotated.
 
     With ``normalise`` the colours are row-normalised (the fraction of each true class), so
-    classes of different sizes read alike; the annotations stay counts.
+    classes of different sizes read alike; the annotations stay counts. Above
+    ``CONFUSION_ANNOTATED`` classes (UCF101 has 101) the cells are not annotated and the figure
+    stops growing.
     """
     counts = np.asarray(confusion, dtype=float)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(labels):
@@ -168,11 +174,15 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, label
     set_style()
     totals = counts.sum(axis=1, keepdims=True)
     shown = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0) if normalise else counts
-    side = 1.0 + 0.65 * len(labels)
+    annotated = len(labels) <= CONFUSION_ANNOTATED
+    side = 1.0 + 0.65 * len(labels) if annotated else 12.0
     figure, axes = plt.subplots(figsize=(side + 1.5, side), layout="constrained")
-    sns.heatmap(shown, annot=counts.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1 if normalise else None,
-                xticklabels=list(labels), yticklabels=list(labels), square=True, linewidths=0.5,
+    sns.heatmap(shown, annot=counts.astype(int) if annotated else False, fmt="d", cmap="Blues", vmin=0,
+                vmax=1 if normalise else None, xticklabels=list(labels), yticklabels=list(labels), square=True,
+                linewidths=0.5 if annotated else 0.0,
                 cbar_kws={"label": "fraction of the true class" if normalise else "clips"}, ax=axes)
+    if not annotated:
+        axes.tick_params(labelsize=max(3.0, 400.0 / len(labels)))
     axes.set(xlabel="predicted", ylabel="true")
     axes.tick_params(axis="x", labelrotation=45)
     axes.tick_params(axis="y", labelrotation=0)

@@ -603,6 +603,7 @@ def _samples_note(runs: pd.DataFrame, answer: pd.DataFrame, small_batch: int, la
     return (f"Samples seen by the compared runs: {', '.join(map(str, seen))} ({spread:.1%} apart: each epoch drops "
             f"its incomplete last batch, which is larger at a larger batch size).")
 
+
 #: The headline verdict of each :func:`tie_or_difference` verdict (fine-grained minus coarse).
 HEADLINE_VERDICTS = {"tie": "reaches", "better": "exceeds", "worse": "falls short", "undecided": "undecided"}
 

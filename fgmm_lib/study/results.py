@@ -33,6 +33,9 @@ from typing import Any, Mapping, Sequence
 from fgmm_lib.io import write_json
 from fgmm_lib.losses.scores import LOSSES
 
+#: Every loss of the study, in the order tables and legends list them (coarse baselines first).
+LOSS_ORDER = LOSSES
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -92,6 +95,7 @@ def interval(record: Mapping[str, Any], path: Sequence[str]) -> tuple[float, flo
         if low is not None and high is not None:
             return low, high
     return None
+
 
 RUN_NAME = re.compile(r"^(?P<loss>[a-z][a-z_]*)-b(?P<batch_size>\d+)-s(?P<seed>\d+)$")
 METRICS_DIR = Path("results/metrics")
@@ -164,9 +168,6 @@ def headline_metrics(record: Mapping[str, Any]) -> dict[str, float | None]:
 def write_metrics(record: Mapping[str, Any], path: str | Path) -> Path:
     """Write the :func:`headline_metrics` of ``record`` to the metrics file ``path`` (atomically)."""
     return write_json(path, headline_metrics(record))
-
-#: Every loss of the study, in the order tables and legends list them (coarse baselines first).
-LOSS_ORDER = LOSSES
 
 
 def ordered_losses(losses: Sequence[str]) -> list[str]:

@@ -50,6 +50,7 @@ def fixed_temperatures(frame: pd.DataFrame) -> pd.DataFrame:
     learnable = frame["learnable"].astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
     return frame[~learnable.to_numpy()]
 
+
 def temperature_surface(frame: pd.DataFrame, metric: str = "t2v_R@10") -> pd.DataFrame:
     """Question 7: ``metric`` (mean over seeds) of the fixed-grid runs, rows τa
     (``attn_temperature``), columns τw (``weight_temperature``).
@@ -64,6 +65,7 @@ def temperature_surface(frame: pd.DataFrame, metric: str = "t2v_R@10") -> pd.Dat
         raise ValueError(f"the temperature sweep mixes losses {sorted(fixed['loss'].unique())}: pass one loss's rows")
     surface = fixed.pivot_table(index="attn_temperature", columns="weight_temperature", values=metric, aggfunc="mean")
     return surface.sort_index().sort_index(axis=1)
+
 
 def best_temperatures(frame: pd.DataFrame, metric: str = "t2v_R@10") -> tuple[float, float, float]:
     """(τa, τw, value) of the best fixed pair of :func:`temperature_surface` on validation (highest

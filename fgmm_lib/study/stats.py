@@ -21,6 +21,16 @@ import pandas as pd
 
 from fgmm_lib.study.results import ATTRIBUTE_METRICS, METRICS, ordered_losses
 
+#: The 0.975 quantile of Student's t distribution for 1 to 30 degrees of freedom (the two-sided 95%
+#: interval); scipy is not a dependency and ``torch.distributions.StudentT`` has no ``icdf``.
+T_975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+         2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+         2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+         2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+         2.045229642, 2.042272456)
+
+_Z_975 = 1.959963984540054
+
 
 def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` degrees of freedom: :data:`T_975` up to 30,
@@ -154,14 +164,3 @@ def welch_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = t_quantile_975(max(1, int(math.floor(df)))) * math.sqrt(va + vb)
     return difference, difference - half, difference + half
-
-
-#: The 0.975 quantile of Student's t distribution for 1 to 30 degrees of freedom (the two-sided 95%
-#: interval); scipy is not a dependency and ``torch.distributions.StudentT`` has no ``icdf``.
-T_975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
-         2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
-         2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
-         2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
-         2.045229642, 2.042272456)
-
-_Z_975 = 1.959963984540054

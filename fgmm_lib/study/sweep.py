@@ -253,7 +253,6 @@ def _train_and_evaluate(config: dict[str, Any], eval_data: str, split: str, thre
     ``results_dir``, also writes the run's metrics, details, compute and curve files there."""
     import torch
 
-
     torch.set_num_threads(threads)
     run = Path(config["out"])
     if not _finished(run):

@@ -356,8 +356,6 @@ def recall_at_k_table(metrics: Mapping[str, Any], tasks: Sequence[str] = ("t2v",
     return pd.DataFrame(rows).sort_values(["task", "K"]).reset_index(drop=True)
 
 
-
-
 #: The metrics on which the report compares losses by paired differences (questions 1 and 2).
 PAIRED_METRICS = ("t2v_R@10", "t2v_R@1", "action_top1")
 
@@ -673,6 +671,7 @@ def lr_rule_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC, margin: fl
 
 #: The fine-grained losses the headline question asks about, in order.
 FINE_GRAINED_LOSSES = ("mean", "max", "attention", "attention_floor", "attention_gate")
+
 
 def interval_column(table: pd.DataFrame, mean: str, low: str, high: str) -> list[str]:
     return [_interval_text(m, lo, hi) for m, lo, hi in zip(table[mean], table[low], table[high])]

@@ -47,7 +47,14 @@ from fgmm_lib.evaluation.embedding import caption_retrieval, embed_dataset
 from fgmm_lib.io import check_writable_folder, clean_leftovers, write_atomic, write_json
 from fgmm_lib.losses.modules import PairLoss
 from fgmm_lib.models.encoders import DualEncoder, ModelConfig
-from fgmm_lib.runs.config import RESUMABLE_CHANGES, TrainConfig, complete_train_dict, loss_from_config, peak_lr
+from fgmm_lib.runs.config import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    check_backend,
+    complete_train_dict,
+    loss_from_config,
+    peak_lr,
+)
 from fgmm_lib.runs.curves import CURVE_COLUMNS, config_fingerprint
 from fgmm_lib.runs.folder import (
     CHECKPOINT,
@@ -58,9 +65,9 @@ from fgmm_lib.runs.folder import (
     LOG,
     RUN_FILES,
     VOCAB,
-    is_run_folder,
     load_checkpoint,
     mismatches,
+    run_config_problem,
 )
 from fgmm_lib.training.distributed import World, close_world, indivisible_message, init_world, world_size_from_env
 from fgmm_lib.training.step import (
@@ -111,8 +118,9 @@ def _prepare_run_folder(run: Path, resume: bool) -> None:
             raise ValueError(
                 f"TrainConfig.out {run} is not empty and is not a run folder (it holds {', '.join(foreign[:5])}); "
                 f"a run is written only into a new or empty folder, or resumed in its own folder")
-        if resume and not is_run_folder(run):
-            raise ValueError(f"cannot resume: {run} has a {CHECKPOINT} but no run {CONFIG}")
+        problem = run_config_problem(run) if resume else None
+        if problem:
+            raise ValueError(f"cannot resume: {run} has a {CHECKPOINT} but {problem}")
     check_writable_folder(run, "TrainConfig.out")
 
 
@@ -619,6 +627,7 @@ def pretrain(config: TrainConfig, resume: bool = False, progress: bool = True) -
         raise ValueError(indivisible_message(config.batch_size, processes))
     config = dataclasses.replace(config, nproc=processes)
     run = Path(config.out)
+    check_backend(config)  # before anything is written: "triton" needs CUDA and the triton package
     device = _rank_device(_resolve_device(config.device))
     dataset = _open_data(config)
     plan = _plan_schedule(config, len(dataset))
