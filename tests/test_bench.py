@@ -174,5 +174,15 @@ def test_bench_train_quick_writes_steps_phases_and_parallel(tmp_path):
         assert group["share"].sum() == pytest.approx(1.0, abs=1e-6)
     parallel = on_disk[on_disk["measure"] == "parallel"]
     assert list(parallel["phase"]) == ["1x2", "2x1"] and (parallel["samples_per_s"] > 0).all()
+    formulation = on_disk[on_disk["measure"] == "formulation"]
+    for (loss, batch), group in formulation.groupby(["loss", "batch_size"]):
+        assert list(group["phase"]) == ["3d", "2d"] and (group["samples_per_s"] > 0).all()
+        assert group["speedup"].iloc[0] == 1.0
+        assert group["speedup"].iloc[1] == pytest.approx(group["samples_per_s"].iloc[1] / group["samples_per_s"].iloc[0])
+    profile = pd.read_csv(tmp_path / "train_profile.csv")
+    for (loss, batch), group in profile.groupby(["loss", "batch_size"]):
+        assert group["share"].sum() == pytest.approx(1.0, abs=1e-6) and group["operator"].iloc[-1] == "(other)"
+        assert (group["self_ms_per_step"] >= 0).all() and group["self_ms_per_step"].iloc[0] > 0
+    assert set(profile["loss"]) == {"coarse", "max"}
     with pytest.raises(ValueError, match="steps"):
         bench_train(out_dir=tmp_path, steps=0)

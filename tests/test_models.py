@@ -244,3 +244,38 @@ def test_bad_model_config_raises_naming_field(overrides: dict, field_name: str) 
 def test_grid_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="height"):
         VideoEncoder(dim=4, width=0.25).grid(8, 0, 32)
+
+
+@pytest.mark.parametrize("depth, frames, size", [(1, 8, 32), (2, 7, 20)])
+def test_temporal_convs_as_2d_compute_the_same_function(depth, frames, size):
+    """The 2D formulation of the temporal convs: same outputs and gradients on the same weights (float64)."""
+    torch.manual_seed(0)
+    three_d = VideoEncoder(dim=16, width=0.5, depth=depth).double()
+    two_d = VideoEncoder(dim=16, width=0.5, depth=depth).double()
+    two_d.load_state_dict(three_d.state_dict())  # the same parameters: checkpoints load either way
+    two_d.use_temporal_2d()
+    assert all(m.temporal_2d for m in two_d.modules() if hasattr(m, "temporal_2d") and m is not two_d)
+    video = torch.rand(3, 3, frames, size, size, dtype=torch.float64)
+    weights = [torch.randn_like(t) for t in three_d(video)]
+    outputs, grads = [], []
+    for model in (three_d, two_d):
+        out = model(video)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), list(model.parameters())))
+    for a, b in zip(*outputs):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(outputs[0][0], torch.zeros_like(outputs[0][0]))
+
+
+def test_temporal_2d_float32_stays_within_rounding():
+    torch.manual_seed(1)
+    model = VideoEncoder(dim=32, width=1.0)
+    video = torch.rand(8, 3, 8, 32, 32)
+    reference = model(video)
+    model.use_temporal_2d()
+    for a, b in zip(reference, model(video)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    model.use_temporal_2d(False)
+    assert all(torch.equal(a, b) for a, b in zip(reference, model(video)))

@@ -10,7 +10,13 @@ whether two 1-thread processes side by side beat one 2-thread process on this ma
   ``encoders``, the ``loss``, the ``backward`` pass through loss and encoders, the ``optimizer``),
   each phase's median milliseconds and its share of the step;
 - ``measure="parallel"``: total samples per second of ``1x2`` (one process, two threads) and
-  ``2x1`` (two processes with one thread each, side by side, each training its own run).
+  ``2x1`` (two processes with one thread each, side by side, each training its own run);
+- ``measure="formulation"``: one thread, whole steps with the video encoder's temporal convs as
+  3D convs (``phase="3d"``, the study's) and as 2D convs over a view of the clip (``phase="2d"``,
+  :meth:`fgmm_lib.models.encoders.VideoEncoder.use_temporal_2d`), and ``speedup`` against ``3d``.
+
+:func:`profile_ops` writes ``train_profile.csv``: where one thread's steps spend their time, per
+operator (``torch.profiler``, self time, the top operators of each loss and batch size).
 
 The steps are those of :func:`fgmm_lib.training.loop.pretrain` (same model, loss module, optimiser and
 batch assembly), on a temporary Narrated Digits folder of the study's clip shape.
@@ -32,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from fgmm_lib.data.dataset import NarratedDigits
 from fgmm_lib.data.generate import GenerationConfig, generate_dataset
@@ -41,16 +48,20 @@ from fgmm_lib.runs.config import TrainConfig, loss_from_config
 from fgmm_lib.training.step import BATCH_KEYS, encode_batch, loss_of_outputs, parameter_groups
 
 COLUMNS = ["measure", "loss", "batch_size", "threads", "processes", "phase", "ms", "share", "samples_per_s",
-           "steps", "cpu"]
+           "speedup", "steps", "cpu"]
+PROFILE_COLUMNS = ["loss", "batch_size", "threads", "operator", "self_ms_per_step", "share", "calls_per_step"]
+FORMULATIONS = {"3d": False, "2d": True}
 PHASES = ("batch", "encoders", "loss", "backward", "optimizer")
 
 
-def _setup(data: Path, loss: str, batch_size: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+def _setup(data: Path, loss: str, batch_size: int, seed: int = 0,
+           temporal_2d: bool = False) -> tuple[Any, Any, Any, Any]:
     torch.manual_seed(seed)
     config = TrainConfig(data=str(data), out="unused", loss=loss, batch_size=batch_size, device="cpu",
                          backend="chunked")
     dataset = NarratedDigits(data, split="train", neighbours=config.neighbours)
     model = DualEncoder(config.model_config(len(dataset.vocab)))
+    model.video.use_temporal_2d(temporal_2d)
     loss_module = loss_from_config(config)
     optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
     return dataset, model, loss_module, optimizer
@@ -86,12 +97,13 @@ def _timed_phases(dataset: Any, model: Any, loss_module: Any, optimizer: Any, ba
     return spans
 
 
-def measure_steps(data: Path, loss: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
+def measure_steps(data: Path, loss: str, batch_size: int, steps: int, threads: int,
+                  temporal_2d: bool = False) -> dict[str, Any]:
     """Median phase times (seconds) and samples per second over ``steps`` steps after one warm-up."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size)
+        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size, temporal_2d=temporal_2d)
         _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=10**6)  # warm-up
         spans = [_timed_phases(dataset, model, loss_module, optimizer, batch_size, step) for step in range(steps)]
     finally:
@@ -126,10 +138,8 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
                 batch_sizes: Sequence[int] = (8, 64, 256), steps: int = 6, threads: int = 2,
                 parallel_losses: Sequence[str] = ("coarse", "max"), parallel_batch_size: int = 64,
                 clips: int = 1200, quick: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Measure training speed (see the module docstring); write ``out_dir/train.csv``; return the table."""
-    from tqdm.auto import tqdm
-
-
+    """Measure training speed (see the module docstring); write ``out_dir/train.csv`` and
+    ``out_dir/train_profile.csv``; return the first table."""
     if quick:
         losses, batch_sizes, steps, parallel_losses, parallel_batch_size, clips = ("coarse", "max"), (8,), 2, \
             ("coarse",), 8, 80
@@ -156,6 +166,41 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
                 rows.append({"measure": "parallel", "loss": loss, "batch_size": parallel_batch_size,
                              "threads": per_process, "processes": processes, "phase": label, "samples_per_s": rate,
                              "steps": steps, "cpu": cpu})
+        for loss, batch in tqdm(jobs, desc="3d against 2d temporal convs", unit="config", disable=not progress):
+            rates = {name: measure_steps(data, loss, batch, steps, 1, temporal_2d=flag)["samples_per_s"]
+                     for name, flag in FORMULATIONS.items()}
+            for name, rate in rates.items():
+                rows.append({"measure": "formulation", "loss": loss, "batch_size": batch, "threads": 1,
+                             "processes": 1, "phase": name, "samples_per_s": rate, "speedup": rate / rates["3d"],
+                             "steps": steps, "cpu": cpu})
+        profile = pd.concat([profile_ops(data, loss, batch, max(2, steps // 2), 1)
+                             for loss, batch in tqdm(jobs, desc="operator profile", unit="config", disable=not progress)],
+                            ignore_index=True)
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_atomic(Path(out_dir) / "train.csv", lambda path: table.to_csv(path, index=False))
+    write_atomic(Path(out_dir) / "train_profile.csv", lambda path: profile.to_csv(path, index=False))
     return table
+
+
+def profile_ops(data: Path, loss: str, batch_size: int, steps: int, threads: int, top: int = 12) -> pd.DataFrame:
+    """The ``top`` operators by self CPU time of ``steps`` training steps (after one warm-up), per step,
+    with their share of the profiled time and the rest summed as ``(other)``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size)
+        _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=10**6)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            for step in range(steps):
+                _timed_phases(dataset, model, loss_module, optimizer, batch_size, step)
+    finally:
+        torch.set_num_threads(previous)
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events) or 1.0
+    rows = [{"operator": event.key, "self_us": event.self_cpu_time_total, "calls": event.count} for event in events[:top]]
+    rest = events[top:]
+    rows.append({"operator": "(other)", "self_us": sum(e.self_cpu_time_total for e in rest),
+                 "calls": sum(e.count for e in rest)})
+    return pd.DataFrame([{"loss": loss, "batch_size": batch_size, "threads": threads, "operator": row["operator"],
+                          "self_ms_per_step": row["self_us"] / 1000 / steps, "share": row["self_us"] / total,
+                          "calls_per_step": row["calls"] / steps} for row in rows], columns=PROFILE_COLUMNS)
