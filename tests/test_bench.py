@@ -91,6 +91,7 @@ def test_cpu_peaks_come_from_a_pass_before_every_timed_run(tmp_path, monkeypatch
 def test_a_configuration_failing_its_peak_run_is_not_timed(tmp_path, monkeypatch):
     if not bench._CpuMemory().available:
         pytest.skip("no /proc/self/clear_refs or glibc here: no peak pass")
+
     def measure(self, step):
         raise RuntimeError("boom in the peak pass")
 

@@ -101,6 +101,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-
 if __name__ == "__main__":
     sys.exit(main())
