@@ -8,24 +8,19 @@ from typing import Any, Callable
 
 from fgmm_lib.data import datasets, importers
 
-#: The import commands: name -> (help, [(option, help)] of the inputs they read).
-IMPORTS = {
-    "import-videos": ("narrated videos from a CSV / JSONL manifest (video,start,end,text[,split])",
-                      [("--manifest", "CSV or JSONL manifest; video paths relative to its folder")]),
-    "import-ucf101": ("UCF101 action recognition (official train / test lists)",
-                      [("--videos", "folder of <Class>/*.avi"),
-                       ("--splits", "folder of classInd.txt, trainlist0N.txt, testlist0N.txt")]),
-    "import-hmdb51": ("HMDB51 action recognition (official split files)",
-                      [("--videos", "folder of <class>/*.avi"), ("--splits", "folder of <class>_test_splitN.txt")]),
-    "import-msrvtt": ("MSR-VTT text-to-video retrieval",
-                      [("--annotations", "caption JSON (videos + sentences) or CSV video,caption[,split]"),
-                       ("--videos", "folder of <video_id>.mp4 (any depth)")]),
-    "import-youcook2": ("YouCook2 text-to-video retrieval on annotated segments",
-                        [("--annotations", "youcookii_annotations_*.json"),
-                         ("--videos", "folder of <youtube_id>.<ext> (any depth)")]),
-    "import-karpathy": ("Flickr30k / COCO text-to-image retrieval (Karpathy split)",
-                        [("--annotations", "dataset_flickr30k.json or dataset_coco.json"),
-                         ("--images", "folder of the images")]),
+#: The inputs each import command reads: name -> [(option, help)] (their one-line help is in
+#: :data:`fgmm_lib.cli.main.COMMANDS`, which lists every command without importing this module).
+INPUTS = {
+    "import-videos": [("--manifest", "CSV or JSONL manifest; video paths relative to its folder")],
+    "import-ucf101": [("--videos", "folder of <Class>/*.avi"),
+                      ("--splits", "folder of classInd.txt, trainlist0N.txt, testlist0N.txt")],
+    "import-hmdb51": [("--videos", "folder of <class>/*.avi"), ("--splits", "folder of <class>_test_splitN.txt")],
+    "import-msrvtt": [("--annotations", "caption JSON (videos + sentences) or CSV video,caption[,split]"),
+                      ("--videos", "folder of <video_id>.mp4 (any depth)")],
+    "import-youcook2": [("--annotations", "youcookii_annotations_*.json"),
+                        ("--videos", "folder of <youtube_id>.<ext> (any depth)")],
+    "import-karpathy": [("--annotations", "dataset_flickr30k.json or dataset_coco.json"),
+                        ("--images", "folder of the images")],
 }
 
 
@@ -44,7 +39,7 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 
 
 def add_options(parser: argparse.ArgumentParser, name: str) -> None:
-    for option, option_help in IMPORTS[name][1]:
+    for option, option_help in INPUTS[name]:
         parser.add_argument(option, required=True, help=option_help)
     if name in ("import-ucf101", "import-hmdb51"):
         parser.add_argument("--fold", type=int, default=1, help="official split number (default: 1)")
