@@ -81,8 +81,11 @@ def closure(modules: set[str]) -> set[str]:
 
 
 def files(modules: set[str]) -> set[str]:
-    """Repository-relative paths of ``modules``' files."""
-    return {str(module_file(name).relative_to(ROOT)) for name in modules}
+    """Repository-relative paths of ``modules``' files, with the C source a module builds at run time
+    (``name.c`` beside ``name.py``)."""
+    paths = {module_file(name) for name in modules}
+    paths |= {path.with_suffix(".c") for path in paths if path.with_suffix(".c").is_file()}
+    return {str(path.relative_to(ROOT)) for path in paths}
 
 
 def local_imports(name: str) -> list[tuple[int, str]]:

@@ -170,14 +170,21 @@ def test_bench_train_quick_writes_steps_phases_and_parallel(tmp_path):
     steps = on_disk[on_disk["measure"] == "step"]
     assert set(steps["loss"]) == {"coarse", "max"} and (steps["samples_per_s"] > 0).all()
     phases = on_disk[on_disk["measure"] == "phase"]
-    for loss, group in phases.groupby("loss"):
+    for (loss, threads), group in phases.groupby(["loss", "threads"]):
         assert list(group["phase"]) == list(PHASES)
         assert group["share"].sum() == pytest.approx(1.0, abs=1e-6)
     parallel = on_disk[on_disk["measure"] == "parallel"]
     assert list(parallel["phase"]) == ["1x2", "2x1"] and (parallel["samples_per_s"] > 0).all()
+    peaks = on_disk[on_disk["measure"] == "peak"]
+    assert sorted(peaks["threads"]) == [1, 2] and (peaks["gflops"] > 1).all()
+    assert sorted(steps["threads"].unique()) == [1, 2]
+    assert (steps["gflops"] > 0).all() and ((steps["peak_share"] > 0) & (steps["peak_share"] < 1.5)).all()
+    for _, row in steps.iterrows():
+        peak = peaks.loc[peaks["threads"] == row["threads"], "gflops"].item()
+        assert row["peak_share"] == pytest.approx(row["gflops"] / peak)
     formulation = on_disk[on_disk["measure"] == "formulation"]
     for (loss, batch), group in formulation.groupby(["loss", "batch_size"]):
-        assert list(group["phase"]) == ["3d", "2d"] and (group["samples_per_s"] > 0).all()
+        assert list(group["phase"]) == ["before", "after"] and (group["samples_per_s"] > 0).all()
         assert group["speedup"].iloc[0] == 1.0
         assert group["speedup"].iloc[1] == pytest.approx(group["samples_per_s"].iloc[1] / group["samples_per_s"].iloc[0])
     profile = pd.read_csv(tmp_path / "train_profile.csv")

@@ -226,6 +226,29 @@ def test_chunk_block_size_follows_budget(monkeypatch: pytest.MonkeyPatch) -> Non
           pair_scores(video, text, text_mask, video_mask, "max", backend="naive"))
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_one_block_keeps_its_graph_with_the_same_numbers(aggregation: str) -> None:
+    """keep_single_block: when the budget fits every text, the chunked backend runs the block once and
+    lets autograd keep it; in float64 scores and gradients are bit for bit the recomputing path's."""
+    bv, bt, n, m, d = 4, 5, 6, 3, 4
+    video, text, video_mask, text_mask = random_inputs(bv, bt, n, m, d, seed=11)
+    attn = torch.tensor(0.15, dtype=DTYPE, requires_grad=True)
+    weight = torch.tensor(0.4, dtype=DTYPE, requires_grad=True)
+    inputs = [video, text] + ([attn, weight] if aggregation in ATTENTION_AGGREGATIONS else [])
+    results = {}
+    for name, keep in (("one block", True), ("recomputing", False)):
+        saved: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            scores = pair_scores(video, text, text_mask, video_mask, aggregation, attn, weight,
+                                 backend="chunked", keep_single_block=keep)
+        results[name] = (scores, grads_of(scores, inputs), max(saved))
+    (one, one_grads, one_saved), (again, again_grads, again_saved) = results["one block"], results["recomputing"]
+    assert torch.equal(one, again)
+    assert all(torch.equal(a, b) for a, b in zip(one_grads, again_grads))
+    if aggregation != "mean":  # the one block's pair tensors are kept; the recomputing path keeps none
+        assert one_saved >= bv * bt * n * m > again_saved
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the largest tensor any operation produces, forward and backward."""
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fgmm_lib.models.encoders import DualEncoder, ModelConfig, TextEncoder, VideoEncoder, token_to_cell
+from fgmm_lib.models.group_norm import kernel_available
 
 
 def _parameter_count(module: nn.Module) -> int:
@@ -278,4 +279,41 @@ def test_temporal_2d_float32_stays_within_rounding():
     for a, b in zip(reference, model(video)):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
     model.use_temporal_2d(False)
+    assert all(torch.equal(a, b) for a, b in zip(reference, model(video)))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_fast_path_float32_matches_float64_reference(depth):
+    """The whole fast path (2D temporal convs, GroupNorm + residual + ReLU in the C kernel) against the
+    reference formulation in float64 on the same weights: outputs and every parameter's gradient."""
+    torch.manual_seed(2)
+    reference = VideoEncoder(dim=16, width=0.5, depth=depth).double()
+    fast = VideoEncoder(dim=16, width=0.5, depth=depth)
+    fast.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
+    fast.use_fast_path()
+    assert kernel_available(), "the C compiler should build the GroupNorm kernel here"
+    video = torch.rand(3, 3, 8, 24, 24, dtype=torch.float64)
+    weights = [torch.randn_like(t) for t in reference(video)]
+    results = []
+    for model, clip in ((reference, video), (fast, video.float())):
+        out = model(clip)
+        grads = torch.autograd.grad(sum((o * w.to(o.dtype)).sum() for o, w in zip(out, weights)),
+                                    list(model.parameters()))
+        results.append((out, grads))
+    (ref_out, ref_grads), (fast_out, fast_grads) = results
+    for a, b in zip(ref_out, fast_out):
+        assert torch.allclose(a.float(), b, rtol=1e-4, atol=1e-5)
+    for (name, _), a, b in zip(reference.named_parameters(), ref_grads, fast_grads):
+        scale = a.abs().max().item() + 1e-12
+        assert (a.float() - b).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_fast_path_switches_off_to_the_reference_exactly():
+    torch.manual_seed(3)
+    model = VideoEncoder(dim=16, width=0.5)
+    video = torch.rand(2, 3, 8, 16, 16)
+    reference = model(video)
+    model.use_fast_path()
+    assert all(m.fused_norm for m in model.modules() if hasattr(m, "fused_norm"))
+    model.use_fast_path(False)
     assert all(torch.equal(a, b) for a, b in zip(reference, model(video)))

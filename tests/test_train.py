@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -526,7 +528,7 @@ def test_lr_rule_is_recorded_and_used(data: Path, tmp_path: Path) -> None:
 
 
 NEW_KEYS = ("lr_scaling", "reference_batch_size", "warmup_samples", "val_data", "val_split", "val_points",
-            "val_every")
+            "val_every", "fast_path")
 
 
 def test_runs_of_an_older_version_load_and_resume(full_run: Path, data: Path, tmp_path: Path) -> None:
@@ -546,3 +548,76 @@ def test_runs_of_an_older_version_load_and_resume(full_run: Path, data: Path, tm
     assert config.lr_scaling == "none" and config.val_data == ""
     pretrain(make_config(data, run), resume=True, progress=False)
     assert_same_weights(full_run, run)
+
+
+def test_fast_path_trains_the_same_run_within_rounding(full_run: Path, data: Path, tmp_path: Path) -> None:
+    """fast_path computes the same function: the first step's loss equal within float32 rounding, every
+    logged loss close, and a run started without it resumes with it (the same parameters and state)."""
+    fast = pretrain(make_config(data, tmp_path / "fast", fast_path=True), progress=False)
+    reference, fast_rows = read_log(full_run), read_log(fast)
+    assert [row["step"] for row in fast_rows] == [row["step"] for row in reference]
+    assert fast_rows[0]["loss"] == pytest.approx(reference[0]["loss"], rel=1e-5)
+    for row, want in zip(fast_rows, reference):
+        assert row["loss"] == pytest.approx(want["loss"], rel=1e-3)
+    # Adam divides by the gradient's running scale, so where a gradient is near zero a rounding
+    # difference can move a weight by up to lr a step: 8 steps of lr 2e-3 bound the drift.
+    drift = 8 * 2e-3
+    a, b = checkpoint_of(full_run)["model"], checkpoint_of(fast)["model"]
+    assert a.keys() == b.keys()
+    assert max((a[name] - b[name]).abs().max().item() for name in a) < drift
+    assert json.loads((fast / "config.json").read_text())["train"]["fast_path"] is True
+
+    half = pretrain(make_config(data, tmp_path / "switch", max_steps=4), progress=False)
+    pretrain(make_config(data, half, fast_path=True), resume=True, progress=False)
+    assert [row["step"] for row in read_log(half)] == list(range(1, 9))
+    switched = checkpoint_of(half)["model"]
+    assert max((switched[name] - a[name]).abs().max().item() for name in a) < drift / 2
+
+
+def test_fast_path_step_has_the_same_gradients(data: Path) -> None:
+    """One step's loss and every gradient, fast path against the reference, on the same weights and batch."""
+    config = make_config(data, data / "unused", loss="attention", width=0.5)
+    dataset = NarratedDigits(data, split="train")
+    batch = {key: torch.as_tensor(value) for key, value in dataset.get_batch(list(range(8))).items()
+             if key in ("video", "tokens", "token_mask")}
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = DualEncoder(config.model_config(len(dataset.vocab)))
+        model.video.use_fast_path(fast)
+        loss_module = loss_from_config(config)
+        loss_module.keep_single_block = fast
+        loss = batch_loss(model, loss_module, batch)
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)))
+    (loss_ref, grads_ref), (loss_fast, grads_fast) = results
+    assert loss_fast.item() == pytest.approx(loss_ref.item(), rel=1e-5)
+    assert sum(grad is not None for grad in grads_ref) > 20
+    for reference, fast in zip(grads_ref, grads_fast):
+        assert (reference is None) == (fast is None)
+        if reference is None:
+            continue
+        assert (reference - fast).abs().max().item() <= 2e-4 * reference.abs().max().item() + 1e-7
+
+
+def test_reuse_freed_memory_stops_page_faults_on_large_tensors() -> None:
+    """Allocating, touching and freeing a 64 MiB tensor again and again: glibc's default faults every
+    page in afresh each time; after reuse_freed_memory the freed block is reused."""
+    code = """
+import resource, torch
+from fgmm_lib.io import reuse_freed_memory
+def faults():
+    for _ in range(2):
+        torch.ones(16 * 2**20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+default = min(faults(), faults())
+assert reuse_freed_memory()
+faults()  # the heap grows to hold the block once
+print(default, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    default, reused = (int(value) for value in out.split())
+    assert default > 5 * 10_000  # 16,384 pages of 4 KiB per tensor, every time
+    assert reused < 1_000

@@ -1,22 +1,30 @@
-"""The training benchmark: samples per second of pretraining steps, where a step's time goes, and
+"""The training benchmark: samples per second of pretraining steps, their rate against this
+machine's matrix-multiply rate, where a step's time goes, the speed-up of the fast formulation, and
 whether two 1-thread processes side by side beat one 2-thread process on this machine.
 
 :func:`bench_train` writes ``train.csv`` (one row per measurement) with the columns of
 :data:`COLUMNS`:
 
+- ``measure="peak"``: the float32 matrix-multiply rate (``gflops``) of this CPU at 1 and at
+  ``threads`` threads (a 2048 x 2048 product), the practical peak that ``peak_share`` divides by;
 - ``measure="step"``: the median time of whole training steps (batch assembly, both encoders,
-  the loss, backward, AdamW) for each loss and batch size, as ``samples_per_s``;
+  the loss, backward, AdamW) for each loss and batch size at 1 and at ``threads`` threads, in
+  the fast formulation (:attr:`fgmm_lib.runs.config.TrainConfig.fast_path`), as ``samples_per_s``,
+  ``gflops`` (the step's counted floating-point work over its time) and ``peak_share``;
 - ``measure="phase"``: the same steps cut into phases (``batch`` assembly, the forward pass of both
   ``encoders``, the ``loss``, the ``backward`` pass through loss and encoders, the ``optimizer``),
   each phase's median milliseconds and its share of the step;
 - ``measure="parallel"``: total samples per second of ``1x2`` (one process, two threads) and
   ``2x1`` (two processes with one thread each, side by side, each training its own run);
-- ``measure="formulation"``: one thread, whole steps with the video encoder's temporal convs as
-  3D convs (``phase="3d"``, the study's) and as 2D convs over a view of the clip (``phase="2d"``,
-  :meth:`fgmm_lib.models.encoders.VideoEncoder.use_temporal_2d`), and ``speedup`` against ``3d``.
+- ``measure="formulation"``: one thread, whole steps in the formulation ``before`` the speed-up work
+  (3D temporal convs, PyTorch's GroupNorm and ReLU, the for-loop AdamW, the chunked loss recomputing
+  its one block in backward, glibc's default memory reuse) and ``after`` it (``fast_path``). Each is
+  timed in fresh processes that take turns (the memory setting is process-wide), and ``speedup`` is
+  each one's rate over ``before``.
 
-:func:`profile_ops` writes ``train_profile.csv``: where one thread's steps spend their time, per
-operator (``torch.profiler``, self time, the top operators of each loss and batch size).
+:func:`profile_ops` writes ``train_profile.csv``: where one thread's steps of the fast formulation
+spend their time, per operator (``torch.profiler``, self time, the top operators of each loss and
+batch size).
 
 The steps are those of :func:`fgmm_lib.training.loop.pretrain` (same model, loss module, optimiser and
 batch assembly), on a temporary Narrated Digits folder of the study's clip shape.
@@ -38,32 +46,42 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from fgmm_lib.data.dataset import NarratedDigits
 from fgmm_lib.data.generate import GenerationConfig, generate_dataset
-from fgmm_lib.io import write_atomic
+from fgmm_lib.io import reuse_freed_memory, write_atomic
 from fgmm_lib.models.encoders import DualEncoder
 from fgmm_lib.runs.config import TrainConfig, loss_from_config
 from fgmm_lib.training.step import BATCH_KEYS, encode_batch, loss_of_outputs, parameter_groups
 
 COLUMNS = ["measure", "loss", "batch_size", "threads", "processes", "phase", "ms", "share", "samples_per_s",
-           "speedup", "steps", "cpu"]
+           "gflops", "peak_share", "speedup", "steps", "cpu"]
 PROFILE_COLUMNS = ["loss", "batch_size", "threads", "operator", "self_ms_per_step", "share", "calls_per_step"]
-FORMULATIONS = {"3d": False, "2d": True}
+#: Formulations timed side by side: name -> TrainConfig.fast_path (``before`` also forces the loss's
+#: recomputing chunked path, see :func:`_setup`).
+FORMULATIONS = {"before": False, "after": True}
 PHASES = ("batch", "encoders", "loss", "backward", "optimizer")
 
 
 def _setup(data: Path, loss: str, batch_size: int, seed: int = 0,
-           temporal_2d: bool = False) -> tuple[Any, Any, Any, Any]:
+           fast_path: bool = False) -> tuple[Any, Any, Any, Any]:
+    """What :func:`fgmm_lib.training.loop.pretrain` builds for a step; ``fast_path=False`` is the
+    formulation before the speed-up work."""
     torch.manual_seed(seed)
     config = TrainConfig(data=str(data), out="unused", loss=loss, batch_size=batch_size, device="cpu",
-                         backend="chunked")
+                         backend="chunked", fast_path=fast_path)
     dataset = NarratedDigits(data, split="train", neighbours=config.neighbours)
     model = DualEncoder(config.model_config(len(dataset.vocab)))
-    model.video.use_temporal_2d(temporal_2d)
+    model.video.use_fast_path(config.fast_path)
+    if fast_path:
+        reuse_freed_memory()
     loss_module = loss_from_config(config)
-    optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=config.lr)
+    if hasattr(loss_module, "keep_single_block"):
+        loss_module.keep_single_block = fast_path
+    optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=config.lr,
+                                  fused=config.fast_path or None)
     return dataset, model, loss_module, optimizer
 
 
@@ -98,26 +116,79 @@ def _timed_phases(dataset: Any, model: Any, loss_module: Any, optimizer: Any, ba
 
 
 def measure_steps(data: Path, loss: str, batch_size: int, steps: int, threads: int,
-                  temporal_2d: bool = False) -> dict[str, Any]:
+                  fast_path: bool = False) -> dict[str, Any]:
     """Median phase times (seconds) and samples per second over ``steps`` steps after one warm-up."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size, temporal_2d=temporal_2d)
+        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size, fast_path=fast_path)
         _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=10**6)  # warm-up
         spans = [_timed_phases(dataset, model, loss_module, optimizer, batch_size, step) for step in range(steps)]
     finally:
         torch.set_num_threads(previous)
     phases = {phase: statistics.median(span[phase] for span in spans) for phase in PHASES}
-    step_s = statistics.median(sum(span.values()) for span in spans)
-    return {"phases": phases, "step_s": step_s, "samples_per_s": batch_size / step_s}
+    step_seconds = [sum(span.values()) for span in spans]
+    step_s = statistics.median(step_seconds)
+    return {"phases": phases, "step_s": step_s, "samples_per_s": batch_size / step_s, "step_seconds": step_seconds}
 
 
-def _worker_command(data: Path, loss: str, batch_size: int, steps: int, threads: int) -> list[str]:
+def measure_formulations(data: Path, loss: str, batch_size: int, steps: int, rounds: int = 2) -> dict[str, float]:
+    """Samples per second of each of :data:`FORMULATIONS` at one thread: ``rounds`` rounds in which
+    each formulation runs ``steps`` steps (after a warm-up) in a fresh process, the formulations taking
+    turns so that a slow patch of the machine falls on both; medians over all steps of a formulation."""
+    seconds: dict[str, list[float]] = {name: [] for name in FORMULATIONS}
+    for _ in range(rounds):
+        for name, flag in FORMULATIONS.items():
+            seconds[name] += _in_process(data, loss, batch_size, steps, 1, flag)["step_seconds"]
+    return {name: batch_size / statistics.median(values) for name, values in seconds.items()}
+
+
+def _in_process(data: Path, loss: str, batch_size: int, steps: int, threads: int, fast_path: bool) -> dict[str, Any]:
+    """:func:`measure_steps` in a fresh Python process with ``threads`` threads."""
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    result = subprocess.run(_worker_command(data, loss, batch_size, steps, threads, fast_path), capture_output=True,
+                            text=True, env=environment, timeout=3600)
+    if result.returncode != 0:
+        raise ChildProcessError(f"a benchmark process failed with status {result.returncode}: "
+                                f"{result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def step_flops(data: Path, loss: str, batch_size: int) -> float:
+    """Floating-point operations of one training step (forward and backward), as
+    ``torch.utils.flop_counter`` counts them (matrix products and convolutions)."""
+    dataset, model, loss_module, optimizer = _setup(data, loss, batch_size)
+    with FlopCounterMode(display=False) as counter:
+        _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=0)
+    return float(counter.get_total_flops())
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's float32 matrix-multiply rate at ``threads`` threads (GFLOP/s, best of ``repeats``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        left, right = torch.randn(size, size), torch.randn(size, size)
+        left @ right
+        best = min(_timed(lambda: left @ right) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(function: Any) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def _worker_command(data: Path, loss: str, batch_size: int, steps: int, threads: int,
+                    fast_path: bool = True) -> list[str]:
     code = ("import json, sys; from pathlib import Path; from fgmm_lib.bench.train import measure_steps; "
             "print(json.dumps(measure_steps(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
-            "int(sys.argv[5]))))")
-    return [sys.executable, "-c", code, str(data), loss, str(batch_size), str(steps), str(threads)]
+            "int(sys.argv[5]), fast_path=sys.argv[6] == '1')))")
+    return [sys.executable, "-c", code, str(data), loss, str(batch_size), str(steps), str(threads),
+            "1" if fast_path else "0"]
 
 
 def measure_parallel(data: Path, loss: str, batch_size: int, steps: int, processes: int) -> float:
@@ -151,28 +222,36 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
     with tempfile.TemporaryDirectory(prefix="fgmm-bench-train-") as tmp:
         data = generate_dataset(GenerationConfig(clips=clips, seed=0), Path(tmp) / "data", progress=False)
         jobs = [(loss, batch) for loss in losses for batch in batch_sizes]
+        counts = sorted({1, threads})
+        peaks = {count: matmul_gflops(count) for count in counts}
+        for count, rate in peaks.items():
+            rows.append({"measure": "peak", "threads": count, "processes": 1, "phase": "matmul", "gflops": rate,
+                         "peak_share": 1.0, "cpu": cpu})
         for loss, batch in tqdm(jobs, desc="training steps", unit="config", disable=not progress):
-            result = measure_steps(data, loss, batch, steps, threads)
-            base = {"loss": loss, "batch_size": batch, "threads": threads, "processes": 1, "steps": steps, "cpu": cpu}
-            rows.append({**base, "measure": "step", "phase": "step", "ms": 1000 * result["step_s"], "share": 1.0,
-                         "samples_per_s": result["samples_per_s"]})
-            for phase, seconds in result["phases"].items():
-                rows.append({**base, "measure": "phase", "phase": phase, "ms": 1000 * seconds,
-                             "share": seconds / result["step_s"]})
+            flops = step_flops(data, loss, batch)
+            for count in counts:
+                result = measure_steps(data, loss, batch, steps, count, fast_path=True)
+                gflops = flops / result["step_s"] / 1e9
+                base = {"loss": loss, "batch_size": batch, "threads": count, "processes": 1, "steps": steps, "cpu": cpu}
+                rows.append({**base, "measure": "step", "phase": "step", "ms": 1000 * result["step_s"], "share": 1.0,
+                             "samples_per_s": result["samples_per_s"], "gflops": gflops,
+                             "peak_share": gflops / peaks[count]})
+                for phase, seconds in result["phases"].items():
+                    rows.append({**base, "measure": "phase", "phase": phase, "ms": 1000 * seconds,
+                                 "share": seconds / result["step_s"]})
         for loss in tqdm(parallel_losses, desc="1x2 against 2x1", unit="loss", disable=not progress):
-            together = measure_steps(data, loss, parallel_batch_size, steps, threads)["samples_per_s"]
+            together = measure_steps(data, loss, parallel_batch_size, steps, threads, fast_path=True)["samples_per_s"]
             apart = measure_parallel(data, loss, parallel_batch_size, steps, threads)
             for label, processes, per_process, rate in (("1x2", 1, threads, together), ("2x1", threads, 1, apart)):
                 rows.append({"measure": "parallel", "loss": loss, "batch_size": parallel_batch_size,
                              "threads": per_process, "processes": processes, "phase": label, "samples_per_s": rate,
                              "steps": steps, "cpu": cpu})
-        for loss, batch in tqdm(jobs, desc="3d against 2d temporal convs", unit="config", disable=not progress):
-            rates = {name: measure_steps(data, loss, batch, steps, 1, temporal_2d=flag)["samples_per_s"]
-                     for name, flag in FORMULATIONS.items()}
+        for loss, batch in tqdm(jobs, desc="before against after", unit="config", disable=not progress):
+            rates = measure_formulations(data, loss, batch, steps)
             for name, rate in rates.items():
                 rows.append({"measure": "formulation", "loss": loss, "batch_size": batch, "threads": 1,
-                             "processes": 1, "phase": name, "samples_per_s": rate, "speedup": rate / rates["3d"],
-                             "steps": steps, "cpu": cpu})
+                             "processes": 1, "phase": name, "samples_per_s": rate,
+                             "speedup": rate / rates["before"], "steps": 2 * steps, "cpu": cpu})
         profile = pd.concat([profile_ops(data, loss, batch, max(2, steps // 2), 1)
                              for loss, batch in tqdm(jobs, desc="operator profile", unit="config", disable=not progress)],
                             ignore_index=True)
@@ -188,7 +267,7 @@ def profile_ops(data: Path, loss: str, batch_size: int, steps: int, threads: int
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size)
+        dataset, model, loss_module, optimizer = _setup(data, loss, batch_size, fast_path=True)
         _timed_phases(dataset, model, loss_module, optimizer, batch_size, step=10**6)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
             for step in range(steps):

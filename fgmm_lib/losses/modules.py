@@ -123,6 +123,11 @@ class ContrastiveLoss(PairLoss):
         self.name = self.aggregation = aggregation
         self.uses_tokens = self.has_attention = aggregation in AGGREGATIONS
         self.backend = backend
+        #: Texts per block of the "chunked" backend; None = from its memory budget.
+        self.block_size: int | None = None
+        #: When one block of the budget holds every text, keep it for backward instead of recomputing
+        #: it (the same function; float32 rounding may differ). Set by TrainConfig.fast_path.
+        self.keep_single_block = False
         log_attn = torch.tensor(math.log(attn_temperature))
         log_weight = torch.tensor(math.log(weight_temperature))
         self.learn_attention_temperatures = (bool(learn_attention_temperatures)
@@ -162,7 +167,8 @@ class ContrastiveLoss(PairLoss):
         if video_mask is None:
             video_mask = torch.ones(video_tokens.shape[:-1], dtype=torch.bool, device=video_tokens.device)
         return scores_unchecked(video_tokens, text_tokens, video_mask, text_mask, self.aggregation,
-                                 self.log_attn_temperature.exp(), self.log_weight_temperature.exp(), self.backend)
+                                 self.log_attn_temperature.exp(), self.log_weight_temperature.exp(), self.backend,
+                                 self.block_size, self.keep_single_block)
 
     def attention(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
                   video_mask: Tensor | None = None) -> dict[str, Tensor]:

@@ -10,7 +10,8 @@ Pair score backends (``pair_scores(..., backend=...)``):
 
 - ``"naive"``: the reference. Materialises the full ``[Bv, Bt, N, M]`` similarity tensor.
 - ``"chunked"``: pure PyTorch. Processes blocks of texts and recomputes each block in
-  backward, so memory grows with ``Bv * block * N * M``. ``"mean"`` needs no block at all:
+  backward, so memory grows with ``Bv * block * N * M``; with ``keep_single_block`` a problem that
+  fits one block runs once and autograd keeps it. ``"mean"`` needs no block at all:
   the mean of a bilinear form over valid pairs is the cosine of summed unit tokens.
 - ``"triton"``: the fused kernel of :mod:`fgmm_lib.kernels.triton_scores`, imported only when it runs.
 - ``"auto"``: ``"triton"`` for CUDA tensors of an aggregation in ``AUTO_FUSED`` when the kernel
@@ -353,7 +354,7 @@ def _as_scalar_tensor(value: Temperature, like: Tensor) -> Tensor:
 
 def _chunked_scores(video_unit: Tensor, text_unit: Tensor, video_valid: Tensor, text_valid: Tensor,
                     aggregation: str, attn_temperature: Temperature, weight_temperature: Temperature,
-                    block_size: int | None) -> Tensor:
+                    block_size: int | None, keep_single_block: bool = False) -> Tensor:
     if aggregation == "mean":
         # mean over valid (n, m) of <v_n, t_m> = <sum of valid v_n, sum of valid t_m> / (N_valid * M_valid)
         video_mean = video_unit.sum(1) / video_valid.sum(1, keepdim=True).to(video_unit.dtype)
@@ -362,6 +363,12 @@ def _chunked_scores(video_unit: Tensor, text_unit: Tensor, video_valid: Tensor, 
     if block_size is None:
         block_size = chunk_block_size(video_unit.shape[0], video_unit.shape[1], text_unit.shape[1],
                                       video_unit.element_size())
+        if keep_single_block and block_size >= text_unit.shape[0]:
+            # One block holds every text: autograd keeps that block's intermediates (within the same
+            # budget) instead of recomputing them in backward. The same operations, but run with
+            # gradients on, where PyTorch may pick other float32 kernels: equal within rounding.
+            return _block_scores(video_unit, text_unit, video_valid, text_valid,
+                                 aggregation, attn_temperature, weight_temperature)
     return _ChunkedPairScores.apply(
         video_unit, text_unit, video_valid, text_valid,
         _as_scalar_tensor(attn_temperature, video_unit), _as_scalar_tensor(weight_temperature, video_unit),
@@ -398,7 +405,7 @@ def auto_backend(on_cuda: bool, aggregation: str) -> str:
 
 def scores_unchecked(video_tokens: Tensor, text_tokens: Tensor, video_valid: Tensor, text_valid: Tensor,
                       aggregation: str, attn_temperature: Temperature, weight_temperature: Temperature,
-                      backend: str, block_size: int | None = None) -> Tensor:
+                      backend: str, block_size: int | None = None, keep_single_block: bool = False) -> Tensor:
     """:func:`pair_scores` for inputs its caller has validated: no check, nothing that waits on the device."""
     if backend == "auto":
         backend = auto_backend(video_tokens.is_cuda, aggregation)
@@ -414,13 +421,13 @@ def scores_unchecked(video_tokens: Tensor, text_tokens: Tensor, video_valid: Ten
         return _block_scores(video_unit, text_unit, video_valid, text_valid,
                              aggregation, attn_temperature, weight_temperature)
     return _chunked_scores(video_unit, text_unit, video_valid, text_valid,
-                           aggregation, attn_temperature, weight_temperature, block_size)
+                           aggregation, attn_temperature, weight_temperature, block_size, keep_single_block)
 
 
 def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,
                 video_mask: Tensor | None = None, aggregation: str = "attention",
                 attn_temperature: Temperature = 0.1, weight_temperature: Temperature = 0.1,
-                backend: str = "naive", block_size: int | None = None) -> Tensor:
+                backend: str = "naive", block_size: int | None = None, keep_single_block: bool = False) -> Tensor:
     """Fine-grained pair scores S[i, j] between every video i and every text j (docs/study.md section 2).
 
     Args:
@@ -434,6 +441,8 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
         weight_temperature: tau_w of the attention aggregations (outer weighting of phrases / cells), > 0.
         backend: one of ``BACKENDS``; see the module docstring.
         block_size: texts per block for the "chunked" backend; None = from ``CHUNK_MEMORY_BUDGET_BYTES``.
+        keep_single_block: "chunked" with ``block_size=None``: when one block of the budget holds every
+            text, keep it for backward instead of recomputing it (faster; equal within rounding).
 
     Every argument is validated here, once; the loss modules call the same computation without
     the checks on every training step.
@@ -458,7 +467,7 @@ def pair_scores(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | N
                                    or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
     return scores_unchecked(video_tokens, text_tokens, video_valid, text_valid, aggregation,
-                             attn_temperature, weight_temperature, backend, block_size)
+                             attn_temperature, weight_temperature, backend, block_size, bool(keep_single_block))
 
 
 def attention_maps(video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor | None = None,

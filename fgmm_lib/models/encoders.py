@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from fgmm_lib.models.group_norm import norm_act
+
 # Channels of the stem and of each stage at width 1.0, and the (temporal, spatial) stride of
 # each. Stem /2 spatially, stage 1 /2 spatially, stage 2 /2 spatially and temporally: an
 # 8 x 32 x 32 clip gives a 4 x 4 x 4 token grid.
@@ -85,6 +87,8 @@ class SeparableConv3d(nn.Module):
     """
 
     temporal_2d = False
+    #: Normalisation and ReLU in one C kernel (:func:`fgmm_lib.models.group_norm.norm_act`).
+    fused_norm = False
 
     def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> None:
         super().__init__()
@@ -104,7 +108,7 @@ class SeparableConv3d(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.spatial_norm(self.spatial(x)))
+        x = norm_act(self.spatial(x), self.spatial_norm, fused=self.fused_norm)
         return self._temporal_as_2d(x) if self.temporal_2d else self.temporal(x)
 
     def _temporal_as_2d(self, x: Tensor) -> Tensor:
@@ -129,6 +133,8 @@ class SeparableConv3d(nn.Module):
 class ResidualBlock(nn.Module):
     """One (2+1)D block: separable conv, GroupNorm, plus a shortcut, then ReLU."""
 
+    fused_norm = False
+
     def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int] = (1, 1)) -> None:
         super().__init__()
         self.conv = SeparableConv3d(in_channels, out_channels, stride)
@@ -146,7 +152,12 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.norm(self.conv(x)) + self.shortcut(x))
+        out = self.conv(x)
+        if isinstance(self.shortcut, nn.Sequential):
+            shortcut = norm_act(self.shortcut[0](x), self.shortcut[1], relu=False, fused=self.fused_norm)
+        else:
+            shortcut = x
+        return norm_act(out, self.norm, shortcut, fused=self.fused_norm)
 
     def out_size(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         return self.conv.out_size(frames, height, width)
@@ -191,7 +202,7 @@ class VideoEncoder(nn.Module):
         _check_video(video)
         # channels-last: the CPU convolutions run about 1.4x faster fwd+bwd in that layout.
         x = (video * 2.0 - 1.0).contiguous(memory_format=torch.channels_last_3d)
-        x = torch.relu(self.stem_norm(self.stem(x)))
+        x = norm_act(self.stem(x), self.stem_norm, fused=self.fused_norm)
         return self.blocks(x)
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,6 +211,17 @@ class VideoEncoder(nn.Module):
         local = self.local_projection(feature_map).flatten(2).transpose(1, 2)
         global_embedding = self.global_projection(feature_map.mean(dim=(2, 3, 4)))
         return local, global_embedding
+
+    fused_norm = False
+
+    def use_fast_path(self, enabled: bool = True) -> VideoEncoder:
+        """Temporal convs as 2D convs (:meth:`use_temporal_2d`) and every GroupNorm with its residual
+        and ReLU in one C kernel (:mod:`fgmm_lib.models.group_norm`): the same function, faster on a CPU."""
+        self.use_temporal_2d(enabled)
+        for module in self.modules():
+            if isinstance(module, (SeparableConv3d, ResidualBlock, VideoEncoder)):
+                module.fused_norm = bool(enabled)
+        return self
 
     def use_temporal_2d(self, enabled: bool = True) -> VideoEncoder:
         """Run every temporal conv as a 2D conv (:attr:`SeparableConv3d.temporal_2d`); same weights."""

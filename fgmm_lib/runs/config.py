@@ -32,8 +32,8 @@ from fgmm_lib.models.encoders import ModelConfig
 #: A run may also continue on another number of processes or with the other gather: the loss of a
 #: global batch is the same, so it goes on exactly (equal within float tolerance).
 #: The validation fields change only what is measured along the way, not the weights.
-RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend", "nproc", "gather",
-                     "val_data", "val_split", "val_points", "val_every")
+RESUMABLE_CHANGES = ("data", "out", "max_steps", "num_workers", "device", "backend", "fast_path", "nproc",
+                     "gather", "val_data", "val_split", "val_points", "val_every")
 
 #: Rules that scale the peak learning rate with the batch size: exponent of batch / reference.
 LR_SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -67,6 +67,10 @@ class TrainConfig:
     learn_attention_temperatures: bool = field(default=False, metadata={"help": "learn tau_a and tau_w (from the values above)"})
     neighbours: int = field(default=1, metadata={"help": "MIL-NCE: neighbouring narrations per side as extra candidates"})
     backend: str = field(default="auto", metadata={"help": f"pair-score backend, one of {', '.join(BACKENDS)}"})
+    fast_path: bool = field(default=False, metadata={"help": "the same function, faster on a CPU: temporal convs as 2D "
+                                                   "convs, GroupNorm+ReLU in one C kernel, the fused AdamW, the loss's "
+                                                   "single block kept, freed memory kept for reuse (float32 rounding "
+                                                   "differs; docs/benchmarks.md)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda or cuda:N"})
     num_workers: int = field(default=0, metadata={"help": "background processes that assemble batches (0 = none)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many steps, schedule unchanged (0 = no limit)"})
