@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("fgmm_lib.cli.generate", "write a Narrated Digits dataset folder"),
     "pretrain": ("fgmm_lib.cli.pretrain", "pretrain both encoders from scratch"),
     "evaluate": ("fgmm_lib.cli.evaluate", "every downstream task of a run, on held-out clips"),
+    "supervised": ("fgmm_lib.cli.supervised", "the video encoder trained on one label, tested on held-out glyphs"),
     **{name: ("fgmm_lib.cli.imports", help_text) for name, help_text in _IMPORT_HELP.items()},
     "bench-loss": ("fgmm_lib.cli.bench_loss", "time and peak memory of the pair-score backends"),
     "bench-import": ("fgmm_lib.cli.bench_import", "import throughput and batch reading speed of imported data"),
