@@ -176,8 +176,8 @@ def test_bench_train_quick_writes_steps_phases_and_parallel(tmp_path):
     parallel = on_disk[on_disk["measure"] == "parallel"]
     assert list(parallel["phase"]) == ["1x2", "2x1"] and (parallel["samples_per_s"] > 0).all()
     peaks = on_disk[on_disk["measure"] == "peak"]
-    assert sorted(peaks["threads"]) == [1, 2] and (peaks["gflops"] > 1).all()
-    assert sorted(steps["threads"].unique()) == [1, 2]
+    assert list(peaks["threads"]) == [1] and (peaks["gflops"] > 1).all()
+    assert list(steps["threads"].unique()) == [1]
     assert (steps["gflops"] > 0).all() and ((steps["peak_share"] > 0) & (steps["peak_share"] < 1.5)).all()
     for _, row in steps.iterrows():
         peak = peaks.loc[peaks["threads"] == row["threads"], "gflops"].item()

@@ -105,12 +105,23 @@ def test_the_closure_follows_function_level_imports_and_packages():
     assert "fgmm_lib.kernels.triton_scores" in closure({"fgmm_lib.bench.kernel_report"})
 
 
+def test_supervised_plot_names_every_supervised_stage_output():
+    plot = next(next(iter(entry.values())) for entry in dvc_yaml()["plots"]
+                if isinstance(entry, dict) and "supervised" in next(iter(entry)))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["supervised"]
+    expected = {f"results/supervised/digit-{data}-{pooling}/curve.csv"
+                for data in params["digit_data"] for pooling in params["digit_poolings"]}
+    expected |= {f"results/supervised/{attribute}-eval-mean/curve.csv" for attribute in params["reference"]}
+    assert set(plot["y"]) == expected and set(plot["y"].values()) == {"test_top1"}
+
+
 def test_top_level_plots_are_defined_on_the_per_loss_csv_files():
     plots = dvc_yaml()["plots"]
     defined = [next(iter(entry.values())) for entry in plots if isinstance(entry, dict)]
     assert defined, "dvc.yaml has no plot defined on data"
     for plot in defined:
-        assert plot["x"] == "batch_size" or plot["template"] == "bar_horizontal"
+        assert plot["x"] == "batch_size" or plot["template"] == "bar_horizontal" or all(
+            path.startswith("results/supervised/") for path in plot["y"])
         for path, column in plot["y"].items():
             found = re.fullmatch(r"results/ablation/by_loss/(\w+)\.csv", path)
             if found:

@@ -92,3 +92,11 @@ def test_cli(clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None
                  "--attribute", "action"]) == 0
     assert "action test top-1" in capsys.readouterr().out
     assert (tmp_path / "cli" / "summary.json").is_file()
+
+
+def test_cli_help_lists_every_field(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["supervised", "--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f"--{name.replace('_', '-')}" in text for name in SupervisedConfig.__dataclass_fields__)

@@ -210,7 +210,8 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
                 parallel_losses: Sequence[str] = ("coarse", "max"), parallel_batch_size: int = 64,
                 clips: int = 1200, quick: bool = False, progress: bool = True) -> pd.DataFrame:
     """Measure training speed (see the module docstring); write ``out_dir/train.csv`` and
-    ``out_dir/train_profile.csv``; return the first table."""
+    ``out_dir/train_profile.csv``; return the first table. ``quick``: two losses at batch 8, two
+    steps, one thread and one round (a smoke run)."""
     if quick:
         losses, batch_sizes, steps, parallel_losses, parallel_batch_size, clips = ("coarse", "max"), (8,), 2, \
             ("coarse",), 8, 80
@@ -222,7 +223,7 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
     with tempfile.TemporaryDirectory(prefix="fgmm-bench-train-") as tmp:
         data = generate_dataset(GenerationConfig(clips=clips, seed=0), Path(tmp) / "data", progress=False)
         jobs = [(loss, batch) for loss in losses for batch in batch_sizes]
-        counts = sorted({1, threads})
+        counts = [1] if quick else sorted({1, threads})
         peaks = {count: matmul_gflops(count) for count in counts}
         for count, rate in peaks.items():
             rows.append({"measure": "peak", "threads": count, "processes": 1, "phase": "matmul", "gflops": rate,
@@ -247,11 +248,12 @@ def bench_train(out_dir: str | Path = "results/bench", losses: Sequence[str] = (
                              "threads": per_process, "processes": processes, "phase": label, "samples_per_s": rate,
                              "steps": steps, "cpu": cpu})
         for loss, batch in tqdm(jobs, desc="before against after", unit="config", disable=not progress):
-            rates = measure_formulations(data, loss, batch, steps)
+            rates = measure_formulations(data, loss, batch, steps, rounds=1 if quick else 2)
             for name, rate in rates.items():
                 rows.append({"measure": "formulation", "loss": loss, "batch_size": batch, "threads": 1,
                              "processes": 1, "phase": name, "samples_per_s": rate,
-                             "speedup": rate / rates["before"], "steps": 2 * steps, "cpu": cpu})
+                             "speedup": rate / rates["before"], "steps": (1 if quick else 2) * steps,
+                             "cpu": cpu})
         profile = pd.concat([profile_ops(data, loss, batch, max(2, steps // 2), 1)
                              for loss, batch in tqdm(jobs, desc="operator profile", unit="config", disable=not progress)],
                             ignore_index=True)

@@ -29,7 +29,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequ
         kind = types[name]
         convert: Any = parse_bool if kind is bool else kind
         has_default = field.default is not dataclasses.MISSING
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if has_default:
             help_text = f"{help_text} (default: {field.default})".strip()
         flags = ["--" + name.replace("_", "-")] + (["--" + name] if "_" in name else [])

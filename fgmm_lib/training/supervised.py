@@ -53,7 +53,7 @@ class SupervisedConfig:
     pooling: str = field(default="mean", metadata={"help": f"pooling of the feature map's cells, one of {', '.join(POOLINGS)}"})
     samples: int = field(default=60000, metadata={"help": "training samples (steps = samples // batch_size)"})
     batch_size: int = field(default=64, metadata={"help": "clips per step"})
-    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (5% warmup, then cosine)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (warmup over the first 1/20 of the steps, then cosine)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
     width: float = field(default=1.0, metadata={"help": "width multiplier of the video encoder"})
     depth: int = field(default=1, metadata={"help": "separable conv blocks per stage"})
