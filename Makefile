@@ -43,7 +43,7 @@ QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S 
 	-S 'width.widths=[0.5]' -S attention.clips=1 -S bench_import.videos=2 \
 	-S bench.cpu_sweep=false -S bench.quick=true -S bench_train.quick=true -S bench_ddp.quick=true \
 	-S supervised.samples=64 -S supervised.batch_size=32 -S supervised.eval_every=64 \
-	-S 'supervised.digit_data=[eval]' -S 'supervised.digit_poolings=[max]' -S 'supervised.reference=[colour]'
+	-S 'supervised.digit_data=[eval]' -S 'supervised.digit_poolings=[max]' -S 'supervised.reference=[]'
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)
