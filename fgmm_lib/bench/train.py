@@ -51,16 +51,15 @@ from tqdm.auto import tqdm
 
 from fgmm_lib.data.dataset import NarratedDigits
 from fgmm_lib.data.generate import GenerationConfig, generate_dataset
-from fgmm_lib.io import reuse_freed_memory, write_atomic
+from fgmm_lib.io import write_atomic
 from fgmm_lib.models.encoders import DualEncoder
 from fgmm_lib.runs.config import TrainConfig, loss_from_config
-from fgmm_lib.training.step import BATCH_KEYS, encode_batch, loss_of_outputs, parameter_groups
+from fgmm_lib.training.step import BATCH_KEYS, apply_fast_path, encode_batch, loss_of_outputs, parameter_groups
 
 COLUMNS = ["measure", "loss", "batch_size", "threads", "processes", "phase", "ms", "share", "samples_per_s",
            "gflops", "peak_share", "speedup", "steps", "cpu"]
 PROFILE_COLUMNS = ["loss", "batch_size", "threads", "operator", "self_ms_per_step", "share", "calls_per_step"]
-#: Formulations timed side by side: name -> TrainConfig.fast_path (``before`` also forces the loss's
-#: recomputing chunked path, see :func:`_setup`).
+#: Formulations timed side by side: name -> TrainConfig.fast_path.
 FORMULATIONS = {"before": False, "after": True}
 PHASES = ("batch", "encoders", "loss", "backward", "optimizer")
 
@@ -74,12 +73,8 @@ def _setup(data: Path, loss: str, batch_size: int, seed: int = 0,
                          backend="chunked", fast_path=fast_path)
     dataset = NarratedDigits(data, split="train", neighbours=config.neighbours)
     model = DualEncoder(config.model_config(len(dataset.vocab)))
-    model.video.use_fast_path(config.fast_path)
-    if fast_path:
-        reuse_freed_memory()
     loss_module = loss_from_config(config)
-    if hasattr(loss_module, "keep_single_block"):
-        loss_module.keep_single_block = fast_path
+    apply_fast_path(fast_path, model.video, loss_module)
     optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=config.lr,
                                   fused=config.fast_path or None)
     return dataset, model, loss_module, optimizer

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from fgmm_lib.data.dataset import NarratedDigits
 from fgmm_lib.data.vocab import Vocabulary
 from fgmm_lib.evaluation.embedding import caption_retrieval, embed_dataset
-from fgmm_lib.io import check_writable_folder, clean_leftovers, reuse_freed_memory, write_atomic, write_json
+from fgmm_lib.io import check_writable_folder, clean_leftovers, write_atomic, write_json
 from fgmm_lib.losses.modules import PairLoss
 from fgmm_lib.models.encoders import DualEncoder, ModelConfig
 from fgmm_lib.runs.config import (
@@ -74,6 +74,7 @@ from fgmm_lib.training.step import (
     BATCH_KEYS,
     RankLoss,
     Schedule,
+    apply_fast_path,
     batch_loss,
     count_step_flops,
     parameter_groups,
@@ -387,12 +388,8 @@ def _build_state(config: TrainConfig, model_config: ModelConfig, plan: _Plan, de
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = DualEncoder(model_config).to(device)
-    model.video.use_fast_path(config.fast_path)
-    if config.fast_path:
-        reuse_freed_memory()
     loss_module = loss_from_config(config).to(device)
-    if hasattr(loss_module, "keep_single_block"):
-        loss_module.keep_single_block = config.fast_path
+    apply_fast_path(config.fast_path, model.video, loss_module)
     optimizer = torch.optim.AdamW(parameter_groups(model, loss_module, config.weight_decay), lr=plan.peak_lr,
                                   fused=config.fast_path or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(plan.total_steps, plan.warmup_steps))

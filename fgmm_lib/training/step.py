@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fgmm_lib.io import reuse_freed_memory
 from fgmm_lib.losses.modules import PairLoss
-from fgmm_lib.models.encoders import DualEncoder
+from fgmm_lib.models.encoders import DualEncoder, VideoEncoder
 from fgmm_lib.runs.config import TrainConfig
 from fgmm_lib.training.distributed import World, gathered_loss
 
@@ -117,6 +118,17 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.total_steps, self.warmup_steps)
+
+
+def apply_fast_path(enabled: bool, video: VideoEncoder, loss_module: nn.Module | None = None) -> None:
+    """Switch the parts of :attr:`~fgmm_lib.runs.config.TrainConfig.fast_path` outside the optimiser
+    (whose part is ``AdamW(fused=True)``): the video encoder's formulation, the loss's single block,
+    and, when enabled, freed memory kept for reuse (process-wide)."""
+    video.use_fast_path(enabled)
+    if hasattr(loss_module, "keep_single_block"):
+        loss_module.keep_single_block = enabled
+    if enabled:
+        reuse_freed_memory()
 
 
 def parameter_groups(model: nn.Module, loss_module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

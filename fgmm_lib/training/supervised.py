@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from fgmm_lib.config import config_from_dict
 from fgmm_lib.data.dataset import ACTIONS, COLOURS, DIGIT_WORDS, NarratedDigits
-from fgmm_lib.io import check_writable_folder, output_lock, reuse_freed_memory, write_csv, write_json
+from fgmm_lib.io import check_writable_folder, output_lock, write_csv, write_json
 from fgmm_lib.models.encoders import VideoEncoder
-from fgmm_lib.training.step import lr_factor
+from fgmm_lib.training.step import apply_fast_path, lr_factor
 
 #: Attributes with a label per clip, and their class counts.
 ATTRIBUTES = {"digit": len(DIGIT_WORDS), "colour": len(COLOURS), "action": len(ACTIONS)}
@@ -140,9 +140,7 @@ def train_supervised(config: SupervisedConfig, progress: bool = True) -> pd.Data
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         model = Classifier(ATTRIBUTES[config.attribute], config.width, config.depth, config.pooling)
-        model.encoder.use_fast_path(config.fast_path)
-        if config.fast_path:
-            reuse_freed_memory()
+        apply_fast_path(config.fast_path, model.encoder)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       fused=config.fast_path or None)
         steps = config.samples // config.batch_size
