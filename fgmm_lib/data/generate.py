@@ -69,6 +69,8 @@ GLYPH_SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}
 GLYPH_SCALE = 11.0 / 32.0  # side of an upscaled glyph, as a fraction of the canvas side
 MOVE_DISTANCE = 0.375  # distance travelled by "moves ...", as a fraction of the canvas side
 SCALE_RANGE = (0.6, 1.4)  # glyph scale at the start / end of "grows" (reversed for "shrinks")
+#: The largest glyph_scale whose every action keeps the digit on the canvas (moving, grown or rotated).
+MAX_GLYPH_SCALE = min(1.0 - MOVE_DISTANCE, 1.0 / SCALE_RANGE[1], 1.0 / math.sqrt(2.0))
 ROTATION_DEGREES = 135.0  # total turn of "rotates" (direction drawn per clip)
 BLINK_DIM = 0.25  # intensity of the "off" frames of "blinks"
 PLACEMENT_CANDIDATES = 8  # random starts tried per distractor; the one farthest from the other digits wins
@@ -112,6 +114,15 @@ class GenerationConfig:
         default=0.1,
         metadata=_help("probability that a clip's narration describes another clip of the same video"),
     )
+    actor_colours: int = field(
+        default=len(COLOURS),
+        metadata=_help("actors take one of the first this many colours (distractors any colour); fewer colours "
+                       "leave more clips in a batch that only the digit tells apart"),
+    )
+    glyph_scale: float = field(
+        default=GLYPH_SCALE,
+        metadata=_help("side of a digit at scale 1, as a fraction of the canvas side"),
+    )
 
     def __post_init__(self) -> None:
         for name, kind in field_types(GenerationConfig).items():
@@ -127,7 +138,7 @@ class GenerationConfig:
                     raise ValueError(f"GenerationConfig.{name} must be finite, got {value!r}")
                 object.__setattr__(self, name, float(value))
         minimum = {"clips": 1, "frames": MIN_FRAMES, "size": MIN_SIZE, "clips_per_video": 1,
-                   "max_words": CAPTION_MAX_WORDS, "seed": 0, "distractors": 0}
+                   "max_words": CAPTION_MAX_WORDS, "seed": 0, "distractors": 0, "actor_colours": 1}
         reasons = {
             "frames": "an action needs at least two frames",
             "size": "a glyph needs at least this many pixels to stay legible",
@@ -150,7 +161,13 @@ class GenerationConfig:
                     f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}); "
                     "raise clips or change the fractions"
                 )
-        capacity = max_distractors(self.size)
+        if self.actor_colours > len(COLOURS):
+            raise ValueError(f"GenerationConfig.actor_colours must be <= {len(COLOURS)} (the colours the "
+                             f"vocabulary names), got {self.actor_colours}")
+        if not 0.0 < self.glyph_scale <= MAX_GLYPH_SCALE:
+            raise ValueError(f"GenerationConfig.glyph_scale must lie in (0, {MAX_GLYPH_SCALE:g}] (a moving, growing "
+                             f"or rotating digit must stay on the canvas), got {self.glyph_scale:g}")
+        capacity = max_distractors(self.size, self.glyph_scale)
         if self.distractors > capacity:
             raise ValueError(
                 f"GenerationConfig.distractors={self.distractors} is too many for a {self.size}x{self.size} canvas: "
@@ -186,14 +203,14 @@ def split_video_counts(config: GenerationConfig) -> dict[str, int]:
     return {"train": videos - val - test, "val": val, "test": test}
 
 
-def glyph_size(size: int) -> float:
-    """Side in pixels of an upscaled glyph at scale 1 on a ``size`` canvas."""
-    return GLYPH_SCALE * size
+def glyph_size(size: int, scale: float = GLYPH_SCALE) -> float:
+    """Side in pixels of an upscaled glyph at scale 1 on a ``size`` canvas (``scale`` of its side)."""
+    return scale * size
 
 
-def max_distractors(size: int) -> int:
+def max_distractors(size: int, scale: float = GLYPH_SCALE) -> int:
     """Most distractors a ``size`` canvas takes: all glyphs together cover at most the canvas area."""
-    return max(0, int((size / glyph_size(size)) ** 2) - 1)
+    return max(0, int((size / glyph_size(size, scale)) ** 2) - 1)
 
 
 def caption_for(colour: int, digit: int, action: int) -> str:
@@ -273,6 +290,7 @@ def _trajectories(
     actions: np.ndarray,
     frames: int,
     size: int,
+    side: float,
     avoid: np.ndarray | None = None,
     candidates: int = 1,
 ) -> dict[str, np.ndarray]:
@@ -289,7 +307,7 @@ def _trajectories(
     phase = rng.integers(0, 2, size=(count, objects))
 
     progress = np.linspace(0.0, 1.0, frames)
-    half = glyph_size(size) / 2.0
+    half = side / 2.0
     distance = MOVE_DISTANCE * size
     low, high = SCALE_RANGE
     name = np.asarray(ACTIONS)[actions]  # [n, m]
@@ -363,6 +381,7 @@ class _Plan:
     captions: list[str]
     narrations: list[str]
     mismatched: np.ndarray  # [C]
+    glyph_side: float  # pixels of a glyph at scale 1
 
 
 def _plan(config: GenerationConfig) -> _Plan:
@@ -370,6 +389,7 @@ def _plan(config: GenerationConfig) -> _Plan:
         zip(_STREAMS, (np.random.default_rng(child) for child in np.random.SeedSequence(config.seed).spawn(len(_STREAMS))))
     )
     clips, frames, size = config.clips, config.frames, config.size
+    side = glyph_size(size, config.glyph_scale)
     videos = config.videos
     n_distractors = config.distractors
     slots = n_distractors + 1
@@ -384,10 +404,10 @@ def _plan(config: GenerationConfig) -> _Plan:
     # actor: identity per video, action and motion per clip
     rng = streams["actor"]
     actor_digit_v = rng.integers(0, 10, size=videos)
-    actor_colour_v = rng.integers(0, len(COLOURS), size=videos)
+    actor_colour_v = rng.integers(0, config.actor_colours, size=videos)
     actor_glyph_v = _pick_glyphs(video_split, actor_digit_v, rng.random(videos))
     action = rng.integers(0, len(ACTIONS), size=clips)
-    actor_motion = _trajectories(rng, action[:, None], frames, size)
+    actor_motion = _trajectories(rng, action[:, None], frames, size, side)
     actor_combo = actor_colour_v * 10 + actor_digit_v
 
     # distractors: identities per video, actions and motion per clip
@@ -396,7 +416,7 @@ def _plan(config: GenerationConfig) -> _Plan:
     d_glyph_v = _pick_glyphs(video_split[:, None], d_digit_v, rng.random((videos, n_distractors)))
     d_action = rng.integers(0, len(ACTIONS), size=(clips, n_distractors))
     actor_centres = np.stack([actor_motion["cx"], actor_motion["cy"]], axis=-1)  # [C, 1, T, 2]
-    d_motion = _trajectories(rng, d_action, frames, size, avoid=actor_centres, candidates=PLACEMENT_CANDIDATES)
+    d_motion = _trajectories(rng, d_action, frames, size, side, avoid=actor_centres, candidates=PLACEMENT_CANDIDATES)
 
     # misaligned stretch: an unrelated scene with as many digits, none equal to the actor
     rng = streams["misaligned"]
@@ -405,7 +425,7 @@ def _plan(config: GenerationConfig) -> _Plan:
     u_colour, u_digit = _other_combos(rng, actor_combo[video], (clips, slots))
     u_glyph = _pick_glyphs(split[:, None], u_digit, rng.random((clips, slots)))
     u_action = rng.integers(0, len(ACTIONS), size=(clips, slots))
-    u_motion = _trajectories(rng, u_action, frames, size, candidates=PLACEMENT_CANDIDATES)
+    u_motion = _trajectories(rng, u_action, frames, size, side, candidates=PLACEMENT_CANDIDATES)
     t = np.arange(frames)[None, :]
     misaligned = (t >= stretch_start[:, None]) & (t < stretch_start[:, None] + stretch)  # [C, T]
 
@@ -471,6 +491,7 @@ def _plan(config: GenerationConfig) -> _Plan:
         captions=captions,
         narrations=narrations,
         mismatched=mismatched,
+        glyph_side=side,
     )
 
 
@@ -484,7 +505,7 @@ def _padded_glyphs() -> np.ndarray:
 
 
 def _render(
-    glyph: np.ndarray, colour: np.ndarray, motion: Mapping[str, np.ndarray], size: int
+    glyph: np.ndarray, colour: np.ndarray, motion: Mapping[str, np.ndarray], size: int, side: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw object slots onto black canvases.
 
@@ -496,7 +517,7 @@ def _render(
     clips, slots, frames = glyph.shape
     centres = np.arange(size, dtype=np.float32) + 0.5
     canvas = np.zeros((clips, frames, size, size, 3), dtype=np.float32)
-    side = np.float32(glyph_size(size))
+    side = np.float32(side)
     alpha = np.zeros((clips, frames, size, size), dtype=np.float32)
     for slot in range(slots):
         cos = np.cos(motion["angle"][:, slot])[..., None, None]
@@ -540,7 +561,7 @@ def _boxes(alpha: np.ndarray, colour: np.ndarray) -> np.ndarray:
 def _render_clips(plan: _Plan, start: int, stop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [n, T, S, S, 3] and actor boxes int64 [n, T, 4] of clips ``start:stop`` of ``plan``."""
     motion = {key: value[start:stop] for key, value in plan.motion.items()}
-    canvas, actor_alpha = _render(plan.glyph[start:stop], plan.colour[start:stop], motion, size)
+    canvas, actor_alpha = _render(plan.glyph[start:stop], plan.colour[start:stop], motion, size, plan.glyph_side)
     frames = np.rint(np.minimum(canvas, 255.0)).astype(np.uint8)
     boxes = _boxes(actor_alpha, plan.colour[start:stop, -1])
     boxes[~plan.visible[start:stop]] = 0

@@ -10,7 +10,7 @@ Plots:
     :func:`plot_training_curves`, :func:`plot_recall_at_k`, :func:`plot_confusion_matrix`,
     :func:`plot_metric_sweep` (and :func:`plot_batch_ablation`), :func:`plot_comparison`,
     :func:`plot_compute`, :func:`plot_learning_curves`, :func:`plot_noise`, :func:`plot_width`,
-    :func:`plot_temperature_surface`, :func:`plot_attention_maps` (data from
+    :func:`plot_temperature_surface`, :func:`plot_regime`, :func:`plot_attention_maps` (data from
     :func:`fgmm_lib.study.attention.attention_examples`).
 Output:
     :func:`show`, :func:`save_figure`, :func:`save_table`, :func:`save_text` (atomic writes).
@@ -436,6 +436,31 @@ def plot_width(frame: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit
     _loss_legend(figure, losses)
     if title:
         figure.suptitle(title)
+    return figure
+
+
+def plot_regime(summary: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit_top1")) -> Figure:
+    """The regime map (:func:`fgmm_lib.study.regime.regime_summary`): each metric against samples seen
+    (log scale), one line per (loss, batch size) with its 95% interval over seeds as error bars;
+    dashed lines for batch sizes above the smallest."""
+    _check_sweep(summary, ["loss", "batch_size", "samples_seen", *metrics])
+    set_style()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
+    smallest = summary["batch_size"].min()
+    for axis, metric in zip(axes[0], metrics):
+        for (loss, batch_size), group in summary.groupby(["loss", "batch_size"], sort=True):
+            group = group.sort_values("samples_seen")
+            low, high = group.get(f"{metric}_low"), group.get(f"{metric}_high")
+            error = None if low is None else np.vstack([group[metric] - low, high - group[metric]]).clip(min=0)
+            axis.errorbar(group["samples_seen"], group[metric], yerr=error, marker="o", capsize=3,
+                          color=_loss_colour(loss), linestyle="-" if batch_size == smallest else "--",
+                          label=f"{loss} b{batch_size}")
+        axis.set_xscale("log")
+        axis.set_ylim(0, 1.02)
+        axis.set_xlabel("samples seen")
+        axis.set_ylabel(metric_label(metric))
+    axes[0][0].legend(fontsize="small")
+    figure.tight_layout()
     return figure
 
 

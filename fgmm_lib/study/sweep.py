@@ -279,6 +279,7 @@ def _row(point: SweepPoint, run: Path, record: Mapping[str, Any]) -> dict[str, A
     row.update(headline_metrics(record))
     compute = read_json(run / COMPUTE, "compute record")
     row["samples_seen"] = compute.get("samples_seen")
+    row["steps"] = compute.get("steps")
     row["wall_s"] = compute.get("wall_s")
     temperatures = record.get("temperatures") or {}
     row["final_attn_temperature"] = temperatures.get("attn")
