@@ -6,7 +6,8 @@ Subpackages, one per concept; each imports only those listed before it (a test c
 - :mod:`fgmm_lib.data`: the dataset folder format, its vocabulary and reader, the Narrated Digits
   generator, the importers of real videos.
 - :mod:`fgmm_lib.models`: the separable-3D video encoder and the n-gram text encoder.
-- :mod:`fgmm_lib.losses`: pair scores (coarse, mean, max, attention, attention_floor, attention_gate)
+- :mod:`fgmm_lib.losses`: pair scores (coarse, mean, max, attention, attention_floor, attention_gate,
+  attention_uniform)
   with their reference and chunked backends, the InfoNCE and MIL-NCE modules, ``build_loss``.
 - :mod:`fgmm_lib.kernels`: the fused Triton kernels, loaded only when the ``triton`` backend runs.
 - :mod:`fgmm_lib.runs`: what a run is: its configuration (``TrainConfig``) and its folder (``load_run``).

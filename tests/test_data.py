@@ -503,6 +503,11 @@ def test_unknown_parameter_is_named():
         ({"distractors": 30}, "distractors"),
         ({"frames": 2.5}, "frames"),
         ({"seed": True}, "seed"),
+        ({"actor_colours": 0}, "actor_colours"),
+        ({"actor_colours": 9}, "actor_colours"),
+        ({"glyph_scale": 0.0}, "glyph_scale"),
+        ({"glyph_scale": 0.7}, "glyph_scale"),
+        ({"glyph_scale": 0.6, "distractors": 2}, "distractors"),
     ],
 )
 def test_bad_parameters_are_named(overrides, name):
@@ -566,3 +571,22 @@ def test_both_configs_read_values_the_same_way():
     for cls in (GenerationConfig, TrainConfig):
         with pytest.raises(ValueError, match=f"unknown {cls.__name__} key"):
             cls.from_dict({"data": "d", "out": "o", "colour_depth": 8})
+
+
+def test_actor_colours_and_glyph_scale_shape_the_clips(store, clean_set):
+    """Actors take only the first actor_colours colours; a larger glyph_scale draws larger digits that
+    stay on the canvas whatever the action (the clean clips' actor boxes lie inside it)."""
+    big = make(store, "big", seed=5, distractors=0, misaligned_frames=0.0, filler_words=0.0,
+               mismatched_narration=0.0, actor_colours=2, glyph_scale=0.5)
+    rows = read_meta(big)
+    assert {row["colour"] for row in rows} <= {0, 1} and len({row["colour"] for row in rows}) == 2
+    assert all(row["caption"].split()[1] in COLOURS[:2] for row in rows)
+
+    def mean_area(folder):
+        boxes = np.asarray([row["boxes"] for row in read_meta(folder)], dtype=float)
+        assert (boxes >= 0).all() and (boxes <= SMALL["size"]).all()
+        return float(((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).mean())
+
+    assert mean_area(big) > 1.5 * mean_area(clean_set)
+    params = json.loads((big / "params.json").read_text())
+    assert params["actor_colours"] == 2 and params["glyph_scale"] == 0.5

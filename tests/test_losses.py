@@ -90,7 +90,7 @@ def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, te
         phrase_best = [max((s[n, m] for n in cells), key=lambda v: float(v.detach())) for m in phrases]
         cell_best = [max((s[n, m] for m in phrases), key=lambda v: float(v.detach())) for n in cells]
         return 0.5 * (sum(phrase_best) / len(phrases) + sum(cell_best) / len(cells))
-    assert aggregation in ("attention", "attention_floor", "attention_gate")
+    assert aggregation in ("attention", "attention_floor", "attention_gate", "attention_uniform")
 
     def pool(values: list[torch.Tensor]) -> torch.Tensor:
         if inner == "max":
@@ -99,7 +99,7 @@ def reference_pair_score(video: torch.Tensor, text: torch.Tensor, video_mask, te
         return sum(w * v for w, v in zip(weights, values))
 
     def weigh(values: list[torch.Tensor]) -> torch.Tensor:
-        if outer == "mean":
+        if outer == "mean" or aggregation == "attention_uniform":
             return sum(values) / len(values)
         if aggregation == "attention_floor":
             weights = floor_weights_loop(values, weight_temperature, ATTENTION_FLOOR)
@@ -128,9 +128,10 @@ def reference_scores(video, text, video_mask, text_mask, aggregation, attn_tempe
 
 
 def grads_of(scores: torch.Tensor, inputs: list[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Gradients of sum(S * fixed random weights) w.r.t. ``inputs``."""
+    """Gradients of sum(S * fixed random weights) w.r.t. ``inputs`` (zeros for an input the scores do not
+    use, such as tau_w of "attention_uniform")."""
     weights = torch.randn(scores.shape, generator=torch.Generator().manual_seed(seed), dtype=scores.dtype)
-    return torch.autograd.grad((scores * weights).sum(), inputs)
+    return torch.autograd.grad((scores * weights).sum(), inputs, allow_unused=True, materialize_grads=True)
 
 
 def close(actual, expected, tol: float = 1e-10) -> None:
@@ -786,3 +787,19 @@ def test_bad_loss_input_raises() -> None:
         mil_nce_loss(torch.randn(3, 4), torch.randn(2, 2, 4))
     with pytest.raises(ValueError, match="temperature"):
         mil_nce_loss(torch.randn(3, 4), torch.randn(3, 2, 4), temperature=-0.1)
+
+
+def test_attention_uniform_is_attention_without_down_weighting():
+    """"attention_uniform" is "attention" at tau_w -> infinity and "attention_floor" with all weight on the floor."""
+    generator = torch.Generator().manual_seed(3)
+    video = torch.randn(3, 6, 5, generator=generator, dtype=torch.float64)
+    text = torch.randn(4, 4, 5, generator=generator, dtype=torch.float64)
+    text_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    uniform = losses.pair_scores(video, text, text_mask, aggregation="attention_uniform", attn_temperature=0.3,
+                          weight_temperature=0.01)
+    flat = losses.pair_scores(video, text, text_mask, aggregation="attention", attn_temperature=0.3,
+                       weight_temperature=1e9)
+    sharp = losses.pair_scores(video, text, text_mask, aggregation="attention", attn_temperature=0.3,
+                        weight_temperature=0.01)
+    torch.testing.assert_close(uniform, flat)
+    assert not torch.allclose(uniform, sharp)

@@ -51,6 +51,9 @@ CONTRACT = {
               "results_root": "."},
     "sweep": {"params_file": "params.yaml", "kind": "noise", "data": "data/pretrain", "eval_data": "data/eval",
               "surface": "", "runs_dir": "runs/noise", "out_csv": "results/noise/noise.csv"},
+    "regime": {"params_file": "params.yaml", "budget": 1.0, "data": "data/pretrain", "eval_data": "data/eval",
+               "runs_dir": "runs/regime/x1", "out_dir": "results/regime/runs/x1"},
+    "regime_map": {"params_file": "params.yaml", "regime_dir": "results/regime"},
 }
 #: Runs trained and evaluated in-process: (loss, batch size, seed).
 IN_PROCESS_RUNS = [(loss, batch_size, seed) for loss in ("coarse", "attention") for batch_size in (4, 8)
@@ -244,6 +247,10 @@ def test_attention_maps_notebook_draws_runs_with_local_tokens(world, attention):
     stored = json.loads(metrics_path("max-b8-s0", world).read_text())["pointing"]
     assert pointing.set_index("run").loc["max-b8-s0", "pointing_accuracy"] == stored
     assert images(executed) == 2
+    mechanism = pd.read_csv(out / "mechanism.csv")  # only the attention-form loss has outer weights to spread
+    assert list(mechanism["run"]) == ["attention-b8-s0"] * 2 and list(mechanism["weights"]) == ["phrases", "cells"]
+    assert mechanism["entropy_relative"].between(0, 1 + 1e-9).all()
+    assert (mechanism["max_weight"] >= mechanism["uniform_weight"] - 1e-9).all()
 
 
 def test_report_notebook_summarises_every_loss(world, ablation, attention):

@@ -29,6 +29,11 @@ PARAMS = {
     "lr": {"runs": [{"batch_size": 8, "losses": ["coarse"]}], "factors": [0.5, 1.0]},
     "noise": {"losses": ["coarse"], "knobs": {"mismatched_narration": [0.1, 0.5]}},
     "width": {"losses": ["coarse"], "widths": [0.25, 0.5]},
+    "regime": {"runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}],
+               "budgets": [1, 2], "seeds": [0, 1], "workers": 1,
+               "train": {"attn_temperature": 0.5, "weight_temperature": 10.0, "val_points": 1},
+               "choice": {"budget": 1, "small": ["coarse", 8], "large": ["coarse", 16],
+                          "headline": [["coarse", 8], ["attention", 8]]}},
 }
 
 
@@ -107,3 +112,24 @@ def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface)
     # batch 8 at the grid's factor 2
     compute = json.loads((world / "results/compute/coarse-b8-s0.json").read_text())
     assert compute["peak_lr"] == pytest.approx(2 * 0.002 * (8 / 64) ** 0.5)
+
+
+def test_regime_notebooks_train_each_budget_and_read_the_map(world):
+    for budget in (1, 2):
+        execute(world, "regime", budget=budget, runs_dir=f"runs/regime/x{budget}",
+                out_dir=f"results/regime/runs/x{budget}")
+    runs = pd.read_csv(world / "results/regime/runs/x2/runs.csv")
+    assert len(runs) == 6 and set(runs["epochs"]) == {2} and runs["digit_top1"].notna().all()
+    assert (runs["steps"] * runs["batch_size"] == runs["samples_seen"]).all()
+    config = json.loads((world / "runs/regime/x2/attention-b8-s1-x2/config.json").read_text())["train"]
+    assert (config["epochs"], config["weight_temperature"], config["seed"]) == (2, 10.0, 1)
+    curves = pd.read_csv(world / "results/regime/runs/x1/curves.csv")
+    assert set(curves["run"]) == set(pd.read_csv(world / "results/regime/runs/x1/runs.csv")["run"])
+
+    execute(world, "regime_map", regime_dir="results/regime")
+    table = pd.read_csv(world / "results/regime/regime.csv")
+    assert len(table) == 12 and sorted(set(table["budget"])) == [1.0, 2.0]
+    checks = pd.read_csv(world / "results/regime/checks.csv")
+    assert list(checks["condition"]) == ["premise", "digit learned", "converged"]
+    assert checks["holds"].isna().iloc[2]  # the map has no budget 1.5: convergence is not measured
+    assert (world / "results/regime/regime.png").stat().st_size > 10_000

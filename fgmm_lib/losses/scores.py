@@ -50,6 +50,12 @@ with e and the N_v valid cells in place of c and the M_v valid phrases) change:
   the median, 1/2 at it, 0 below). The median, not the mean, is the centre because a single
   outlier above the mean would otherwise be alone with g near 1 and take everything again.
 
+The ablation that isolates the down-weighting keeps everything else:
+
+- ``"attention_uniform"``: the outer weights uniform over valid phrases / cells, w[m] = 1 / M_v and
+  u[n] = 1 / N_v (no pair is lowered); the inner softmax over tau_a stays. tau_w is unused. It is
+  ``"attention"`` at tau_w -> infinity and ``"attention_floor"`` with lam = 1.
+
 The limits of section 2 hold for all three: tau_a -> 0 makes the inner pooling a max, and
 ``"attention_gate"`` / ``"attention_floor"`` with lam = 1 weigh the outer terms uniformly at any
 tau_w (``"attention"`` at tau_w -> infinity), which with tau_a -> 0 is ``"max"``.
@@ -67,14 +73,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 #: Every pretraining loss of the study, in the order tables list them (coarse baselines first).
-LOSSES = ("coarse", "milnce", "mean", "max", "attention", "attention_floor", "attention_gate")
+LOSSES = ("coarse", "milnce", "mean", "max", "attention", "attention_floor", "attention_gate", "attention_uniform")
 #: The fine-grained aggregations of (cell, phrase) cosines (docs/study.md section 2; module docstring).
-AGGREGATIONS = ("mean", "max", "attention", "attention_floor", "attention_gate")
+AGGREGATIONS = ("mean", "max", "attention", "attention_floor", "attention_gate", "attention_uniform")
 #: The aggregations ``backend="auto"`` computes with the fused kernel on CUDA.
 AUTO_FUSED = ("max", "attention")
 #: Aggregations of the attention form (inner softmax over tau_a, outer weights over tau_w): they
 #: take both temperatures and give attention maps.
-ATTENTION_AGGREGATIONS = ("attention", "attention_floor", "attention_gate")
+ATTENTION_AGGREGATIONS = ("attention", "attention_floor", "attention_gate", "attention_uniform")
 #: lam of "attention_floor": the share of the outer weight spread uniformly over valid phrases / cells.
 ATTENTION_FLOOR = 0.5
 #: Losses whose pair score is the cosine of the global embeddings.
@@ -195,6 +201,8 @@ def _outer_weights(match: Tensor, valid: Tensor, weight_temperature: Temperature
     aggregation: softmax ("attention"), softmax mixed with a uniform floor ("attention_floor"),
     sigmoid gate around the median ("attention_gate"). See the module docstring."""
     # Temperatures divide before masking: -inf / tau would give a nan gradient for tau.
+    if aggregation == "attention_uniform":
+        return valid.to(match.dtype) / valid.sum(-1, keepdim=True).to(match.dtype)
     if aggregation == "attention_gate":
         gate = torch.sigmoid((match - _lower_median(match, valid)) / weight_temperature).masked_fill(~valid, 0)
         return gate / gate.sum(-1, keepdim=True)

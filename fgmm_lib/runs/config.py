@@ -61,9 +61,9 @@ class TrainConfig:
     ngram: int = field(default=3, metadata={"help": "phrase window of the text encoder, in words"})
     temperature: float = field(default=0.07, metadata={"help": "initial InfoNCE / MIL-NCE temperature (learned)"})
     attn_temperature: float = field(default=0.1, metadata={"help": "tau_a of the attention aggregations "
-                                                             "(attention, attention_floor, attention_gate)"})
+                                                             "(attention, attention_floor, attention_gate, attention_uniform)"})
     weight_temperature: float = field(default=0.1, metadata={"help": "tau_w of the attention aggregations "
-                                                               "(attention, attention_floor, attention_gate)"})
+                                                               "(attention, attention_floor, attention_gate, attention_uniform)"})
     learn_attention_temperatures: bool = field(default=False, metadata={"help": "learn tau_a and tau_w (from the values above)"})
     neighbours: int = field(default=1, metadata={"help": "MIL-NCE: neighbouring narrations per side as extra candidates"})
     backend: str = field(default="auto", metadata={"help": f"pair-score backend, one of {', '.join(BACKENDS)}"})

@@ -4,7 +4,8 @@
 on some clips. It arranges each clip with :func:`attention_example`, which labels the phrases with
 :func:`phrase_labels`, for :func:`fgmm_lib.study.plots.plot_attention_maps`. :func:`pointing_table`
 reads the runs' pointing accuracy (docs/study.md section 5) from the metrics files that evaluation
-wrote.
+wrote. :func:`mechanism_table` measures how far each run's outer weights are from uniform
+(:func:`weight_spread`): whether the down-weighting of noisy pairs is active at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fgmm_lib.data.dataset import NarratedDigits
+from fgmm_lib.losses.scores import ATTENTION_AGGREGATIONS
 from fgmm_lib.runs.folder import load_run
 from fgmm_lib.study.results import DETAILS_DIR, METRICS_DIR
 from fgmm_lib.study.tables import flatten_metrics, read_record
@@ -118,6 +120,60 @@ def attention_examples(run: str | Path, data: str | Path, clips: Sequence[int], 
     title = (f"{name}: {config.loss} (τa = {temperatures['attn_temperature']:.3g}, "
              f"τw = {temperatures['weight_temperature']:.3g})")
     return {"run": name, "loss": config.loss, "examples": examples, "title": title}
+
+
+def weight_spread(weights: Any) -> dict[str, float]:
+    """How far outer weights are from uniform: for each row of ``weights`` [K, L] (zeros where
+    masked, rows summing to 1), the entropy over its nonzero-support entries relative to the uniform
+    entropy log(L_v) over its L_v valid entries (1 = uniform, 0 = all weight on one entry), the
+    largest weight, and the uniform weight 1 / L_v; each averaged over rows. Rows with a single
+    valid entry are left out of the relative entropy (it is 1 by convention there)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[0] == 0:
+        raise ValueError(f"weights must be a non-empty [rows, entries] array, got shape {weights.shape}")
+    valid = weights > 0
+    count = valid.sum(1)
+    if (count == 0).any():
+        raise ValueError("every row of weights needs a positive entry")
+    logs = np.where(valid, np.log(np.where(valid, weights, 1.0)), 0.0)
+    entropy = -(weights * logs).sum(1)
+    several = count > 1
+    relative = entropy[several] / np.log(count[several]) if several.any() else np.array([1.0])
+    return {"entropy_relative": float(relative.mean()), "max_weight": float(weights.max(1).mean()),
+            "uniform_weight": float((1.0 / count).mean())}
+
+
+def mechanism_table(runs: Sequence[str | Path], data: str | Path, split: str = "test",
+                    clips: int = 256) -> pd.DataFrame:
+    """Whether the down-weighting of an attention loss is active: for each run whose loss is of the
+    attention form (:data:`fgmm_lib.losses.scores.ATTENTION_AGGREGATIONS`), :func:`weight_spread` of its phrase weights and of its cell weights over the matched
+    (clip, narration) pairs of the first ``clips`` clips of ``split``, at the run's temperatures.
+    Columns ``run, loss, weights (phrases / cells), entropy_relative, max_weight, uniform_weight``."""
+    import torch
+
+    rows = []
+    for run in runs:
+        model, loss_module, config, vocab = load_run(run)
+        if config.loss not in ATTENTION_AGGREGATIONS:  # mean and max weigh every phrase and cell alike
+            continue
+        dataset = NarratedDigits(data, split=split, vocab=vocab)
+        phrase_weights, cell_weights = [], []
+        width = None
+        for clip in range(min(clips, len(dataset))):
+            item = dataset[clip]
+            with torch.no_grad():
+                cells, _ = model.encode_video(torch.as_tensor(item["video"]).float()[None])
+                phrases, phrase_mask, _ = model.encode_text(item["tokens"][None], item["token_mask"][None])
+                maps = loss_module.attention(cells[0], phrases[0], text_mask=phrase_mask[0])
+            phrase_weights.append(maps["phrase_weight"].numpy())
+            cell_weights.append(maps["cell_weight"].numpy())
+            width = max(width or 0, len(phrase_weights[-1]))
+        padded = np.zeros((len(phrase_weights), width))
+        for row, values in enumerate(phrase_weights):
+            padded[row, :len(values)] = values
+        for what, weights in (("phrases", padded), ("cells", np.stack(cell_weights))):
+            rows.append({"run": Path(run).name, "loss": config.loss, "weights": what, **weight_spread(weights)})
+    return pd.DataFrame(rows, columns=["run", "loss", "weights", "entropy_relative", "max_weight", "uniform_weight"])
 
 
 def pointing_table(runs: Sequence[str | Path], metrics_dir: str | Path = METRICS_DIR) -> pd.DataFrame:

@@ -670,7 +670,7 @@ def lr_rule_table(frame: pd.DataFrame, metric: str = HEADLINE_METRIC, margin: fl
 
 
 #: The fine-grained losses the headline question asks about, in order.
-FINE_GRAINED_LOSSES = ("mean", "max", "attention", "attention_floor", "attention_gate")
+FINE_GRAINED_LOSSES = ("mean", "max", "attention", "attention_floor", "attention_gate", "attention_uniform")
 
 
 def interval_column(table: pd.DataFrame, mean: str, low: str, high: str) -> list[str]:
