@@ -43,7 +43,12 @@ QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S 
 	-S 'width.widths=[0.5]' -S attention.clips=1 -S bench_import.videos=2 \
 	-S bench.cpu_sweep=false -S bench.quick=true -S bench_train.quick=true -S bench_ddp.quick=true \
 	-S supervised.samples=64 -S supervised.batch_size=32 -S supervised.eval_every=64 \
-	-S 'supervised.digit_data=[eval]' -S 'supervised.digit_poolings=[max]' -S 'supervised.reference=[]'
+	-S 'supervised.digit_data=[eval]' -S 'supervised.digit_poolings=[max]' -S 'supervised.reference=[]' \
+	-S 'regime.runs=[{batch_size:8,losses:[coarse]},{batch_size:16,losses:[coarse]}]' -S 'regime.budgets=[1]' \
+	-S 'regime.seeds=[0]' -S regime.workers=1 -S regime.train.val_points=1 -S regime.choice.budget=1 \
+	-S 'regime.choice.large=[coarse,16]' -S 'regime.choice.headline=[[coarse,8],[coarse,16]]' \
+	-S 'replication.runs=[{batch_size:8,losses:[coarse,attention]}]' -S 'replication.seeds=[0]' \
+	-S replication.workers=1 -S 'replication.pairs=[[[attention,8],[coarse,8]]]'
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)

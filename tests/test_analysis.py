@@ -18,7 +18,10 @@ from fgmm_lib.study.report import (
     report_headline,
     report_lr_rule,
     report_noise,
+    report_regime,
+    report_replication,
     report_seed_splits,
+    report_small_batch_reference,
     report_temperature,
     report_time_to_target,
     report_width,
@@ -409,3 +412,56 @@ def test_report_convergence_says_a_flat_end_is_the_schedule_not_convergence(tmp_
     report = Report(tmp_path)
     report_convergence(report, curves_frame())
     assert "not that the model has converged" in report.markdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# the regime, the small-batch reference, replication
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_regime_states_each_condition_what_was_learned_and_the_weights(tmp_path):
+    report = Report(tmp_path)
+    assert report_regime(report, budget=3) is None and "dvc repro regime_map" in report.markdown()
+    write_csv(tmp_path / "regime/checks.csv", pd.DataFrame([
+        {"condition": "premise", "holds": True, "value": 0.1, "ci95_low": 0.05, "ci95_high": 0.15, "detail": "p"},
+        {"condition": "digit learned", "holds": False, "value": 0.4, "ci95_low": 0.3, "ci95_high": 0.5, "detail": "d"},
+        {"condition": "converged", "holds": None, "value": math.nan, "ci95_low": math.nan, "ci95_high": math.nan,
+         "detail": "c"}]))
+    write_csv(tmp_path / "regime/regime.csv", pd.DataFrame([
+        {"loss": "coarse", "batch_size": 8, "budget": budget, "seed": seed, "t2v_R@10": 0.5 + budget / 10 + seed / 100,
+         "digit_top1": 0.2, "steps": 100} for budget in (1.0, 3.0) for seed in (0, 1)]))
+    write_csv(tmp_path / "attention/mechanism.csv", pd.DataFrame([
+        {"run": "attention-b8-s0", "loss": "attention", "weights": "phrases", "entropy_relative": 0.999,
+         "max_weight": 0.26, "uniform_weight": 0.25}]))
+    report = Report(tmp_path)
+    checks = report_regime(report, budget=3)
+    text = report.markdown()
+    assert list(checks["condition"]) == ["premise", "digit learned", "converged"]
+    assert "| premise | 0.100 [0.050, 0.150] | holds |" in text
+    assert "| digit learned | 0.400 [0.300, 0.500] | fails |" in text and "not measured" in text
+    assert "| coarse | 8 | 0.805 |" in text  # the mean over seeds at 3x only
+    assert "0.999" in text and "at 3x the study's samples" in text
+
+
+def test_report_small_batch_reference_pairs_each_loss_with_coarse_at_the_same_batch(tmp_path):
+    runs = runs_frame({"attention": [0.01, 0.0, -0.01]})  # attention b8 = coarse b256 + delta, coarse b8 = 0.1
+    report = Report(tmp_path)
+    table = report_small_batch_reference(report, runs)
+    assert list(table["loss"]) == ["attention"] and list(table["verdict"]) == ["better"]
+    assert "0.520 [" in report.markdown()  # mean of (0.61, 0.62, 0.63) - 0.1
+    empty = Report(tmp_path)
+    assert report_small_batch_reference(empty, runs[runs["loss"] == "coarse"]).empty
+
+
+def test_report_replication_shows_every_setting_side_by_side(tmp_path):
+    report = Report(tmp_path)
+    assert report_replication(report) is None and "dvc repro replication" in report.markdown()
+    write_csv(tmp_path / "replication/replication.csv", pd.DataFrame([
+        {"comparison": "attention b8 - coarse b256", "setting": setting, "metric": "t2v_R@10", "n": 3, "mean": mean,
+         "ci95_low": mean - 0.02, "ci95_high": mean + 0.02, "verdict": verdict, "replicates": same}
+        for setting, mean, verdict, same in (("study data", 0.1, "better", True), ("both fresh", 0.0, "tie", False))]))
+    report = Report(tmp_path)
+    report_replication(report)
+    text = report.markdown()
+    assert "| attention b8 - coarse b256 | study data | 3 | 0.100 [0.080, 0.120] | better | yes |" in text
+    assert "| both fresh | 3 | 0.000 [-0.020, 0.020] | tie | no |" in text

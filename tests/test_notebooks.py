@@ -54,6 +54,9 @@ CONTRACT = {
     "regime": {"params_file": "params.yaml", "budget": 1.0, "data": "data/pretrain", "eval_data": "data/eval",
                "runs_dir": "runs/regime/x1", "out_dir": "results/regime/runs/x1"},
     "regime_map": {"params_file": "params.yaml", "regime_dir": "results/regime"},
+    "replication": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
+                    "study_runs": "runs/study", "surface": "results/temperature/surface.csv",
+                    "lr_sweep": "results/lr/lr.csv", "runs_dir": "runs/replication", "out_dir": "results/replication"},
 }
 #: Runs trained and evaluated in-process: (loss, batch size, seed).
 IN_PROCESS_RUNS = [(loss, batch_size, seed) for loss in ("coarse", "attention") for batch_size in (4, 8)

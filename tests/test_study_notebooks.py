@@ -29,6 +29,9 @@ PARAMS = {
     "lr": {"runs": [{"batch_size": 8, "losses": ["coarse"]}], "factors": [0.5, 1.0]},
     "noise": {"losses": ["coarse"], "knobs": {"mismatched_narration": [0.1, 0.5]}},
     "width": {"losses": ["coarse"], "widths": [0.25, 0.5]},
+    "replication": {"pretrain_seed": 7, "eval_seed": 8, "seeds": [0, 1], "workers": 1,
+                    "runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}],
+                    "pairs": [[["attention", 8], ["coarse", 16]], [["attention", 8], ["coarse", 8]]]},
     "regime": {"runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}],
                "budgets": [1, 2], "seeds": [0, 1], "workers": 1,
                "train": {"attn_temperature": 0.5, "weight_temperature": 10.0, "val_points": 1},
@@ -84,14 +87,19 @@ def test_each_sweep_writes_its_table_and_uses_the_chosen_temperatures(world, sur
     assert len(table) == rows and table["t2v_R@10"].notna().all()
 
 
-def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface):
+@pytest.fixture(scope="module")
+def study(world, surface):
     # a learning-rate grid on validation that prefers twice the rule at batch 8 and has no batch 16
     grid = world / "results/lr/grid-for-study.csv"
     grid.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"loss": "coarse", "batch_size": 8, "lr_factor": f, "seed": 0, "t2v_R@10": v}
                   for f, v in ((0.5, 0.1), (1.0, 0.2), (2.0, 0.3))]).to_csv(grid, index=False)
-    notebook = execute(world, "study", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
-                       runs_dir="runs/study", results_root=".")
+    return execute(world, "study", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+                   runs_dir="runs/study", results_root="."), grid
+
+
+def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface, study):
+    notebook, _ = study
     assert "b8 x 2" in "".join(str(output.get("text", "")) for cell in notebook.cells for output in cell.get("outputs", []))
     names = [f"{loss}-b{batch}-s{seed}" for loss, batch in (("coarse", 8), ("attention", 8), ("coarse", 16))
              for seed in (0, 1)]
@@ -133,3 +141,28 @@ def test_regime_notebooks_train_each_budget_and_read_the_map(world):
     assert list(checks["condition"]) == ["premise", "digit learned", "converged"]
     assert checks["holds"].isna().iloc[2]  # the map has no budget 1.5: convergence is not measured
     assert (world / "results/regime/regime.png").stat().st_size > 10_000
+
+
+def test_replication_notebook_compares_every_pair_in_four_settings(world, study):
+    _, grid = study
+    execute(world, "replication", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+            study_runs="runs/study", runs_dir="runs/replication", out_dir="results/replication")
+    runs = pd.read_csv(world / "results/replication/runs.csv")
+    assert sorted(set(runs["setting"])) == sorted(["study data", "fresh pretraining data", "fresh evaluation data",
+                                                   "both fresh"])
+    assert (runs.groupby("setting").size() == 6).all() and runs["t2v_R@10"].notna().all()
+    params = json.loads((world / "runs/replication/data/seed-7/params.json").read_text())
+    assert params["seed"] == 7 and params["clips"] == 128
+    assert json.loads((world / "runs/replication/data/eval-s8/params.json").read_text())["seed"] == 8
+    # the study's runs on the study's data are its own numbers, not re-evaluated
+    study_runs = pd.read_csv(world / "runs/study/runs.csv").set_index("run")
+    own = runs[runs["setting"] == "study data"].set_index("run")
+    assert own["t2v_R@10"].to_dict() == study_runs.loc[own.index, "t2v_R@10"].to_dict()
+    # the same settings on fresh pretraining data: same lr as the study run
+    assert json.loads((world / "runs/replication/coarse-b8-s0-d7/config.json").read_text())["train"]["lr"] == \
+        json.loads((world / "runs/study/coarse-b8-s0/config.json").read_text())["train"]["lr"]
+    table = pd.read_csv(world / "results/replication/replication.csv")
+    assert len(table) == 2 * 4 and set(table["n"]) == {2}
+    first = table[table["comparison"] == "attention b8 - coarse b8"].iloc[0]
+    frame = runs[runs["setting"] == "study data"].set_index(["loss", "batch_size", "seed"])["t2v_R@10"]
+    assert first["mean"] == pytest.approx(((frame["attention", 8] - frame["coarse", 8])).mean())

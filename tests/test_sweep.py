@@ -69,6 +69,21 @@ def test_study_points_cross_groups_losses_and_seeds():
     assert points[-1].train == {"loss": "coarse", "batch_size": 256, "seed": 2}
 
 
+def test_study_points_take_a_group_s_own_seeds_and_refuse_a_repeated_configuration():
+    points = study_points([{"batch_size": 8, "losses": ["coarse", "attention"], "seeds": [0, 1, 2, 3, 4]},
+                           {"batch_size": 8, "losses": ["mean"]}, {"batch_size": 256, "losses": ["coarse"]}],
+                          seeds=[0, 1, 2])
+    names = [p.name for p in points]
+    assert len(names) == 10 + 3 + 3 and "attention-b8-s4" in names and "mean-b8-s3" not in names
+    with pytest.raises(ValueError, match="coarse at batch 8 twice"):
+        study_points([{"batch_size": 8, "losses": ["coarse"]}, {"batch_size": 8, "losses": ["coarse", "max"]}],
+                     seeds=[0])
+    with pytest.raises(ValueError, match="seeds of the batch-8 group"):
+        study_points([{"batch_size": 8, "losses": ["coarse"], "seeds": []}], seeds=[0])
+    with pytest.raises(ValueError, match="study.runs"):
+        study_points({"batch_size": 8, "losses": ["coarse"]}, seeds=[0])
+
+
 def test_lr_points_multiply_the_rule_base():
     points = lr_points([{"batch_size": 8, "losses": ["attention"]}], factors=[0.5, 2.0], lr=0.002)
     assert [p.train["lr"] for p in points] == [0.001, 0.004]

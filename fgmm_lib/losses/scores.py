@@ -17,7 +17,7 @@ Pair score backends (``pair_scores(..., backend=...)``):
 - ``"auto"``: ``"triton"`` for CUDA tensors of an aggregation in ``AUTO_FUSED`` when the kernel
   can be imported, else ``"chunked"``. ``"mean"`` is not in it: its closed form on the chunked
   backend took 3.7 ms a step on an H100 at B = 1024, N = 196, M = 32, D = 256
-  (``results/bench/gpu.csv``), the fused kernel 82 ms (``results/bench/gpu_kernel_times.json``); ``attention_floor`` and ``attention_gate`` have no kernel.
+  (``results/bench/gpu.csv``), the fused kernel 82 ms (``results/bench/gpu_kernel_times.json``); ``attention_floor``, ``attention_gate`` and ``attention_uniform`` have no kernel.
 
 Aggregations of the cosines s[n, m] of valid cells n and valid phrases m (docs/study.md section 2):
 

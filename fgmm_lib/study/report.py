@@ -11,9 +11,11 @@ the table they show):
 - the sweeps: :func:`report_noise`, :func:`report_width`, :func:`report_temperature`,
   :func:`report_lr_rule`;
 - convergence and compute to a target: :func:`report_convergence`, :func:`report_time_to_target`;
+- the regime first: :func:`report_regime` (premise, digit, convergence, the down-weighting);
 - the headline question (a fine-grained loss at a small batch against coarse at a large one):
   :func:`headline_answer` (its verdicts, :data:`HEADLINE_VERDICTS`), :func:`headline_sentence`,
-  :func:`report_headline`;
+  :func:`report_headline`, and against coarse at the same batch :func:`report_small_batch_reference`;
+- replication on fresh data: :func:`report_replication`;
 - what the pipeline answers: :data:`QUESTIONS`, :func:`has_evidence`, :func:`answered_questions`,
   :func:`report_status`.
 
@@ -234,6 +236,87 @@ def report_paired_batch(report: Report, runs: pd.DataFrame, metrics: Sequence[st
     report.add(f"Paired differences against `coarse` at batch {large} (same seed, same data; mean and 95% "
                f"t-interval over seeds; tie: within ±{margin:g}; better / worse: excludes 0; else undecided):")
     report.table(table, index=False)
+    return table
+
+
+def _read_csv_if_any(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if has_evidence(path) else None
+
+
+def _holds_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not measured"
+    return "holds" if bool(value) else "fails"
+
+
+def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame | None:
+    """The regime first (docs/study.md section 7): the three conditions of ``results/regime/checks.csv``
+    at the chosen budget, what each configuration of the map learned there (``regime.csv``), and
+    whether the down-weighting is active (``results/attention/mechanism.csv``). Returns the checks."""
+    report.add("## The regime: does the comparison's premise hold, what is learned, has it converged?")
+    checks = _read_csv_if_any(report.results / "regime" / "checks.csv")
+    if checks is None:
+        report.add("Not answered yet: `results/regime/checks.csv` is missing (`dvc repro regime_map`).")
+        return None
+    shown = pd.DataFrame({"condition": checks["condition"],
+                          "value [95% CI]": interval_column(checks, "value", "ci95_low", "ci95_high"),
+                          "": [_holds_text(value) for value in checks["holds"].astype(object).where(checks["holds"].notna(), None)],
+                          "read on": checks["detail"]})
+    budget = None if budget is None else float(budget)
+    where = f" at {budget:g}x the study's samples" if budget is not None else ""
+    report.add(f"The conditions{where} (`results/regime/checks.csv`): the premise is `coarse` at the large batch "
+               "minus `coarse` at the small batch on text→video R@10, paired over the map's seeds; the digit is the "
+               "low end of the best configuration's probe interval against 0.5; convergence is the gain of 1.5x the "
+               "budget.")
+    report.table(shown, index=False)
+    table = _read_csv_if_any(report.results / "regime" / "regime.csv")
+    if table is not None and budget is not None:
+        at = table[table["budget"] == budget]
+        learned = at.groupby(["loss", "batch_size"], sort=False)[
+            [m for m in ("t2v_R@10", "colour_top1", "action_top1", "digit_top1", "steps") if m in at.columns]].mean()
+        report.add(f"What each configuration of the map learned{where} (mean over its seeds; the map's plot is "
+                   "`results/regime/regime.png`):")
+        report.table(learned.reset_index(), index=False)
+    mechanism = _read_csv_if_any(report.results / "attention" / "mechanism.csv")
+    if mechanism is not None and not mechanism.empty:
+        report.add("Is the down-weighting active? The outer weights of each attention run on the matched test pairs: "
+                   "entropy relative to uniform (1 = uniform) and the largest weight beside the uniform one "
+                   "(`results/attention/mechanism.csv`):")
+        report.table(mechanism, index=False)
+    return checks
+
+
+def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch: int = 8,
+                                 metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+    """The headline's other reference: every fine-grained loss at ``small_batch`` against `coarse` at the
+    same batch (does fine-grained alignment help at a small batch?), paired over seeds."""
+    report.add(f"### Against `coarse` at the same batch {small_batch}")
+    at = runs[runs["batch_size"] == small_batch] if not runs.empty else runs
+    table = paired_difference_table(at, ("coarse", small_batch), metrics=[metric], margin=margin) if not at.empty else at
+    if table.empty:
+        report.add(f"Not answered: it needs `coarse` and a fine-grained loss at batch {small_batch} with shared seeds.")
+        return pd.DataFrame()
+    report.add(f"{metric_label(metric)}, each loss at batch {small_batch} minus `coarse` at batch {small_batch} "
+               f"(same seed, same data; tie: within ±{margin:g}; better / worse: the interval excludes 0):")
+    report.table(table, index=False)
+    return table
+
+
+def report_replication(report: Report) -> pd.DataFrame | None:
+    """Replication (docs/study.md section 7): each headline pair's paired difference in every (pretraining
+    data, evaluation data) setting of ``results/replication/replication.csv``, side by side."""
+    report.add("## Replication on fresh data")
+    table = _read_csv_if_any(report.results / "replication" / "replication.csv")
+    if table is None:
+        report.add("Not answered yet: `results/replication/replication.csv` is missing (`dvc repro replication`).")
+        return None
+    shown = pd.DataFrame({"comparison": table["comparison"], "setting": table["setting"], "n": table["n"],
+                          "difference [95% CI]": interval_column(table, "mean", "ci95_low", "ci95_high"),
+                          "verdict": table["verdict"],
+                          "same verdict as the study": table["replicates"].map({True: "yes", False: "no"}).fillna("")})
+    report.add("Each headline pair, paired over model seeds, on the study's data and on data generated afresh from other "
+               "seeds (`results/replication/replication.csv`); a verdict that changes is undecided:")
+    report.table(shown, index=False)
     return table
 
 

@@ -114,18 +114,28 @@ def _batch_groups(name: str, runs: Sequence[Mapping[str, Any]]) -> list[tuple[in
 def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: float | None = None,
                  lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
     """The main study: ``runs`` lists ``{batch_size, losses}`` groups, every loss of a group trained
-    at its batch size with every seed. Run names are ``<loss>-b<batch_size>-s<seed>``
-    (:func:`fgmm_lib.study.results.run_name`). A batch size in ``lr_factors`` trains at ``lr`` (the rule's
-    base) times its factor (:func:`lr_factors`); the others at the rule's own learning rate."""
+    at its batch size with every seed of ``seeds``, or of the group's own ``seeds`` list where it has
+    one. Run names are ``<loss>-b<batch_size>-s<seed>`` (:func:`fgmm_lib.study.results.run_name`). A
+    batch size in ``lr_factors`` trains at ``lr`` (the rule's base) times its factor
+    (:func:`lr_factors`); the others at the rule's own learning rate."""
 
     seeds = _check_grid("study.seeds", seeds)
     lr_factors = dict(lr_factors or {})
     if lr_factors and lr is None:
         raise ValueError("study_points: lr_factors need the rule's base lr")
+    if isinstance(runs, (str, Mapping)) or not isinstance(runs, Sequence) or not runs:
+        raise ValueError(f"study.runs must be a non-empty list of {{batch_size, losses}} groups, got {runs!r}")
     points = []
-    for batch_size, losses in _batch_groups("study.runs", runs):
+    for group in runs:
+        own_seeds = seeds
+        if isinstance(group, Mapping) and "seeds" in group:
+            own_seeds = _check_grid(f"study.runs seeds of the batch-{group.get('batch_size')} group", group["seeds"])
+            group = {key: value for key, value in group.items() if key != "seeds"}
+        [(batch_size, losses)] = _batch_groups("study.runs", [group])
         for loss in losses:
-            for seed in seeds:
+            if any(point.labels["loss"] == loss and point.labels["batch_size"] == batch_size for point in points):
+                raise ValueError(f"study.runs lists {loss} at batch {batch_size} twice")
+            for seed in own_seeds:
                 train = {"loss": loss, "batch_size": batch_size, "seed": int(seed)}
                 if batch_size in lr_factors:
                     train["lr"] = float(lr) * float(lr_factors[batch_size])
