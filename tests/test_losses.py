@@ -390,11 +390,13 @@ def test_floor_and_gate_weights_never_collapse_onto_one_token(weight_temperature
                     assert weights.max() <= 1 - floor + floor / count + 1e-12
                 elif aggregation == "attention_gate":
                     assert weights.max() <= 2 / (math.ceil(count / 2) + 1) + 1e-12
+                elif aggregation == "attention_uniform":  # no down-weighting at any tau_w
+                    torch.testing.assert_close(weights[valid], torch.full((count,), 1 / count, dtype=weights.dtype))
                 elif weight_temperature == 1e-3 and count > 1:  # the collapse, so the test can fail
                     assert weights.max() > 0.97
 
 
-@pytest.mark.parametrize("aggregation", ["attention_floor", "attention_gate"])
+@pytest.mark.parametrize("aggregation", ["attention_floor", "attention_gate", "attention_uniform"])
 def test_aggregations_without_a_kernel_fall_back_to_chunked_with_a_warning(aggregation: str) -> None:
     from fgmm_lib.kernels import triton_scores
 
@@ -597,7 +599,10 @@ def test_contrastive_loss_temperatures() -> None:
         names = {name for name, _ in learned.named_parameters()}
         assert names == {"log_temperature", "log_attn_temperature", "log_weight_temperature"}
         learned(video, None, text, None, text_mask, video_mask).backward()
-        for parameter in learned.parameters():
+        for name, parameter in learned.named_parameters():
+            if aggregation == "attention_uniform" and name == "log_weight_temperature":  # tau_w is unused there
+                assert parameter.grad is None or parameter.grad == 0
+                continue
             assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad != 0
 
     with torch.no_grad():
@@ -705,7 +710,7 @@ def test_auto_backend_fuses_only_where_the_kernel_wins(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(losses, "_TRITON_AVAILABLE", True)
     assert [auto_backend(True, a) for a in AGGREGATIONS] == [
-        "chunked", "triton", "triton", "chunked", "chunked"]  # mean: closed form; floor, gate: no kernel
+        "chunked", "triton", "triton", "chunked", "chunked", "chunked"]  # mean: closed form; floor, gate, uniform: no kernel
     assert {auto_backend(False, a) for a in AGGREGATIONS} == {"chunked"}
     monkeypatch.setattr(losses, "_TRITON_AVAILABLE", False)
     assert auto_backend(True, "attention") == "chunked"

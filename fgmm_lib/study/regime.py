@@ -25,7 +25,7 @@ import pandas as pd
 from fgmm_lib.runs.curves import read_curves
 from fgmm_lib.runs.folder import CURVES
 from fgmm_lib.study.stats import mean_interval, paired_differences, seed_values
-from fgmm_lib.study.sweep import SweepPoint, _batch_groups, _check_grid, _number_text
+from fgmm_lib.study.sweep import SweepPoint, batch_groups, check_grid, number_text
 
 #: The label columns of a regime table's rows.
 LABELS = ("loss", "batch_size", "budget", "seed")
@@ -47,16 +47,16 @@ def regime_points(runs: Sequence[Mapping[str, Any]], budget: float, seeds: Seque
     ``{batch_size, losses}`` group with every seed, named ``<loss>-b<batch>-s<seed>-x<budget>``.
     With ``lr``, every run trains at that base learning rate (the rule then scales it with the batch)."""
     total = budget_epochs(budget, epochs)
-    seeds = _check_grid("regime.seeds", seeds)
+    seeds = check_grid("regime.seeds", seeds)
     points = []
-    for batch_size, losses in _batch_groups("regime.runs", runs):
+    for batch_size, losses in batch_groups("regime.runs", runs):
         for loss in losses:
             for seed in seeds:
                 train = {"loss": loss, "batch_size": batch_size, "seed": int(seed), "epochs": total}
                 if lr is not None:
                     train["lr"] = float(lr)
                 points.append(SweepPoint(
-                    name=f"{loss}-b{batch_size}-s{seed}-x{_number_text(float(budget))}",
+                    name=f"{loss}-b{batch_size}-s{seed}-x{number_text(float(budget))}",
                     labels={"loss": loss, "batch_size": batch_size, "budget": float(budget), "seed": int(seed),
                             "epochs": total},
                     train=train))
@@ -65,7 +65,7 @@ def regime_points(runs: Sequence[Mapping[str, Any]], budget: float, seeds: Seque
 
 def budget_folder(root: str | Path, budget: float) -> Path:
     """Where one budget's tables of the map live: ``<root>/runs/x<budget>`` (``x1``, ``x1.5``, ``x10``)."""
-    return Path(root) / "runs" / f"x{_number_text(float(budget))}"
+    return Path(root) / "runs" / f"x{number_text(float(budget))}"
 
 
 def regime_map(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

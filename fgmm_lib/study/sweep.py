@@ -66,7 +66,8 @@ class SweepPoint:
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _check_grid(name: str, values: Sequence[Any], positive: bool = False) -> list[Any]:
+def check_grid(name: str, values: Sequence[Any], positive: bool = False) -> list[Any]:
+    """A params list of distinct finite numbers (positive ones with ``positive``); ValueError naming ``name``."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
         raise ValueError(f"{name} must be a non-empty list, got {values!r}")
     for value in values:
@@ -88,19 +89,20 @@ def _check_losses(losses: Sequence[str]) -> list[str]:
     return list(losses)
 
 
-def _number_text(value: Any) -> str:
+def number_text(value: Any) -> str:
+    """A number as run names write it: floats in ``%g`` form (``0.5``, ``1``, ``1e-05``)."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check_batch_sizes(name: str, values: Sequence[Any]) -> list[int]:
-    values = _check_grid(name, values, positive=True)
+    values = check_grid(name, values, positive=True)
     bad = [value for value in values if not isinstance(value, int) or value < 2]
     if bad:
         raise ValueError(f"{name} must hold ints >= 2, got {bad}")
     return values
 
 
-def _batch_groups(name: str, runs: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[str]]]:
+def batch_groups(name: str, runs: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[str]]]:
     """Check a list of ``{batch_size: B, losses: [...]}`` groups; return (B, losses) pairs."""
     if isinstance(runs, (str, Mapping)) or not isinstance(runs, Sequence) or not runs:
         raise ValueError(f"{name} must be a non-empty list of {{batch_size, losses}} groups, got {runs!r}")
@@ -119,7 +121,7 @@ def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: fl
     batch size in ``lr_factors`` trains at ``lr`` (the rule's base) times its factor
     (:func:`lr_factors`); the others at the rule's own learning rate."""
 
-    seeds = _check_grid("study.seeds", seeds)
+    seeds = check_grid("study.seeds", seeds)
     lr_factors = dict(lr_factors or {})
     if lr_factors and lr is None:
         raise ValueError("study_points: lr_factors need the rule's base lr")
@@ -129,9 +131,9 @@ def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: fl
     for group in runs:
         own_seeds = seeds
         if isinstance(group, Mapping) and "seeds" in group:
-            own_seeds = _check_grid(f"study.runs seeds of the batch-{group.get('batch_size')} group", group["seeds"])
+            own_seeds = check_grid(f"study.runs seeds of the batch-{group.get('batch_size')} group", group["seeds"])
             group = {key: value for key, value in group.items() if key != "seeds"}
-        [(batch_size, losses)] = _batch_groups("study.runs", [group])
+        [(batch_size, losses)] = batch_groups("study.runs", [group])
         for loss in losses:
             if any(point.labels["loss"] == loss and point.labels["batch_size"] == batch_size for point in points):
                 raise ValueError(f"study.runs lists {loss} at batch {batch_size} twice")
@@ -156,13 +158,13 @@ def lr_points(runs: Sequence[Mapping[str, Any]], factors: Sequence[float], lr: f
     """The learning-rate rule check: every (batch size, loss) of the ``{batch_size, losses}`` groups
     at the rule's learning rate times each factor (the training section's ``lr`` is the rule's
     base, scaled with the batch by its ``lr_scaling``)."""
-    factors = _check_grid("lr.factors", factors, positive=True)
+    factors = check_grid("lr.factors", factors, positive=True)
     points = []
-    for batch_size, losses in _batch_groups("lr.runs", runs):
+    for batch_size, losses in batch_groups("lr.runs", runs):
         for loss in losses:
             for factor in factors:
                 points.append(SweepPoint(
-                    name=f"{loss}-b{batch_size}-s{seed}-lr{_number_text(float(factor))}",
+                    name=f"{loss}-b{batch_size}-s{seed}-lr{number_text(float(factor))}",
                     labels={"loss": loss, "batch_size": batch_size, "lr_factor": float(factor), "seed": seed},
                     train={"loss": loss, "batch_size": batch_size, "seed": seed, "lr": lr * float(factor)}))
     return points
@@ -179,11 +181,11 @@ def noise_points(losses: Sequence[str], knobs: Mapping[str, Sequence[Any]], base
         raise ValueError(f"unknown noise knob(s) {unknown}; known: {', '.join(NOISE_KNOBS)}")
     points = []
     for knob, levels in knobs.items():
-        for level in _check_grid(f"noise.knobs.{knob}", levels):
+        for level in check_grid(f"noise.knobs.{knob}", levels):
             if level < 0:
                 raise ValueError(f"noise.knobs.{knob} must hold levels >= 0, got {level!r}")
             data = {} if level == base.get(knob) else {knob: level}
-            data_name = "base" if not data else f"{knob}-{_number_text(level)}"
+            data_name = "base" if not data else f"{knob}-{number_text(level)}"
             for loss in losses:
                 points.append(SweepPoint(
                     name=f"{loss}-b{batch_size}-s{seed}-{data_name}",
@@ -195,23 +197,23 @@ def noise_points(losses: Sequence[str], knobs: Mapping[str, Sequence[Any]], base
 def width_points(losses: Sequence[str], widths: Sequence[float], batch_size: int, seed: int = 0) -> list[SweepPoint]:
     """The width ablation: every loss at every width multiplier of the video encoder."""
     losses = _check_losses(losses)
-    return [SweepPoint(name=f"{loss}-b{batch_size}-s{seed}-w{_number_text(float(width))}",
+    return [SweepPoint(name=f"{loss}-b{batch_size}-s{seed}-w{number_text(float(width))}",
                        labels={"width": float(width), "loss": loss, "batch_size": batch_size, "seed": seed},
                        train={"loss": loss, "batch_size": batch_size, "seed": seed, "width": float(width)})
-            for width in _check_grid("width.widths", widths, positive=True) for loss in losses]
+            for width in check_grid("width.widths", widths, positive=True) for loss in losses]
 
 
 def temperature_points(loss: str, attn_temperatures: Sequence[float], weight_temperatures: Sequence[float],
                        learnable_from: Sequence[Sequence[float]], batch_size: int, seed: int = 0) -> list[SweepPoint]:
     """The (tau_a, tau_w) surface: a fixed grid, then learnable temperatures from each initial pair."""
     _check_losses([loss])
-    attn = _check_grid("temperature.attn_temperatures", attn_temperatures, positive=True)
-    weight = _check_grid("temperature.weight_temperatures", weight_temperatures, positive=True)
+    attn = check_grid("temperature.attn_temperatures", attn_temperatures, positive=True)
+    weight = check_grid("temperature.weight_temperatures", weight_temperatures, positive=True)
     points = []
     for tau_a in attn:
         for tau_w in weight:
             points.append(SweepPoint(
-                name=f"{loss}-b{batch_size}-s{seed}-ta{_number_text(float(tau_a))}-tw{_number_text(float(tau_w))}",
+                name=f"{loss}-b{batch_size}-s{seed}-ta{number_text(float(tau_a))}-tw{number_text(float(tau_w))}",
                 labels={"loss": loss, "attn_temperature": float(tau_a), "weight_temperature": float(tau_w),
                         "learnable": False, "batch_size": batch_size, "seed": seed},
                 train={"loss": loss, "batch_size": batch_size, "seed": seed, "attn_temperature": float(tau_a),
@@ -220,10 +222,10 @@ def temperature_points(loss: str, attn_temperatures: Sequence[float], weight_tem
         if isinstance(pair, (str, bytes)) or len(pair) != 2:
             raise ValueError(f"temperature.learnable_from must hold [tau_a, tau_w] pairs, got {pair!r}")
         for value in pair:
-            _check_grid("temperature.learnable_from", [value], positive=True)
+            check_grid("temperature.learnable_from", [value], positive=True)
         tau_a, tau_w = pair
         points.append(SweepPoint(
-            name=f"{loss}-b{batch_size}-s{seed}-learn-ta{_number_text(float(tau_a))}-tw{_number_text(float(tau_w))}",
+            name=f"{loss}-b{batch_size}-s{seed}-learn-ta{number_text(float(tau_a))}-tw{number_text(float(tau_w))}",
             labels={"loss": loss, "attn_temperature": float(tau_a), "weight_temperature": float(tau_w),
                     "learnable": True, "batch_size": batch_size, "seed": seed},
             train={"loss": loss, "batch_size": batch_size, "seed": seed, "attn_temperature": float(tau_a),
@@ -232,7 +234,7 @@ def temperature_points(loss: str, attn_temperatures: Sequence[float], weight_tem
 
 
 def _data_name(data: Mapping[str, Any]) -> str:
-    return "base" if not data else "-".join(f"{k}-{_number_text(v)}" for k, v in sorted(data.items()))
+    return "base" if not data else "-".join(f"{k}-{number_text(v)}" for k, v in sorted(data.items()))
 
 
 def _prepare_data(points: Sequence[SweepPoint], base_data: Path, data_dir: Path) -> dict[str, Path]:
