@@ -441,20 +441,22 @@ def plot_width(frame: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit
 
 def plot_regime(summary: pd.DataFrame, metrics: Sequence[str] = ("t2v_R@10", "digit_top1")) -> Figure:
     """The regime map (:func:`fgmm_lib.study.regime.regime_summary`): each metric against samples seen
-    (log scale), one line per (loss, batch size) with its 95% interval over seeds as error bars;
-    dashed lines for batch sizes above the smallest."""
+    (log scale), one line per (loss, batch size) with its 95% interval over seeds as faint error bars;
+    each batch size its own line style and marker (solid circles for the smallest)."""
     _check_sweep(summary, ["loss", "batch_size", "samples_seen", *metrics])
     set_style()
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
-    smallest = summary["batch_size"].min()
+    styles = dict(zip(sorted(summary["batch_size"].unique()), [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")] * 4))
     for axis, metric in zip(axes[0], metrics):
         for (loss, batch_size), group in summary.groupby(["loss", "batch_size"], sort=True):
             group = group.sort_values("samples_seen")
             low, high = group.get(f"{metric}_low"), group.get(f"{metric}_high")
             error = None if low is None else np.vstack([group[metric] - low, high - group[metric]]).clip(min=0)
-            axis.errorbar(group["samples_seen"], group[metric], yerr=error, marker="o", capsize=3,
-                          color=_loss_colour(loss), linestyle="-" if batch_size == smallest else "--",
-                          label=f"{loss} b{batch_size}")
+            linestyle, marker = styles[batch_size]
+            lines = axis.errorbar(group["samples_seen"], group[metric], yerr=error, marker=marker, capsize=3,
+                                  color=_loss_colour(loss), linestyle=linestyle, label=f"{loss} b{batch_size}")
+            for bar in lines[2]:
+                bar.set_alpha(0.3)
         axis.set_xscale("log")
         axis.set_ylim(0, 1.02)
         axis.set_xlabel("samples seen")
