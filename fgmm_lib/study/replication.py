@@ -77,11 +77,10 @@ def replication_table(settings: Mapping[str, pd.DataFrame], metric: str = "t2v_R
         raise ValueError("replication_table needs at least one setting")
     rows = []
     for config, reference in pairs:
-        first = None
+        first, wanted = None, {tuple(config), tuple(reference)}
         for setting, table in settings.items():
-            keep = table[table.apply(lambda row: (row["loss"], row["batch_size"]) in (tuple(config), tuple(reference)),
-                                     axis=1)] if not table.empty else table
-            difference = paired_differences(keep, metric, reference=tuple(reference)) if not keep.empty else keep
+            keep = table[[pair in wanted for pair in zip(table["loss"], table["batch_size"])]] if len(table) else table
+            difference = paired_differences(keep, metric, reference=tuple(reference)) if len(keep) else keep
             label = f"{config[0]} b{config[1]} - {reference[0]} b{reference[1]}"
             if difference.empty:
                 rows.append({"comparison": label, "setting": setting, "metric": metric, "n": 0, "mean": float("nan"),

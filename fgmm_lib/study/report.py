@@ -260,7 +260,7 @@ def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame |
         return None
     shown = pd.DataFrame({"condition": checks["condition"],
                           "value [95% CI]": interval_column(checks, "value", "ci95_low", "ci95_high"),
-                          "": [_holds_text(value) for value in checks["holds"].astype(object).where(checks["holds"].notna(), None)],
+                          "": [_holds_text(value) for value in checks["holds"]],
                           "read on": checks["detail"]})
     budget = None if budget is None else float(budget)
     where = f" at {budget:g}x the study's samples" if budget is not None else ""
