@@ -35,7 +35,7 @@ PARAMS = {
     "regime": {"runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}],
                "budgets": [1, 2], "seeds": [0, 1], "workers": 1,
                "train": {"attn_temperature": 0.5, "weight_temperature": 10.0, "val_points": 1},
-               "choice": {"budget": 1, "small": ["coarse", 8], "large": ["coarse", 16],
+               "choice": {"budget": 2, "small": ["coarse", 8], "large": ["coarse", 16],
                           "headline": [["coarse", 8], ["attention", 8]]}},
 }
 
@@ -113,6 +113,7 @@ def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface,
     best = chosen[~chosen["learnable"]].sort_values("t2v_R@10", ascending=False).iloc[0]
     config = json.loads((world / "runs/study/attention-b8-s0/config.json").read_text())
     assert config["train"]["attn_temperature"] == pytest.approx(best["attn_temperature"])
+    assert config["train"]["epochs"] == 2  # regime.choice.budget (2) times train.epochs (1)
     # the rule: peak lr = lr * sqrt(batch / 64), warmup over the same samples at every batch size
     compute = json.loads((world / "results/compute/coarse-b16-s0.json").read_text())
     assert compute["peak_lr"] == pytest.approx(0.002 * (16 / 64) ** 0.5)
@@ -139,7 +140,7 @@ def test_regime_notebooks_train_each_budget_and_read_the_map(world):
     assert len(table) == 12 and sorted(set(table["budget"])) == [1.0, 2.0]
     checks = pd.read_csv(world / "results/regime/checks.csv")
     assert list(checks["condition"]) == ["premise", "digit learned", "converged"]
-    assert checks["holds"].isna().iloc[2]  # the map has no budget 1.5: convergence is not measured
+    assert checks["holds"].isna().iloc[2]  # the map has no budget 3: convergence is not measured
     assert (world / "results/regime/regime.png").stat().st_size > 10_000
 
 
@@ -159,8 +160,9 @@ def test_replication_notebook_compares_every_pair_in_four_settings(world, study)
     own = runs[runs["setting"] == "study data"].set_index("run")
     assert own["t2v_R@10"].to_dict() == study_runs.loc[own.index, "t2v_R@10"].to_dict()
     # the same settings on fresh pretraining data: same lr as the study run
-    assert json.loads((world / "runs/replication/coarse-b8-s0-d7/config.json").read_text())["train"]["lr"] == \
-        json.loads((world / "runs/study/coarse-b8-s0/config.json").read_text())["train"]["lr"]
+    fresh, own_config = (json.loads((world / "runs" / path / "config.json").read_text())["train"]
+                         for path in ("replication/coarse-b8-s0-d7", "study/coarse-b8-s0"))
+    assert (fresh["lr"], fresh["epochs"]) == (own_config["lr"], own_config["epochs"]) and fresh["epochs"] == 2
     table = pd.read_csv(world / "results/replication/replication.csv")
     assert len(table) == 2 * 4 and set(table["n"]) == {2}
     first = table[table["comparison"] == "attention b8 - coarse b8"].iloc[0]
