@@ -34,7 +34,7 @@ repro: setup  ## run the whole study with DVC (results land in results/)
 # temporary experiment may not hold.
 QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S train.dim=32 \
 	-S train.width=0.5 -S train.val_points=1 -S train.warmup_samples=0 -S 'study.seeds=[0]' \
-	-S 'study.runs=[{batch_size:8,losses:[coarse,mean,max,attention,attention_floor,attention_gate]}]' \
+	-S 'study.runs=[{batch_size:8,losses:[coarse,mean,max,attention,attention_floor,attention_gate,attention_uniform]}]' \
 	-S study.workers=1 -S sweep.epochs=1 -S sweep.workers=1 \
 	-S 'temperature.attn_temperatures=[0.1]' -S 'temperature.weight_temperatures=[1.0]' \
 	-S 'temperature.learnable_from=[]' -S 'lr.runs=[{batch_size:8,losses:[coarse]}]' -S 'lr.factors=[1.0]' \
