@@ -22,6 +22,7 @@ from fgmm_lib.study.report import (
     report_replication,
     report_seed_splits,
     report_small_batch_reference,
+    report_study_regime,
     report_temperature,
     report_time_to_target,
     report_width,
@@ -37,6 +38,7 @@ from fgmm_lib.study.tables import (
     lr_rule_table,
     noise_drops,
     noise_table,
+    seed_outcomes,
     seed_splits,
     seed_table,
     study_temperatures,
@@ -451,6 +453,48 @@ def test_report_small_batch_reference_pairs_each_loss_with_coarse_at_the_same_ba
     assert "0.520 [" in report.markdown()  # mean of (0.61, 0.62, 0.63) - 0.1
     empty = Report(tmp_path)
     assert report_small_batch_reference(empty, runs[runs["loss"] == "coarse"]).empty
+
+
+def test_seed_outcomes_counts_wins_against_a_plain_loop():
+    rng = np.random.default_rng(3)
+    rows = [{"loss": loss, "batch_size": batch, "seed": seed, "t2v_R@10": float(rng.uniform())}
+            for loss, batch in (("coarse", 256), ("coarse", 8), ("max", 8), ("attention", 8)) for seed in range(5)]
+    runs = pd.DataFrame(rows[:-1])  # attention lacks seed 4: four pairs
+    table = seed_outcomes(runs, ("coarse", 256), 8, "t2v_R@10").set_index("loss")
+    assert list(table.index) == ["coarse", "max", "attention"]
+    value = {(row["loss"], row["batch_size"], row["seed"]): row["t2v_R@10"] for row in rows[:-1]}
+    for loss in table.index:
+        differences = [value[loss, 8, seed] - value["coarse", 256, seed] for seed in range(5) if (loss, 8, seed) in value]
+        assert table.loc[loss, "n"] == len(differences)
+        assert table.loc[loss, "wins"] == sum(d > 0 for d in differences)
+        assert table.loc[loss, "losses"] == sum(d < 0 for d in differences)
+        assert table.loc[loss, "differences"].split(", ")[0] == f"s0 {differences[0]:+.3f}"
+    assert "coarse" not in set(seed_outcomes(runs, ("coarse", 8), 8, "t2v_R@10")["loss"])
+    with pytest.raises(ValueError, match="t2i_R@10"):
+        seed_outcomes(runs, ("coarse", 8), 8, "t2i_R@10")
+
+
+def test_report_study_regime_reads_the_premise_on_the_studys_seeds(tmp_path):
+    runs = runs_frame({"attention": [0.01, -0.02, 0.03]})  # coarse b256 (0.6, 0.62, 0.64) against coarse b8 at 0.1
+    curves = pd.DataFrame([{"run": f"{loss}-b{batch}-s{seed}", "loss": loss, "batch_size": batch, "seed": seed,
+                            "samples_seen": samples,
+                            "val_t2v_r10": value + (0.1 if loss == "attention" else 0.0) * samples / 100}
+                           for loss, batch, value in (("coarse", 256, 0.5), ("coarse", 8, 0.2), ("attention", 8, 0.3))
+                           for seed in range(3) for samples in (20, 40, 60, 80, 100)])
+    report = Report(tmp_path)
+    premise = report_study_regime(report, runs, curves=curves)
+    text = report.markdown()
+    assert list(premise["verdict"]) == ["better"] and "The premise **holds**" in text
+    assert "0.520 [" in text  # mean of (0.6, 0.62, 0.64) - 0.1 over the 3 seeds
+    assert "| attention | 8 | coarse b256 | 3 | 2 | 1 | s0 +0.010, s1 -0.020, s2 +0.030 |" in text
+    assert "| attention | 8 | coarse b8 | 3 | 3 | 0 |" in text
+    assert "| attention | 8 | 3 | 100 |" in text and "| False |" in text  # attention's curve still rises
+    reversed_runs = runs.assign(**{"t2v_R@10": np.where(runs["batch_size"] == 8, 0.9, runs["t2v_R@10"])})
+    reversed_report = Report(tmp_path)
+    report_study_regime(reversed_report, reversed_runs)
+    assert "The premise **is reversed**" in reversed_report.markdown()
+    empty = Report(tmp_path)
+    assert report_study_regime(empty, runs[runs["batch_size"] == 8]).empty and "Not answered" in empty.markdown()
 
 
 def test_report_replication_shows_every_setting_side_by_side(tmp_path):

@@ -11,7 +11,8 @@ the table they show):
 - the sweeps: :func:`report_noise`, :func:`report_width`, :func:`report_temperature`,
   :func:`report_lr_rule`;
 - convergence and compute to a target: :func:`report_convergence`, :func:`report_time_to_target`;
-- the regime first: :func:`report_regime` (premise, digit, convergence, the down-weighting);
+- the regime first: :func:`report_regime` (premise, digit, convergence, the down-weighting on the map)
+  and :func:`report_study_regime` (the premise, convergence and seed outcomes on the study's own runs);
 - the headline question (a fine-grained loss at a small batch against coarse at a large one):
   :func:`headline_answer` (its verdicts, :data:`HEADLINE_VERDICTS`), :func:`headline_sentence`,
   :func:`report_headline`, and against coarse at the same batch :func:`report_small_batch_reference`;
@@ -75,6 +76,7 @@ from fgmm_lib.study.tables import (
     noise_drops,
     noise_table,
     paired_difference_table,
+    seed_outcomes,
     seed_splits,
     seed_table,
     summarise_over_seeds,
@@ -284,6 +286,45 @@ def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame |
                    "(`results/attention/mechanism.csv`):")
         report.table(mechanism, index=False)
     return checks
+
+
+def report_study_regime(report: Report, runs: pd.DataFrame, small: Sequence[Any] = ("coarse", 8),
+                        large: Sequence[Any] = ("coarse", 256), curves: pd.DataFrame | None = None,
+                        metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+    """The regime on the study's own runs (the map has fewer seeds): the premise (``large`` minus
+    ``small``, paired over the study's seeds), whether the curves of every configuration at the small
+    batch and of ``large`` flattened (:func:`convergence_table` of ``curves``), and seed by seed how
+    often each loss at the small batch beats each reference (:func:`seed_outcomes`). Returns the
+    premise's paired row (empty when the study lacks either configuration)."""
+    small, large = (str(small[0]), int(small[1])), (str(large[0]), int(large[1]))
+    report.add("### The regime on the study's own runs")
+    pair = runs[[(loss, int(batch)) in (small, large) for loss, batch in zip(runs["loss"], runs["batch_size"])]] \
+        if not runs.empty else runs
+    premise = paired_difference_table(pair, small, metrics=[metric], margin=margin) if not pair.empty else pair
+    if premise.empty:
+        report.add(f"Not answered: the study needs `{small[0]}` at batch {small[1]} and `{large[0]}` at batch "
+                   f"{large[1]} with shared seeds.")
+        return pd.DataFrame()
+    verdict = premise["verdict"].iloc[0]
+    holds = {"better": "holds", "worse": "is reversed", "tie": "fails (a tie)"}.get(verdict, "is undecided")
+    report.add(f"The premise, {metric_label(metric)} of `{large[0]}` at batch {large[1]} minus `{small[0]}` at batch "
+               f"{small[1]}, paired over the study's {int(premise['n'].iloc[0])} seeds: "
+               f"{premise['difference [95% CI]'].iloc[0]}. The premise **{holds}**.")
+    if curves is not None and not curves.empty:
+        converged = convergence_table(curves)
+        keep = (converged["batch_size"] == small[1]) | ((converged["loss"] == large[0])
+                                                         & (converged["batch_size"] == large[1]))
+        report.add("Have the study's curves flattened? The gain of the mean validation curve over its last 20% of "
+                   "samples (flattened: below 0.02; a cosine schedule flattens every curve at its end, so this "
+                   "reads the budget as much as the model):")
+        report.table(converged[keep].round(3), index=False)
+    outcomes = pd.concat([seed_outcomes(runs, reference, small[1], metric) for reference in (large, small)],
+                         ignore_index=True)
+    if not outcomes.empty:
+        report.add(f"Seed by seed: how often each loss at batch {small[1]} is above each reference on "
+                   f"{metric_label(metric)} (same seed, same data), and each seed's difference:")
+        report.table(outcomes.drop(columns=["metric"]), index=False)
+    return premise
 
 
 def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch: int = 8,

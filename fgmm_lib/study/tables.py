@@ -13,7 +13,7 @@ Summaries over seeds:
     :func:`mean_std_table`, :func:`interval_table`, :func:`best_losses`, :func:`attribute_table`,
     :func:`evaluation_interval_table`, :func:`paired_difference_table`, :func:`seed_table`,
     :func:`compute_table`, :func:`sweep_by_loss`, :func:`markdown_table`.
-Seeds that land in different outcomes: :func:`seed_splits`. Attributes learned: :func:`learned_attributes`.
+Seeds that land in different outcomes: :func:`seed_splits`, :func:`seed_outcomes`. Attributes learned: :func:`learned_attributes`.
 Sweeps (one CSV row per run, :data:`SWEEP_LABELS`, :data:`SWEEP_FILES`):
     :func:`load_sweep`, :func:`load_sweep_if_any`, :func:`sweep_table`, :func:`sweep_ends`,
     :func:`noise_table`, :func:`noise_drops` (question 3), :func:`learnable_temperatures`,
@@ -473,6 +473,28 @@ def seed_splits(runs: pd.DataFrame, batch_size: int, metric: str, gap: float = S
                      "high_min": float(high.min()), "high_max": float(high.max())})
     return pd.DataFrame(rows, columns=["loss", "metric", "gap", "low_seeds", "low_min", "low_max", "high_seeds",
                                        "high_min", "high_max"])
+
+
+def seed_outcomes(runs: pd.DataFrame, reference: Sequence[Any], batch_size: int, metric: str) -> pd.DataFrame:
+    """How often each loss at ``batch_size`` beats ``reference`` (``(loss, batch_size)``) seed by seed:
+    one row per loss with ``n`` paired seeds, ``wins`` (the run above the reference run of its seed),
+    ``losses`` (below it) and each seed's difference (``differences``, run minus reference)."""
+    require_columns(runs, ("loss", "batch_size", "seed", metric), "the runs")
+    reference = (str(reference[0]), int(reference[1]))
+    base = seed_values(runs, *reference, metric)
+    rows = []
+    for loss in ordered_losses(runs.loc[runs["batch_size"] == batch_size, "loss"].unique()):
+        if (loss, batch_size) == reference:
+            continue
+        differences = (seed_values(runs, loss, batch_size, metric) - base).dropna().sort_index()
+        if differences.empty:
+            continue
+        rows.append({"loss": loss, "batch_size": batch_size, "reference": f"{reference[0]} b{reference[1]}",
+                     "metric": metric, "n": len(differences), "wins": int((differences > 0).sum()),
+                     "losses": int((differences < 0).sum()),
+                     "differences": ", ".join(f"s{int(seed)} {value:+.3f}" for seed, value in differences.items())})
+    return pd.DataFrame(rows, columns=["loss", "batch_size", "reference", "metric", "n", "wins", "losses",
+                                       "differences"])
 
 
 #: How far above chance (in accuracy) a linear probe must be, in the lower end of its 95% interval over
