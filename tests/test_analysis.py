@@ -495,6 +495,13 @@ def test_report_study_regime_reads_the_premise_on_the_studys_seeds(tmp_path):
     assert "The premise **is reversed**" in reversed_report.markdown()
     empty = Report(tmp_path)
     assert report_study_regime(empty, runs[runs["batch_size"] == 8]).empty and "Not answered" in empty.markdown()
+    # the headline warns when its premise fails, and only then
+    failed = Report(tmp_path)
+    report_headline(failed, reversed_runs, premise=report_study_regime(Report(tmp_path), reversed_runs))
+    assert "**Read with the premise:**" in failed.markdown() and "worse" in failed.markdown()
+    held = Report(tmp_path)
+    report_headline(held, runs, premise=premise)
+    assert "Read with the premise" not in held.markdown()
 
 
 def test_report_replication_shows_every_setting_side_by_side(tmp_path):

@@ -684,9 +684,12 @@ def headline_sentence(answer: pd.DataFrame) -> str:
 
 
 def report_headline(report: Report, runs: pd.DataFrame, small_batch: int = 8, large: Sequence[Any] = ("coarse", 256),
-                    metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+                    metric: str = HEADLINE_METRIC, margin: float = 0.03,
+                    premise: pd.DataFrame | None = None) -> pd.DataFrame:
     """The headline question (docs/study.md section 6, question 2): :func:`headline_answer` as a table and
-    one sentence answering yes / no / undecided, naming the losses. Returns the answer."""
+    one sentence answering yes / no / undecided, naming the losses. Given the ``premise`` of
+    :func:`report_study_regime` and a verdict other than "better", a warning says what the comparison
+    cannot show. Returns the answer."""
     reference = f"`{large[0]}` at batch {large[1]}"
     question = (f"At equal samples seen, does a fine-grained loss at batch {small_batch} reach {reference} on "
                 f"{metric_label(metric)}, within the intervals?")
@@ -710,6 +713,12 @@ def report_headline(report: Report, runs: pd.DataFrame, small_batch: int = 8, la
                f"reaches: the interval lies within ±{margin:g}, exceeds / falls short: it excludes 0.")
     report.table(shown, index=False)
     report.add(f"**{question} {headline_sentence(answer)}")
+    if premise is not None and not premise.empty and premise["verdict"].iloc[0] != "better":
+        report.add(f"**Read with the premise:** in this regime {reference} is not better than `{large[0]}` at batch "
+                   f"{small_batch} ({premise['verdict'].iloc[0]}: {premise['difference [95% CI]'].iloc[0]}). "
+                   "Reaching or exceeding it shows only that the large batch bought nothing here; it does not show "
+                   "that the fine-grained loss reaches what a large batch buys. The comparison against coarse at "
+                   "the same batch, below, is the one that counts.")
     report.add(_samples_note(runs, answer, small_batch, large))
     return answer
 
