@@ -15,6 +15,7 @@ from fgmm_lib.study.report import (
     headline_answer,
     learned_attributes_sentence,
     report_convergence,
+    report_down_weighting,
     report_headline,
     report_lr_rule,
     report_noise,
@@ -502,6 +503,22 @@ def test_report_study_regime_reads_the_premise_on_the_studys_seeds(tmp_path):
     held = Report(tmp_path)
     report_headline(held, runs, premise=premise)
     assert "Read with the premise" not in held.markdown()
+
+
+def test_report_down_weighting_pairs_each_attention_form_with_its_uniform_ablation(tmp_path):
+    runs = runs_frame({"attention": [0.10, 0.12, 0.11], "attention_gate": [0.0, 0.01, -0.01],
+                       "attention_uniform": [0.0, 0.0, 0.0], "max": [0.3, 0.3, 0.3]})
+    report = Report(tmp_path)
+    table = report_down_weighting(report, runs).set_index("loss")
+    assert sorted(table.index) == ["attention", "attention_gate"]  # max is no attention form
+    assert table.loc["attention", "verdict"] == "better" and table.loc["attention_gate", "verdict"] == "tie"
+    assert "0.110 [" in report.markdown() and "**Down-weighting helps** for `attention`." in report.markdown()
+    none = Report(tmp_path)
+    report_down_weighting(none, runs[runs["loss"] != "attention"])
+    assert "No attention form is better than its uniform ablation" in none.markdown()
+    empty = Report(tmp_path)
+    assert report_down_weighting(empty, runs[runs["loss"] != "attention_uniform"]).empty
+    assert "Not answered" in empty.markdown()
 
 
 def test_report_replication_shows_every_setting_side_by_side(tmp_path):

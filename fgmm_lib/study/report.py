@@ -12,7 +12,8 @@ the table they show):
   :func:`report_lr_rule`;
 - convergence and compute to a target: :func:`report_convergence`, :func:`report_time_to_target`;
 - the regime first: :func:`report_regime` (premise, digit, convergence, the down-weighting on the map)
-  and :func:`report_study_regime` (the premise, convergence and seed outcomes on the study's own runs);
+  and :func:`report_study_regime` (the premise, convergence and seed outcomes on the study's own runs),
+  :func:`report_down_weighting` (each attention form against its uniform ablation);
 - the headline question (a fine-grained loss at a small batch against coarse at a large one):
   :func:`headline_answer` (its verdicts, :data:`HEADLINE_VERDICTS`), :func:`headline_sentence`,
   :func:`report_headline`, and against coarse at the same batch :func:`report_small_batch_reference`;
@@ -325,6 +326,29 @@ def report_study_regime(report: Report, runs: pd.DataFrame, small: Sequence[Any]
                    f"{metric_label(metric)} (same seed, same data), and each seed's difference:")
         report.table(outcomes.drop(columns=["metric"]), index=False)
     return premise
+
+
+def report_down_weighting(report: Report, runs: pd.DataFrame, batch_size: int = 8, ablation: str = "attention_uniform",
+                          metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
+    """Does down-weighting noisy pairs help? Each attention form at ``batch_size`` minus ``ablation`` (the same
+    form with uniform outer weights, the same τa), paired over seeds, with its verdict. Returns the table."""
+    report.add("### Does down-weighting noisy pairs help?")
+    at = runs[(runs["batch_size"] == batch_size) & runs["loss"].astype(str).str.startswith("attention")] \
+        if not runs.empty else runs
+    table = paired_difference_table(at, (ablation, batch_size), metrics=[metric], margin=margin) \
+        if not at.empty else at
+    if table.empty:
+        report.add(f"Not answered: it needs `{ablation}` and an attention loss at batch {batch_size} with shared seeds.")
+        return pd.DataFrame()
+    report.add(f"{metric_label(metric)}, each attention form at batch {batch_size} minus `{ablation}` (its outer "
+               f"weights uniform, the same τa; same seed, same data). better: the down-weighting helps; worse: it "
+               f"hurts; tie: within ±{margin:g}:")
+    report.table(table, index=False)
+    helped = list(table.loc[table["verdict"] == "better", "loss"])
+    report.add(f"**Down-weighting helps** for {', '.join(f'`{loss}`' for loss in helped)}." if helped else
+               "**No attention form is better than its uniform ablation here**: the down-weighting does not help in "
+               "this regime (the mechanism table above says how far its weights are from uniform).")
+    return table
 
 
 def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch: int = 8,
