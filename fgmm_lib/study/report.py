@@ -335,8 +335,7 @@ def report_down_weighting(report: Report, runs: pd.DataFrame, batch_size: int = 
     report.add("### Does down-weighting noisy pairs help?")
     at = runs[(runs["batch_size"] == batch_size) & runs["loss"].astype(str).str.startswith("attention")] \
         if not runs.empty else runs
-    table = paired_difference_table(at, (ablation, batch_size), metrics=[metric], margin=margin) \
-        if not at.empty else at
+    table = paired_difference_table(at, (ablation, batch_size), [metric], margin=margin) if not at.empty else at
     if table.empty:
         report.add(f"Not answered: it needs `{ablation}` and an attention loss at batch {batch_size} with shared seeds.")
         return pd.DataFrame()
