@@ -48,7 +48,8 @@ QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S 
 	-S 'regime.seeds=[0]' -S regime.workers=1 -S regime.train.val_points=1 -S regime.choice.budget=1 \
 	-S 'regime.choice.large=[coarse,16]' -S 'regime.choice.headline=[[coarse,8],[coarse,16]]' \
 	-S 'replication.runs=[{batch_size:8,losses:[coarse,attention]}]' -S 'replication.seeds=[0]' \
-	-S replication.workers=1 -S 'replication.pairs=[[[attention,8],[coarse,8]]]'
+	-S replication.workers=1 -S 'replication.pairs=[[[attention,8],[coarse,8]]]' \
+	-S 'down_weighting.weight_temperatures=[1.0]' -S 'down_weighting.seeds=[0]' -S down_weighting.workers=1
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)

@@ -15,18 +15,20 @@ from fgmm_lib.study.report import (
     headline_answer,
     learned_attributes_sentence,
     report_convergence,
-    report_down_weighting,
     report_headline,
     report_lr_rule,
     report_noise,
-    report_regime,
-    report_replication,
     report_seed_splits,
-    report_small_batch_reference,
-    report_study_regime,
     report_temperature,
     report_time_to_target,
     report_width,
+)
+from fgmm_lib.study.report_regime import (
+    report_down_weighting,
+    report_regime,
+    report_replication,
+    report_small_batch_reference,
+    report_study_regime,
 )
 from fgmm_lib.study.selection import best_temperatures, temperature_surface
 from fgmm_lib.study.stats import t_quantile_975, tie_or_difference, welch_interval
@@ -515,7 +517,8 @@ def test_report_down_weighting_pairs_each_attention_form_with_its_uniform_ablati
     assert "0.110 [" in report.markdown() and "**Down-weighting helps** for `attention`." in report.markdown()
     none = Report(tmp_path)
     report_down_weighting(none, runs[runs["loss"] != "attention"])
-    assert "No attention form is better than its uniform ablation" in none.markdown()
+    assert "No attention form is better than its uniform ablation at the study's τw" in none.markdown()
+    assert "Sharper weights are not trained yet" in none.markdown()
     empty = Report(tmp_path)
     assert report_down_weighting(empty, runs[runs["loss"] != "attention_uniform"]).empty
     assert "Not answered" in empty.markdown()

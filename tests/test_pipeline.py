@@ -91,7 +91,7 @@ def test_each_stage_depends_on_what_decides_its_numbers():
         assert not kernels or name == "bench_loss", (name, kernels)
         benches = {dep for dep in deps[name] if dep.startswith("fgmm_lib/bench/")}
         assert not benches or name.startswith("bench_"), (name, benches)
-    for name in ("study", "temperature", "sweep", "data_pretrain", "data_eval"):  # training draws nothing
+    for name in ("study", "temperature", "sweep", "down_weighting", "data_pretrain", "data_eval"):  # training draws nothing
         assert "fgmm_lib/study/plots.py" not in deps[name] and "fgmm_lib/study/report.py" not in deps[name], name
     for name in ("ablation", "attention_maps", "report"):  # report stages: no training loop
         assert "fgmm_lib/training/loop.py" not in deps[name], name

@@ -147,3 +147,37 @@ def test_weight_spread_against_plain_loops():
     assert weight_spread(np.array([[1.0, 0, 0], [0, 1.0, 0]]))["max_weight"] == 1.0
     with pytest.raises(ValueError, match="positive entry"):
         weight_spread(np.zeros((2, 3)))
+
+
+def test_lr_budget_table_pairs_the_maps_rule_runs_with_the_studys_chosen_factor(tmp_path):
+    from fgmm_lib.study.report import Report
+    from fgmm_lib.study.report_regime import lr_budget_table, report_lr_at_budget
+
+    regime = pd.DataFrame([{"loss": "coarse", "batch_size": b, "budget": budget, "seed": s, "final_val_t2v_r10": v}
+                           for (b, budget, s, v) in ((8, 3.0, 0, 0.37), (8, 3.0, 1, 0.39), (8, 1.0, 0, 0.9),
+                                                     (64, 3.0, 0, 0.52), (64, 3.0, 1, 0.54), (256, 3.0, 0, 0.4))])
+    # the study's curves: two points a run, the last one counts; seed 2 has no partner in the map
+    curves = pd.DataFrame([{"run": f"coarse-b{b}-s{s}", "loss": "coarse", "batch_size": b, "seed": s,
+                            "samples_seen": samples, "val_t2v_r10": v}
+                           for (b, s, last) in ((8, 0, 0.42), (8, 1, 0.48), (8, 2, 0.5), (64, 0, 0.50), (64, 1, 0.56),
+                                                (256, 0, 0.4))
+                           for samples, v in ((100, 0.1), (200, last))])
+    table = lr_budget_table(regime, curves, 3, {8: 0.5, 64: 2.0, 256: 1.0}).set_index("batch_size")
+    assert list(table.index) == [8, 64]  # batch 256 trains at the rule in both: nothing to compare
+    differences = np.array([0.42 - 0.37, 0.48 - 0.39])
+    half = T_975[1] * differences.std(ddof=1) / math.sqrt(2)
+    row = table.loc[8]
+    assert (row["n"], row["rule"], row["chosen"]) == (2, pytest.approx(0.38), pytest.approx(0.45))
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((differences.mean() - half, differences.mean() + half),
+                                                               rel=1e-4)
+    assert row["chosen_better"] == 2 and table.loc[64, "chosen_better"] == 1
+    results = tmp_path / "results"
+    (results / "regime").mkdir(parents=True)
+    regime.to_csv(results / "regime" / "regime.csv", index=False)
+    lr = pd.DataFrame([{"loss": "coarse", "batch_size": 8, "lr_factor": f, "seed": 0, "t2v_R@10": v}
+                       for f, v in ((0.5, 0.4), (1.0, 0.3))])
+    report = Report(results)
+    assert len(report_lr_at_budget(report, curves, lr, 3)) == 1
+    assert "2/2" in report.markdown() and "0.450" in report.markdown()
+    missing = Report(tmp_path / "nothing")
+    assert report_lr_at_budget(missing, curves, lr, 3).empty and "Not answered" in missing.markdown()

@@ -22,7 +22,9 @@ PARAMS = {
     "train": {"epochs": 1, "dim": 16, "width": 0.25, "lr_scaling": "sqrt", "warmup_samples": 16,
               "val_data": "data/eval", "val_points": 2},
     "study": {"seeds": [0, 1], "batch_size": 8, "target_val_r10": 0.05, "workers": 1,
-              "runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]}]},
+              "runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]},
+                       {"batch_size": 8, "losses": ["attention_uniform"], "seeds": [0]}]},
+    "down_weighting": {"loss": "attention", "weight_temperatures": [0.1], "seeds": [0, 1], "workers": 1},
     "sweep": {"epochs": 1, "batch_size": 8, "seed": 0, "workers": 1},
     "temperature": {"loss": "attention", "attn_temperatures": [0.1, 0.5], "weight_temperatures": [1.0],
                     "learnable_from": [[0.1, 1.0]]},
@@ -102,7 +104,7 @@ def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface,
     notebook, _ = study
     assert "b8 x 2" in "".join(str(output.get("text", "")) for cell in notebook.cells for output in cell.get("outputs", []))
     names = [f"{loss}-b{batch}-s{seed}" for loss, batch in (("coarse", 8), ("attention", 8), ("coarse", 16))
-             for seed in (0, 1)]
+             for seed in (0, 1)] + ["attention_uniform-b8-s0"]
     for name in names:
         for folder in ("results/metrics", "results/compute", "results/details"):
             assert (world / folder / f"{name}.json").is_file(), (folder, name)
@@ -168,3 +170,28 @@ def test_replication_notebook_compares_every_pair_in_four_settings(world, study)
     first = table[table["comparison"] == "attention b8 - coarse b8"].iloc[0]
     frame = runs[runs["setting"] == "study data"].set_index(["loss", "batch_size", "seed"])["t2v_R@10"]
     assert first["mean"] == pytest.approx(((frame["attention", 8] - frame["coarse", 8])).mean())
+
+
+def test_down_weighting_notebook_trains_sharper_weights_and_pairs_them_with_uniform(world, study):
+    _, grid = study
+    execute(world, "down_weighting", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+            metrics_dir="results/metrics", study_runs="runs/study", runs_dir="runs/down_weighting",
+            out_dir="results/down_weighting")
+    runs = pd.read_csv(world / "results/down_weighting/runs.csv")
+    assert list(runs["run"]) == ["attention-b8-s0-tw0.1", "attention-b8-s1-tw0.1"]
+    sharp, own = (json.loads((world / "runs" / path / "config.json").read_text())["train"]
+                  for path in ("down_weighting/attention-b8-s0-tw0.1", "study/attention-b8-s0"))
+    assert sharp["weight_temperature"] == 0.1 and own["weight_temperature"] != 0.1
+    for key in ("lr", "epochs", "attn_temperature", "batch_size", "seed"):  # everything else as the study's run
+        assert sharp[key] == own[key], key
+    mechanism = pd.read_csv(world / "results/down_weighting/mechanism.csv")
+    assert sorted(set(mechanism["run"])) == ["attention-b8-s0", "attention-b8-s0-tw0.1", "attention-b8-s1",
+                                             "attention-b8-s1-tw0.1"]
+    assert mechanism["weight_temperature"].notna().all() and set(mechanism["weights"]) == {"phrases", "cells"}
+    table = pd.read_csv(world / "results/down_weighting/down_weighting.csv").set_index("source")
+    assert sorted(table.index) == ["down_weighting", "study"]
+    row = table.loc["down_weighting"]
+    uniform = json.loads((world / "results/metrics/attention_uniform-b8-s0.json").read_text())
+    value = runs.set_index("run").loc["attention-b8-s0-tw0.1", "t2v_R@10"]
+    assert row["n"] == 1 and row["difference"] == pytest.approx(value - uniform["t2v_R@10"])
+

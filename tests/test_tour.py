@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TOUR = ROOT / "notebooks" / "tour.ipynb"
@@ -65,8 +66,10 @@ def test_tour_trains_evaluates_and_shows_the_study(tmp_path, monkeypatch):
     # the evaluation: every metric beside its chance level, on the test split
     assert "test clips" in shown and "text→video R@10" in shown and "pointing accuracy" in shown
     # the committed study's headline table and answer, and the summary beside it
-    assert "## The headline" in shown and re.search(r"\| attention \| \d+ \|", shown) and "coarse b256 [95% CI]" in shown
-    assert "does a fine-grained loss at batch 8 reach `coarse` at batch 256" in shown
+    large = yaml.safe_load((ROOT / "params.yaml").read_text())["regime"]["choice"]["large"]
+    assert "## The headline" in shown and re.search(r"\| attention \| \d+ \|", shown)
+    assert f"{large[0]} b{large[1]} [95% CI]" in shown  # against the study's large-batch reference
+    assert f"does a fine-grained loss at batch 8 reach `{large[0]}` at batch {large[1]}" in shown
     assert "this tour [95% CI]" in shown and re.search(r"study: attention at batch 8, \d+ seeds", shown)
     assert images(executed) == 3  # loss curve, attention maps, the committed batch-size figure
 

@@ -10,7 +10,8 @@ Plots:
     :func:`plot_training_curves`, :func:`plot_recall_at_k`, :func:`plot_confusion_matrix`,
     :func:`plot_metric_sweep` (and :func:`plot_batch_ablation`), :func:`plot_comparison`,
     :func:`plot_compute`, :func:`plot_learning_curves`, :func:`plot_noise`, :func:`plot_width`,
-    :func:`plot_temperature_surface`, :func:`plot_regime`, :func:`plot_attention_maps` (data from
+    :func:`plot_temperature_surface`, :func:`plot_regime`, :func:`plot_down_weighting`,
+    :func:`plot_attention_maps` (data from
     :func:`fgmm_lib.study.attention.attention_examples`).
 Output:
     :func:`show`, :func:`save_figure`, :func:`save_table`, :func:`save_text` (atomic writes).
@@ -485,6 +486,40 @@ def plot_temperature_surface(surface: pd.DataFrame, best: tuple[float, float] | 
         axes.add_patch(Rectangle((column[0], row[0]), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     axes.set(xlabel="τw (weight temperature)", ylabel="τa (attention temperature)")
     axes.set_title(title or "validation text→video R@10 (best pair outlined)")
+    return figure
+
+
+def plot_down_weighting(table: pd.DataFrame, mechanism: pd.DataFrame | None = None) -> Figure:
+    """Question 6: each weight temperature's paired difference against uniform weights with its 95%
+    interval (:func:`fgmm_lib.study.down_weighting.weighting_table`), and beside it how far the
+    weights are from uniform at that τw (``mechanism``: ``weight_temperature, weights,
+    entropy_relative`` rows of :func:`fgmm_lib.study.attention.mechanism_table`)."""
+    _check_sweep(table, ["loss", "tau_w", "difference", "ci95_low", "ci95_high"])
+    set_style()
+    panels = 2 if mechanism is not None and not mechanism.empty else 1
+    figure, axes = plt.subplots(1, panels, figsize=(5.0 * panels, 3.6), squeeze=False)
+    axis = axes[0][0]
+    for loss, group in table.groupby("loss", sort=False):
+        group = group.sort_values("tau_w")
+        error = np.vstack([group["difference"] - group["ci95_low"], group["ci95_high"] - group["difference"]])
+        axis.errorbar(group["tau_w"], group["difference"], yerr=error.clip(min=0), marker="o", capsize=4,
+                      color=_loss_colour(loss), label=loss)
+    axis.axhline(0.0, color="black", linewidth=1)
+    axis.set_xscale("log")
+    axis.set(xlabel="τw (smaller: sharper weights)", ylabel="R@10 minus uniform weights")
+    axis.set_title("paired over seeds, 95% interval", fontsize="medium")
+    axis.legend(fontsize="small")
+    if panels == 2:
+        axis = axes[0][1]
+        spread = mechanism.groupby(["weights", "weight_temperature"])["entropy_relative"].mean().reset_index()
+        for what, group in spread.groupby("weights"):
+            axis.plot(group["weight_temperature"], group["entropy_relative"], marker="o", label=what)
+        axis.set_xscale("log")
+        axis.set_ylim(0, 1.05)
+        axis.set(xlabel="τw", ylabel="entropy relative to uniform")
+        axis.set_title("1 = uniform weights", fontsize="medium")
+        axis.legend(fontsize="small")
+    figure.tight_layout()
     return figure
 
 

@@ -11,13 +11,11 @@ the table they show):
 - the sweeps: :func:`report_noise`, :func:`report_width`, :func:`report_temperature`,
   :func:`report_lr_rule`;
 - convergence and compute to a target: :func:`report_convergence`, :func:`report_time_to_target`;
-- the regime first: :func:`report_regime` (premise, digit, convergence, the down-weighting on the map)
-  and :func:`report_study_regime` (the premise, convergence and seed outcomes on the study's own runs),
-  :func:`report_down_weighting` (each attention form against its uniform ablation);
 - the headline question (a fine-grained loss at a small batch against coarse at a large one):
   :func:`headline_answer` (its verdicts, :data:`HEADLINE_VERDICTS`), :func:`headline_sentence`,
-  :func:`report_headline`, and against coarse at the same batch :func:`report_small_batch_reference`;
-- replication on fresh data: :func:`report_replication`;
+  :func:`report_headline`;
+- the regime, the headline's reference at the same batch, the down-weighting question and
+  replication are :mod:`fgmm_lib.study.report_regime`;
 - what the pipeline answers: :data:`QUESTIONS`, :func:`has_evidence`, :func:`answered_questions`,
   :func:`report_status`.
 
@@ -77,7 +75,6 @@ from fgmm_lib.study.tables import (
     noise_drops,
     noise_table,
     paired_difference_table,
-    seed_outcomes,
     seed_splits,
     seed_table,
     summarise_over_seeds,
@@ -239,148 +236,6 @@ def report_paired_batch(report: Report, runs: pd.DataFrame, metrics: Sequence[st
     report.add(f"Paired differences against `coarse` at batch {large} (same seed, same data; mean and 95% "
                f"t-interval over seeds; tie: within ±{margin:g}; better / worse: excludes 0; else undecided):")
     report.table(table, index=False)
-    return table
-
-
-def _read_csv_if_any(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if has_evidence(path) else None
-
-
-def _holds_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "not measured"
-    return "holds" if bool(value) else "fails"
-
-
-def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame | None:
-    """The regime first (docs/study.md section 7): the three conditions of ``results/regime/checks.csv``
-    at the chosen budget, what each configuration of the map learned there (``regime.csv``), and
-    whether the down-weighting is active (``results/attention/mechanism.csv``). Returns the checks."""
-    report.add("## The regime: does the comparison's premise hold, what is learned, has it converged?")
-    checks = _read_csv_if_any(report.results / "regime" / "checks.csv")
-    if checks is None:
-        report.add("Not answered yet: `results/regime/checks.csv` is missing (`dvc repro regime_map`).")
-        return None
-    shown = pd.DataFrame({"condition": checks["condition"],
-                          "value [95% CI]": interval_column(checks, "value", "ci95_low", "ci95_high"),
-                          "": [_holds_text(value) for value in checks["holds"]],
-                          "read on": checks["detail"]})
-    budget = None if budget is None else float(budget)
-    where = f" at {budget:g}x the study's samples" if budget is not None else ""
-    report.add(f"The conditions{where} (`results/regime/checks.csv`): the premise is `coarse` at the large batch "
-               "minus `coarse` at the small batch on text→video R@10, paired over the map's seeds; the digit is the "
-               "low end of the best configuration's probe interval against 0.5; convergence is the gain of 1.5x the "
-               "budget.")
-    report.table(shown, index=False)
-    table = _read_csv_if_any(report.results / "regime" / "regime.csv")
-    if table is not None and budget is not None:
-        at = table[table["budget"] == budget]
-        learned = at.groupby(["loss", "batch_size"], sort=False)[
-            [m for m in ("t2v_R@10", "colour_top1", "action_top1", "digit_top1", "steps") if m in at.columns]].mean()
-        report.add(f"What each configuration of the map learned{where} (mean over its seeds; the map's plot is "
-                   "`results/regime/regime.png`):")
-        report.table(learned.reset_index(), index=False)
-    mechanism = _read_csv_if_any(report.results / "attention" / "mechanism.csv")
-    if mechanism is not None and not mechanism.empty:
-        report.add("Is the down-weighting active? The outer weights of each attention run on the matched test pairs: "
-                   "entropy relative to uniform (1 = uniform) and the largest weight beside the uniform one "
-                   "(`results/attention/mechanism.csv`):")
-        report.table(mechanism, index=False)
-    return checks
-
-
-def report_study_regime(report: Report, runs: pd.DataFrame, small: Sequence[Any] = ("coarse", 8),
-                        large: Sequence[Any] = ("coarse", 256), curves: pd.DataFrame | None = None,
-                        metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
-    """The regime on the study's own runs (the map has fewer seeds): the premise (``large`` minus
-    ``small``, paired over the study's seeds), whether the curves of every configuration at the small
-    batch and of ``large`` flattened (:func:`convergence_table` of ``curves``), and seed by seed how
-    often each loss at the small batch beats each reference (:func:`seed_outcomes`). Returns the
-    premise's paired row (empty when the study lacks either configuration)."""
-    small, large = (str(small[0]), int(small[1])), (str(large[0]), int(large[1]))
-    report.add("### The regime on the study's own runs")
-    pair = runs[[(loss, int(batch)) in (small, large) for loss, batch in zip(runs["loss"], runs["batch_size"])]] \
-        if not runs.empty else runs
-    premise = paired_difference_table(pair, small, metrics=[metric], margin=margin) if not pair.empty else pair
-    if premise.empty:
-        report.add(f"Not answered: the study needs `{small[0]}` at batch {small[1]} and `{large[0]}` at batch "
-                   f"{large[1]} with shared seeds.")
-        return pd.DataFrame()
-    verdict = premise["verdict"].iloc[0]
-    holds = {"better": "holds", "worse": "is reversed", "tie": "fails (a tie)"}.get(verdict, "is undecided")
-    report.add(f"The premise, {metric_label(metric)} of `{large[0]}` at batch {large[1]} minus `{small[0]}` at batch "
-               f"{small[1]}, paired over the study's {int(premise['n'].iloc[0])} seeds: "
-               f"{premise['difference [95% CI]'].iloc[0]}. The premise **{holds}**.")
-    if curves is not None and not curves.empty:
-        converged = convergence_table(curves)
-        keep = (converged["batch_size"] == small[1]) | ((converged["loss"] == large[0])
-                                                         & (converged["batch_size"] == large[1]))
-        report.add("Have the study's curves flattened? The gain of the mean validation curve over its last 20% of "
-                   "samples (flattened: below 0.02; a cosine schedule flattens every curve at its end, so this "
-                   "reads the budget as much as the model):")
-        report.table(converged[keep].round(3), index=False)
-    outcomes = pd.concat([seed_outcomes(runs, reference, small[1], metric) for reference in (large, small)],
-                         ignore_index=True)
-    if not outcomes.empty:
-        report.add(f"Seed by seed: how often each loss at batch {small[1]} is above each reference on "
-                   f"{metric_label(metric)} (same seed, same data), and each seed's difference:")
-        report.table(outcomes.drop(columns=["metric"]), index=False)
-    return premise
-
-
-def report_down_weighting(report: Report, runs: pd.DataFrame, batch_size: int = 8, ablation: str = "attention_uniform",
-                          metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
-    """Does down-weighting noisy pairs help? Each attention form at ``batch_size`` minus ``ablation`` (the same
-    form with uniform outer weights, the same τa), paired over seeds, with its verdict. Returns the table."""
-    report.add("### Does down-weighting noisy pairs help?")
-    at = runs[(runs["batch_size"] == batch_size) & runs["loss"].astype(str).str.startswith("attention")] \
-        if not runs.empty else runs
-    table = paired_difference_table(at, (ablation, batch_size), [metric], margin=margin) if not at.empty else at
-    if table.empty:
-        report.add(f"Not answered: it needs `{ablation}` and an attention loss at batch {batch_size} with shared seeds.")
-        return pd.DataFrame()
-    report.add(f"{metric_label(metric)}, each attention form at batch {batch_size} minus `{ablation}` (its outer "
-               f"weights uniform, the same τa; same seed, same data). better: the down-weighting helps; worse: it "
-               f"hurts; tie: within ±{margin:g}:")
-    report.table(table, index=False)
-    helped = list(table.loc[table["verdict"] == "better", "loss"])
-    report.add(f"**Down-weighting helps** for {', '.join(f'`{loss}`' for loss in helped)}." if helped else
-               "**No attention form is better than its uniform ablation here**: the down-weighting does not help in "
-               "this regime (the mechanism table above says how far its weights are from uniform).")
-    return table
-
-
-def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch: int = 8,
-                                 metric: str = HEADLINE_METRIC, margin: float = 0.03) -> pd.DataFrame:
-    """The headline's other reference: every fine-grained loss at ``small_batch`` against `coarse` at the
-    same batch (does fine-grained alignment help at a small batch?), paired over seeds."""
-    report.add(f"### Against `coarse` at the same batch {small_batch}")
-    at = runs[runs["batch_size"] == small_batch] if not runs.empty else runs
-    table = paired_difference_table(at, ("coarse", small_batch), metrics=[metric], margin=margin) if not at.empty else at
-    if table.empty:
-        report.add(f"Not answered: it needs `coarse` and a fine-grained loss at batch {small_batch} with shared seeds.")
-        return pd.DataFrame()
-    report.add(f"{metric_label(metric)}, each loss at batch {small_batch} minus `coarse` at batch {small_batch} "
-               f"(same seed, same data; tie: within ±{margin:g}; better / worse: the interval excludes 0):")
-    report.table(table, index=False)
-    return table
-
-
-def report_replication(report: Report) -> pd.DataFrame | None:
-    """Replication (docs/study.md section 7): each headline pair's paired difference in every (pretraining
-    data, evaluation data) setting of ``results/replication/replication.csv``, side by side."""
-    report.add("## Replication on fresh data")
-    table = _read_csv_if_any(report.results / "replication" / "replication.csv")
-    if table is None:
-        report.add("Not answered yet: `results/replication/replication.csv` is missing (`dvc repro replication`).")
-        return None
-    shown = pd.DataFrame({"comparison": table["comparison"], "setting": table["setting"], "n": table["n"],
-                          "difference [95% CI]": interval_column(table, "mean", "ci95_low", "ci95_high"),
-                          "verdict": table["verdict"],
-                          "same verdict as the study": table["replicates"].map({True: "yes", False: "no"}).fillna("")})
-    report.add("Each headline pair, paired over model seeds, on the study's data and on data generated afresh from other "
-               "seeds (`results/replication/replication.csv`); a verdict that changes is undecided:")
-    report.table(shown, index=False)
     return table
 
 
