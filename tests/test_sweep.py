@@ -154,11 +154,18 @@ def test_a_study_sweep_writes_the_run_files_and_resumes_without_training(tiny_da
                      root / "results" / "details" / f"{name}.json",
                      root / "results" / "curves" / f"{name}.csv"):
             assert path.is_file(), path
-    checkpoint = root / "runs_study" / "coarse-b8-s0" / "checkpoint.pt"
-    stamp = checkpoint.stat().st_mtime_ns
+    run = root / "runs_study" / "coarse-b8-s0"
+    stamps = {name: (run / name).stat().st_mtime_ns for name in ("checkpoint.pt", "compute.json", "curves.csv")}
+    record = (run / "compute.json").read_text()
     table = run_sweep(*args, workers=1, progress=False)
-    assert checkpoint.stat().st_mtime_ns == stamp  # finished runs are evaluated again, not retrained
+    # finished runs are evaluated again, not retrained or resumed: their compute record keeps the training's wall time
+    assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
+    assert (run / "compute.json").read_text() == record
     assert list(table["run"]) == ["coarse-b8-s0", "mean-b8-s0"]
+    # the same folder asked for another config is not a finished run of it: resuming it names the difference
+    with pytest.raises(ValueError, match="cannot resume .*weight_decay"):
+        run_sweep(points[:1], {**train, "weight_decay": 0.5}, pretrain, evaluation, root / "runs_study",
+                  root / "other.csv", workers=1, progress=False)
 
 
 def test_run_sweep_refuses_a_missing_dataset_and_a_bad_split(tiny_data):

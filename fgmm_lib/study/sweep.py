@@ -39,9 +39,9 @@ from fgmm_lib.data.generate import GenerationConfig, generate_dataset
 from fgmm_lib.evaluation.protocol import evaluate
 from fgmm_lib.io import check_writable_file, read_json, write_atomic, write_csv
 from fgmm_lib.losses.scores import LOSSES
-from fgmm_lib.runs.config import TrainConfig
+from fgmm_lib.runs.config import RESUMABLE_CHANGES, TrainConfig, complete_train_dict
 from fgmm_lib.runs.curves import curve_gain, read_curves
-from fgmm_lib.runs.folder import COMPUTE, CURVES
+from fgmm_lib.runs.folder import CHECKPOINT, COMPUTE, CONFIG, CURVES, mismatches
 from fgmm_lib.study.results import compute_path, details_path, headline_metrics, metrics_path, run_name, write_metrics
 from fgmm_lib.training.loop import pretrain
 
@@ -254,9 +254,17 @@ def _prepare_data(points: Sequence[SweepPoint], base_data: Path, data_dir: Path)
     return folders
 
 
-def _finished(run: Path) -> bool:
-    compute = run / COMPUTE
-    return compute.is_file() and bool(read_json(compute).get("finished"))
+def _finished(run: Path, config: Mapping[str, Any]) -> bool:
+    """Whether ``run`` holds this ``config``'s run with all its epochs trained (as evaluation reads
+    it: the compute record's ``epochs_done``). Such a run is evaluated, not resumed, so its compute
+    record keeps the training's numbers. A run of another config is not finished: resuming it
+    stops with the difference."""
+    if not (run / COMPUTE).is_file() or not (run / CONFIG).is_file():
+        return False
+    saved = complete_train_dict(read_json(run / CONFIG, "run config").get("train", {}))
+    if mismatches(saved, TrainConfig.from_dict(config).to_dict(), ignore=RESUMABLE_CHANGES):
+        return False
+    return read_json(run / COMPUTE, "compute record").get("epochs_done") == saved.get("epochs")
 
 
 def _train_and_evaluate(config: dict[str, Any], eval_data: str, split: str, threads: int,
@@ -267,8 +275,8 @@ def _train_and_evaluate(config: dict[str, Any], eval_data: str, split: str, thre
 
     torch.set_num_threads(threads)
     run = Path(config["out"])
-    if not _finished(run):
-        pretrain(TrainConfig.from_dict(config), resume=(run / "checkpoint.pt").is_file(), progress=False)
+    if not _finished(run, config):
+        pretrain(TrainConfig.from_dict(config), resume=(run / CHECKPOINT).is_file(), progress=False)
     if results_dir is None:
         return evaluate(run, eval_data, split=split, probe_split="train", progress=False)
     root = Path(results_dir)
