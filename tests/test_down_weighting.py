@@ -91,7 +91,8 @@ def test_report_down_weighting_shows_the_sharper_weights_beside_their_spread(tmp
     text = report.markdown()
     assert "No attention form is better than its uniform ablation at the study's τw" in text
     assert "phrases: entropy / uniform" in text and "0.400" in text
-    assert "**Sharper weights do not help**" in text and "they hurt at τw = 0.1" in text
+    assert "**Down-weighting hurts here**: sharper weights are worse than uniform ones at τw = 0.1" in text
+    assert "(the interval excludes 0); τw = 1 undecided." in text  # τw = 1 of these frames spans 0
     figure = plot_down_weighting(table, mechanism)
     assert len(figure.axes) == 2
     assert len(plot_down_weighting(table).axes) == 1

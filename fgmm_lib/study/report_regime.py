@@ -204,9 +204,14 @@ def _report_sharper(report: Report) -> None:
     verdicts = {f"τw = {tau_w:g}": verdict for tau_w, verdict in zip(sharp["tau_w"], sharp["verdict"])}
     helped = [name for name, verdict in verdicts.items() if verdict == "better"]
     hurt = [name for name, verdict in verdicts.items() if verdict == "worse"]
-    report.add(f"**With sharper weights, down-weighting helps** at {', '.join(helped)}." if helped else
-               f"**Sharper weights do not help**: {', '.join(f'{k} {v}' for k, v in verdicts.items())} against "
-               "uniform weights" + (f"; they hurt at {', '.join(hurt)}." if hurt else "."))
+    rest = [f"{name} {verdict}" for name, verdict in verdicts.items() if verdict not in ("better", "worse")]
+    if helped:
+        report.add(f"**With sharper weights, down-weighting helps** at {', '.join(helped)}.")
+    elif hurt:
+        report.add(f"**Down-weighting hurts here**: sharper weights are worse than uniform ones at {', '.join(hurt)} "
+                   "(the interval excludes 0)" + (f"; {', '.join(rest)}." if rest else "."))
+    else:
+        report.add(f"**Sharper weights do not help**: {', '.join(rest)} against uniform weights.")
 
 
 def lr_budget_table(regime: pd.DataFrame, curves: pd.DataFrame, budget: float, factors: Mapping[int, float],
