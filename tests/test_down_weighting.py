@@ -69,6 +69,10 @@ def test_weighting_table_pairs_each_weight_temperature_with_uniform_weights_seed
     # a seed the study lacks is left out of the pairs
     partial = weighting_table(runs.assign(seed=runs["seed"] + 1), study).set_index("tau_w")
     assert partial.loc[1.0, "n"] == 2
+    # a weight temperature of the stage that is also the study's: two rows, each paired on its own runs
+    same = weighting_table(runs.assign(weight_temperature=runs["weight_temperature"].replace(1.0, 10.0)), study)
+    assert list(zip(same["tau_w"], same["source"]))[-2:] == [(10.0, "down_weighting"), (10.0, "study")]
+    assert same.set_index("source").loc["study", "difference"] == pytest.approx(_plain(own, uniform)[0])
     with pytest.raises(ValueError, match="no attention_uniform run"):
         weighting_table(runs, study[study["loss"] != "attention_uniform"])
     with pytest.raises(ValueError, match="no runs"):

@@ -62,8 +62,9 @@ def weighting_table(runs: pd.DataFrame, study: pd.DataFrame, metric: str = "t2v_
         raise ValueError(f"the study has no {reference} run at batch size {batch_sizes}: the pairs need it")
     own = base[base["loss"].isin(losses) & base["seed"].isin(runs["seed"])]  # the stage's seeds only
     labelled = pd.concat([runs.assign(source="down_weighting"), own.assign(source="study")], ignore_index=True)
-    labelled["loss"] = [LABEL.format(loss=loss, tau_w=float(tau_w))
-                        for loss, tau_w in zip(labelled["loss"], labelled["weight_temperature"])]
+    labelled["loss"] = [LABEL.format(loss=loss, tau_w=float(tau_w)) + f" ({source})"  # a stage τw may be the study's
+                        for loss, tau_w, source in zip(labelled["loss"], labelled["weight_temperature"],
+                                                       labelled["source"])]
     frame = pd.concat([labelled, uniform.assign(source="study")], ignore_index=True)
     frame = frame[["loss", "batch_size", "seed", metric]]
     rows = []
@@ -82,5 +83,5 @@ def weighting_table(runs: pd.DataFrame, study: pd.DataFrame, metric: str = "t2v_
             row.update(n=int(first["n"]), difference=float(first["mean"]), ci95_low=float(first["ci95_low"]),
                        ci95_high=float(first["ci95_high"]), verdict=str(first["verdict"]))
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["loss", "tau_w"], ignore_index=True)
+    return pd.DataFrame(rows).sort_values(["loss", "tau_w", "source"], ignore_index=True)
 
