@@ -34,7 +34,7 @@ TRAIN = {"epochs": 1, "dim": 16, "width": 0.25}
 CONTRACT = {
     "tour": {"workdir": "", "clips": 800, "eval_clips": 500, "frames": 8, "size": 32, "loss": "attention",
              "epochs": 2, "batch_size": 16, "dim": 64, "width": 0.5, "seed": 0, "attention_clips": 2,
-             "results_dir": "results"},
+             "results_dir": "results", "params_file": "params.yaml"},
     "pretrain": {"params_file": "params.yaml", "data": "data/pretrain", "out": "runs/demo", "loss": "attention",
                  "batch_size": 64, "seed": 0, "overrides": {}},
     "evaluate": {"run": "runs/demo", "data": "data/eval", "metrics_out": "results/metrics/demo.json",
@@ -57,6 +57,10 @@ CONTRACT = {
     "replication": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
                     "study_runs": "runs/study", "surface": "results/temperature/surface.csv",
                     "lr_sweep": "results/lr/lr.csv", "runs_dir": "runs/replication", "out_dir": "results/replication"},
+    "down_weighting": {"params_file": "params.yaml", "data": "data/pretrain", "eval_data": "data/eval",
+                       "surface": "results/temperature/surface.csv", "lr_sweep": "results/lr/lr.csv",
+                       "metrics_dir": "results/metrics", "study_runs": "runs/study", "runs_dir": "runs/down_weighting",
+                       "out_dir": "results/down_weighting"},
 }
 #: Runs trained and evaluated in-process: (loss, batch size, seed).
 IN_PROCESS_RUNS = [(loss, batch_size, seed) for loss in ("coarse", "attention") for batch_size in (4, 8)
