@@ -46,8 +46,9 @@ def weighting_table(runs: pd.DataFrame, study: pd.DataFrame, metric: str = "t2v_
 
     ``runs`` has ``loss, batch_size, seed, weight_temperature`` and ``metric`` (this stage's table);
     ``study`` has ``loss, batch_size, seed, weight_temperature`` and ``metric``
-    (:func:`fgmm_lib.study.tables.load_runs` of the study). One row per (loss, τw): ``loss, tau_w,
-    seeds, mean, n, difference, ci95_low, ci95_high, verdict`` (:func:`paired_differences`).
+    (:func:`fgmm_lib.study.tables.load_runs` of the study). One row per (loss, τw, source): ``loss,
+    tau_w, batch_size, source`` (this stage or the study), ``seeds, mean, reference_mean``, and the
+    paired ``n, difference, ci95_low, ci95_high, verdict`` (:func:`paired_differences`).
 
     Raises:
         ValueError: the study has no ``reference`` run at the batch size of ``runs``.
