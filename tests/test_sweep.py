@@ -14,6 +14,7 @@ from fgmm_lib.study.sweep import (
     noise_points,
     run_sweep,
     study_points,
+    sweep_epochs,
     sweep_points,
     temperature_points,
     width_points,
@@ -188,3 +189,15 @@ def test_run_names_of_every_loss_parse():
 
     for loss in LOSSES:
         assert parse_run_name(run_name(loss, 8, 2)) == {"loss": loss, "batch_size": 8, "seed": 2}
+
+
+def test_sweep_epochs_puts_the_lr_sweep_at_the_study_budget():
+    params = {"train": {"epochs": 4}, "sweep": {"epochs": 2}, "regime": {"choice": {"budget": 3}}}
+    assert sweep_epochs("lr", params) == 12
+    assert sweep_epochs("noise", params) == sweep_epochs("temperature", params) == 2
+    with pytest.raises(ValueError, match="regime.choice.budget"):
+        sweep_epochs("lr", {"train": {"epochs": 4}, "sweep": {"epochs": 2}})
+    with pytest.raises(ValueError, match="positive int, got 0"):
+        sweep_epochs("lr", {**params, "regime": {"choice": {"budget": 0}}})
+    with pytest.raises(ValueError, match="unknown sweep kind 'speed'"):
+        sweep_epochs("speed", params)

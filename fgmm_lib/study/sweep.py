@@ -414,6 +414,23 @@ def sweep_points(kind: str, section: Mapping[str, Any], settings: Mapping[str, A
     return points, SWEEPS[kind][0]
 
 
+def sweep_epochs(kind: str, params: Mapping[str, Any]) -> int:
+    """The epochs of the sweep ``kind``'s runs, given the whole params file: ``sweep.epochs``,
+    except for the lr sweep, which trains at the study's budget (``train.epochs`` times
+    ``regime.choice.budget``) so that each batch size's factor is chosen where the study uses it."""
+    if kind not in SWEEPS:
+        raise ValueError(f"unknown sweep kind {kind!r}; known: {', '.join(SWEEPS)}")
+    if kind != "lr":
+        return int(params["sweep"]["epochs"])
+    try:
+        budget = params["regime"]["choice"]["budget"]
+    except (KeyError, TypeError):
+        raise ValueError("the lr sweep trains at regime.choice.budget, which the params file lacks") from None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"regime.choice.budget must be a positive int, got {budget!r}")
+    return int(params["train"]["epochs"]) * budget
+
+
 def summary_table(kind: str, table: pd.DataFrame,
                   metrics: Sequence[str] = ("t2v_R@10", "colour_top1", "digit_top1", "action_top1")) -> pd.DataFrame:
     """The sweep's table indexed by its labels, with the main metrics (and, where the runs had
