@@ -34,7 +34,8 @@ repro: setup  ## run the whole study with DVC (results land in results/)
 # temporary experiment may not hold.
 QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S train.dim=32 \
 	-S train.width=0.5 -S train.val_points=1 -S train.warmup_samples=0 -S 'study.seeds=[0]' \
-	-S 'study.runs=[{batch_size:8,losses:[coarse,mean,max,attention,attention_floor,attention_gate,attention_uniform]}]' \
+	-S 'study.runs.headline=[{batch_size:8,losses:[coarse,max,attention]}]' \
+	-S 'study.runs.variants=[{batch_size:8,losses:[mean,attention_floor,attention_gate,attention_uniform]}]' \
 	-S study.workers=1 -S sweep.epochs=1 -S sweep.workers=1 \
 	-S 'temperature.attn_temperatures=[0.1]' -S 'temperature.weight_temperatures=[1.0]' \
 	-S 'temperature.learnable_from=[]' -S 'lr.runs=[{batch_size:8,losses:[coarse]}]' -S 'lr.factors=[1.0]' \
@@ -49,7 +50,9 @@ QUICK := -S data_pretrain.clips=200 -S data_eval.clips=200 -S train.epochs=1 -S 
 	-S 'regime.choice.large=[coarse,16]' -S 'regime.choice.headline=[[coarse,8],[coarse,16]]' \
 	-S 'replication.runs=[{batch_size:8,losses:[coarse,attention]}]' -S 'replication.seeds=[0]' \
 	-S replication.workers=1 -S 'replication.pairs=[[[attention,8],[coarse,8]]]' \
-	-S 'down_weighting.weight_temperatures=[1.0]' -S 'down_weighting.seeds=[0]' -S down_weighting.workers=1
+	-S 'down_weighting.weight_temperatures=[1.0]' -S 'down_weighting.seeds=[0]' -S down_weighting.workers=1 \
+	-S convergence.factor=2 -S 'convergence.runs=[{batch_size:8,losses:[coarse]}]' -S 'convergence.seeds=[0]' \
+	-S convergence.workers=1
 
 quick: setup  ## the whole pipeline at toy size, in a temporary experiment (results/ untouched)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --temp --force $(QUICK)

@@ -127,8 +127,8 @@ def test_top_level_plots_are_defined_on_the_per_loss_csv_files():
             if found:
                 assert found.group(1) in LOSSES and column in METRICS, (path, column)
     t2v = next(plot for plot in defined if plot["y"] and "t2v_R@1" in plot["y"].values())
-    groups = yaml.safe_load((ROOT / "params.yaml").read_text())["study"]["runs"]
-    study_losses = {loss for group in groups for loss in group["losses"]}
+    parts = yaml.safe_load((ROOT / "params.yaml").read_text())["study"]["runs"]
+    study_losses = {loss for groups in parts.values() for group in groups for loss in group["losses"]}
     assert sorted(Path(path).stem for path in t2v["y"]) == sorted(study_losses)  # one line per loss of the study
 
 
@@ -169,7 +169,8 @@ def test_fresh_copy_status_and_dry_run(fresh_copy):
     # hashing dependencies that upstream stages have not produced yet
     dry = _dvc(fresh_copy, "repro", "--dry", "--force")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    for name in ("data_pretrain", "data_eval", "temperature", "sweep@noise", "study", "ablation",
+    for name in ("data_pretrain", "data_eval", "temperature", "sweep@noise", "lr", "study@headline", "study@variants",
+                 "study_results", "ablation",
                  "attention_maps", "report"):
         assert f"Running stage '{name}'" in dry.stdout, name
 

@@ -22,9 +22,11 @@ PARAMS = {
     "train": {"epochs": 1, "dim": 16, "width": 0.25, "lr_scaling": "sqrt", "warmup_samples": 16,
               "val_data": "data/eval", "val_points": 2},
     "study": {"seeds": [0, 1], "batch_size": 8, "target_val_r10": 0.05, "workers": 1,
-              "runs": [{"batch_size": 8, "losses": ["coarse", "attention"]}, {"batch_size": 16, "losses": ["coarse"]},
-                       {"batch_size": 8, "losses": ["attention_uniform"], "seeds": [0]}]},
+              "runs": {"headline": [{"batch_size": 8, "losses": ["coarse", "attention"]},
+                                    {"batch_size": 16, "losses": ["coarse"]}],
+                       "variants": [{"batch_size": 8, "losses": ["attention_uniform"], "seeds": [0]}]}},
     "down_weighting": {"loss": "attention", "weight_temperatures": [0.1], "seeds": [0, 1], "workers": 1},
+    "convergence": {"factor": 1.5, "runs": [{"batch_size": 8, "losses": ["coarse"]}], "seeds": [0], "workers": 1},
     "sweep": {"epochs": 1, "batch_size": 8, "seed": 0, "workers": 1},
     "temperature": {"loss": "attention", "attn_temperatures": [0.1, 0.5], "weight_temperatures": [1.0],
                     "learnable_from": [[0.1, 1.0]]},
@@ -42,8 +44,8 @@ PARAMS = {
 }
 
 
-def execute(root: Path, name: str, **parameters) -> nbformat.NotebookNode:
-    output = root / "executed" / f"{name}-{parameters.get('kind', 'study')}.ipynb"
+def execute(root: Path, name: str, output: str | None = None, **parameters) -> nbformat.NotebookNode:
+    output = root / "executed" / f"{output or name + '-' + parameters.get('kind', 'study')}.ipynb"
     papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters,
                                kernel_name="python3", cwd=str(root), progress_bar=False)
     return nbformat.read(output, as_version=4)
@@ -96,8 +98,11 @@ def study(world, surface):
     grid.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([{"loss": "coarse", "batch_size": 8, "lr_factor": f, "seed": 0, "t2v_R@10": v}
                   for f, v in ((0.5, 0.1), (1.0, 0.2), (2.0, 0.3))]).to_csv(grid, index=False)
-    return execute(world, "study", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
-                   runs_dir="runs/study", results_root="."), grid
+    notebooks = [execute(world, "study", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+                         part=part, runs_dir=f"runs/study/{part}", results_root=f"runs/study/{part}",
+                         output=f"study-{part}") for part in ("headline", "variants")]
+    execute(world, "study_results", parts=["runs/study/headline", "runs/study/variants"], results_root=".")
+    return notebooks[0], grid
 
 
 def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface, study):
@@ -113,7 +118,7 @@ def test_study_notebook_writes_every_run_file_and_time_to_target(world, surface,
     assert sorted(to_target["run"]) == sorted(names)
     chosen = pd.read_csv(surface)
     best = chosen[~chosen["learnable"]].sort_values("t2v_R@10", ascending=False).iloc[0]
-    config = json.loads((world / "runs/study/attention-b8-s0/config.json").read_text())
+    config = json.loads((world / "runs/study/headline/attention-b8-s0/config.json").read_text())
     assert config["train"]["attn_temperature"] == pytest.approx(best["attn_temperature"])
     assert config["train"]["epochs"] == 2  # regime.choice.budget (2) times train.epochs (1)
     # the rule: peak lr = lr * sqrt(batch / 64), warmup over the same samples at every batch size
@@ -149,7 +154,7 @@ def test_regime_notebooks_train_each_budget_and_read_the_map(world):
 def test_replication_notebook_compares_every_pair_in_four_settings(world, study):
     _, grid = study
     execute(world, "replication", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
-            study_runs="runs/study", runs_dir="runs/replication", out_dir="results/replication")
+            study_runs="runs/study/headline", runs_dir="runs/replication", out_dir="results/replication")
     runs = pd.read_csv(world / "results/replication/runs.csv")
     assert sorted(set(runs["setting"])) == sorted(["study data", "fresh pretraining data", "fresh evaluation data",
                                                    "both fresh"])
@@ -158,12 +163,12 @@ def test_replication_notebook_compares_every_pair_in_four_settings(world, study)
     assert params["seed"] == 7 and params["clips"] == 128
     assert json.loads((world / "runs/replication/data/eval-s8/params.json").read_text())["seed"] == 8
     # the study's runs on the study's data are its own numbers, not re-evaluated
-    study_runs = pd.read_csv(world / "runs/study/runs.csv").set_index("run")
+    study_runs = pd.read_csv(world / "runs/study/headline/runs.csv").set_index("run")
     own = runs[runs["setting"] == "study data"].set_index("run")
     assert own["t2v_R@10"].to_dict() == study_runs.loc[own.index, "t2v_R@10"].to_dict()
     # the same settings on fresh pretraining data: same lr as the study run
     fresh, own_config = (json.loads((world / "runs" / path / "config.json").read_text())["train"]
-                         for path in ("replication/coarse-b8-s0-d7", "study/coarse-b8-s0"))
+                         for path in ("replication/coarse-b8-s0-d7", "study/headline/coarse-b8-s0"))
     assert (fresh["lr"], fresh["epochs"]) == (own_config["lr"], own_config["epochs"]) and fresh["epochs"] == 2
     table = pd.read_csv(world / "results/replication/replication.csv")
     assert len(table) == 2 * 4 and set(table["n"]) == {2}
@@ -175,12 +180,12 @@ def test_replication_notebook_compares_every_pair_in_four_settings(world, study)
 def test_down_weighting_notebook_trains_sharper_weights_and_pairs_them_with_uniform(world, study):
     _, grid = study
     execute(world, "down_weighting", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
-            metrics_dir="results/metrics", study_runs="runs/study", runs_dir="runs/down_weighting",
+            metrics_dir="results/metrics", study_runs="runs/study/headline", runs_dir="runs/down_weighting",
             out_dir="results/down_weighting")
     runs = pd.read_csv(world / "results/down_weighting/runs.csv")
     assert list(runs["run"]) == ["attention-b8-s0-tw0.1", "attention-b8-s1-tw0.1"]
     sharp, own = (json.loads((world / "runs" / path / "config.json").read_text())["train"]
-                  for path in ("down_weighting/attention-b8-s0-tw0.1", "study/attention-b8-s0"))
+                  for path in ("down_weighting/attention-b8-s0-tw0.1", "study/headline/attention-b8-s0"))
     assert sharp["weight_temperature"] == 0.1 and own["weight_temperature"] != 0.1
     for key in ("lr", "epochs", "attn_temperature", "batch_size", "seed"):  # everything else as the study's run
         assert sharp[key] == own[key], key
@@ -195,3 +200,20 @@ def test_down_weighting_notebook_trains_sharper_weights_and_pairs_them_with_unif
     value = runs.set_index("run").loc["attention-b8-s0-tw0.1", "t2v_R@10"]
     assert row["n"] == 1 and row["difference"] == pytest.approx(value - uniform["t2v_R@10"])
 
+
+
+def test_convergence_notebook_trains_longer_runs_and_pairs_them_with_the_study(world, study):
+    _, grid = study
+    execute(world, "convergence", surface="results/temperature/surface.csv", lr_sweep=str(grid.relative_to(world)),
+            metrics_dir="results/metrics", runs_dir="runs/convergence", out_dir="results/convergence")
+    runs = pd.read_csv(world / "results/convergence/runs.csv")
+    assert list(runs["run"]) == ["coarse-b8-s0-x1.5"] and list(runs["factor"]) == [1.5]
+    longer, own = (json.loads((world / "runs" / path / "config.json").read_text())["train"]
+                   for path in ("convergence/coarse-b8-s0-x1.5", "study/headline/coarse-b8-s0"))
+    assert (longer["epochs"], own["epochs"]) == (3, 2)  # 1.5 x the study's 2 epochs
+    for key in ("lr", "batch_size", "seed", "warmup_samples"):  # everything else as the study's run
+        assert longer[key] == own[key], key
+    table = pd.read_csv(world / "results/convergence/convergence.csv")
+    study_value = json.loads((world / "results/metrics/coarse-b8-s0.json").read_text())["t2v_R@10"]
+    assert len(table) == 1 and table["n"].iloc[0] == 1
+    assert table["gain"].iloc[0] == pytest.approx(runs["t2v_R@10"].iloc[0] - study_value)

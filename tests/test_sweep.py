@@ -8,11 +8,13 @@ import pandas as pd
 import pytest
 
 from fgmm_lib.data.generate import GenerationConfig, generate_dataset
+from fgmm_lib.study.results import collect_records
 from fgmm_lib.study.selection import lr_factors
 from fgmm_lib.study.sweep import (
     lr_points,
     noise_points,
     run_sweep,
+    study_part,
     study_points,
     sweep_epochs,
     sweep_points,
@@ -201,3 +203,54 @@ def test_sweep_epochs_puts_the_lr_sweep_at_the_study_budget():
         sweep_epochs("lr", {**params, "regime": {"choice": {"budget": 0}}})
     with pytest.raises(ValueError, match="unknown sweep kind 'speed'"):
         sweep_epochs("speed", params)
+
+
+def test_study_part_names_the_parts_when_one_is_missing():
+    study = {"runs": {"headline": [{"batch_size": 8, "losses": ["coarse"]}], "variants": []}}
+    assert study_part(study, "headline") == [{"batch_size": 8, "losses": ["coarse"]}]
+    with pytest.raises(ValueError, match="no part 'extra'; its parts: headline, variants"):
+        study_part(study, "extra")
+    with pytest.raises(ValueError, match="must map part names"):
+        study_part({"runs": [{"batch_size": 8, "losses": ["coarse"]}]}, "headline")
+
+
+def _part_records(part, names, curves=True):
+    for name in names:
+        for folder in ("metrics", "details", "compute"):
+            path = part / "results" / folder / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"part": part.name, "folder": folder}))
+        if curves:
+            path = part / "results" / "curves" / f"{name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"samples,val_t2v_r10\n8,0.1\n# {part.name}\n")
+
+
+def test_collect_records_gathers_every_part_and_drops_runs_that_left(tmp_path):
+    headline, variants = tmp_path / "runs/headline", tmp_path / "runs/variants"
+    _part_records(headline, ["coarse-b8-s0", "attention-b8-s0"])
+    _part_records(variants, ["mean-b8-s0"], curves=False)  # a run without validation has no curve
+    stale = tmp_path / "results/metrics/max-b8-s3.json"  # a run no part holds any more
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    names = collect_records([headline, variants], tmp_path)
+    assert names == ["attention-b8-s0", "coarse-b8-s0", "mean-b8-s0"]
+    assert sorted(p.name for p in (tmp_path / "results/metrics").iterdir()) == [f"{n}.json" for n in names]
+    assert json.loads((tmp_path / "results/details/mean-b8-s0.json").read_text()) == {"part": "variants",
+                                                                                     "folder": "details"}
+    assert sorted(p.name for p in (tmp_path / "results/curves").iterdir()) == ["attention-b8-s0.csv", "coarse-b8-s0.csv"]
+    assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]  # no partial folder left
+
+
+def test_collect_records_refuses_a_run_in_two_parts_and_an_empty_part(tmp_path):
+    first, second, empty = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _part_records(first, ["coarse-b8-s0"])
+    _part_records(second, ["coarse-b8-s0"])
+    with pytest.raises(ValueError, match=f"coarse-b8-s0 is in two parts of the study: {first} and {second}"):
+        collect_records([first, second], tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"study part {empty} holds no run records"):
+        collect_records([first, empty], tmp_path)
+    (first / "results/compute/coarse-b8-s0.json").unlink()
+    with pytest.raises(FileNotFoundError, match="coarse-b8-s0 of study part .* has no compute record"):
+        collect_records([first], tmp_path)
+    assert not (tmp_path / "results").exists()  # checked before any folder was replaced

@@ -9,7 +9,9 @@ down-weighting question (docs/study.md sections 6 and 7), answered from the resu
   ``down_weighting`` stage's sharper weight temperatures;
 - :func:`report_replication`: each headline pair on fresh data;
 - :func:`report_lr_at_budget`: the learning rate chosen at the sweep's short budget, read again at
-  the study's (:func:`lr_budget_table`).
+  the study's (:func:`lr_budget_table`);
+- :func:`report_convergence`: the headline configurations trained 1.5 times as long, against the
+  study's runs (condition (c), ``results/convergence/convergence.csv``).
 
 The rest of the summary (the headline, the sweeps, compute) is :mod:`fgmm_lib.study.report`.
 """
@@ -134,6 +136,33 @@ def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch
     report.add(f"{metric_label(metric)}, each loss at batch {small_batch} minus `coarse` at batch {small_batch} "
                f"(same seed, same data; tie: within ±{margin:g}; better / worse: the interval excludes 0):")
     report.table(table, index=False)
+    return table
+
+
+def report_convergence(report: Report) -> pd.DataFrame | None:
+    """Condition (c): each headline configuration trained ``factor`` times as long (the ``convergence``
+    stage), minus the study's run on the same seed; converged where the mean gain is below 0.02."""
+    table = _read_csv_if_any(report.results / "convergence" / "convergence.csv")
+    if table is None:
+        report.add("Convergence at the study's budget is not measured yet (`results/convergence/` is missing: "
+                   "`dvc repro convergence`).")
+        return None
+    runs = _read_csv_if_any(report.results / "convergence" / "runs.csv")
+    factor = f"{float(runs['factor'].iloc[0]):g}" if runs is not None and "factor" in runs else "more"
+    shown = pd.DataFrame({"configuration": [f"{loss} b{batch}" for loss, batch in zip(table["loss"], table["batch_size"])],
+                          "n": table["n"], "study": table["study_mean"].round(3),
+                          f"{factor}x": table["longer_mean"].round(3),
+                          "gain [95% CI]": interval_column(table, "gain", "ci95_low", "ci95_high"),
+                          "converged (gain < 0.02)": table["converged"].map({True: "yes", False: "no"}),
+                          "interval decides": table["decided"].map({True: "yes", False: "no"})})
+    report.add(f"Condition (c), convergence: the headline configurations trained {factor} times as long (the same lr, "
+               f"temperatures and seeds; `results/convergence/`), minus the study's run on the same seed, "
+               f"{metric_label(HEADLINE_METRIC)}:")
+    report.table(shown, index=False)
+    open_ = [label for label, done in zip(shown["configuration"], table["converged"]) if not done]
+    report.add("**Every headline configuration has converged** (a mean gain below 0.02)." if not open_ else
+               f"**Not converged at the study's budget**: {', '.join(f'`{label}`' for label in open_)} still gain "
+               "0.02 or more from a longer run.")
     return table
 
 

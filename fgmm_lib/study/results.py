@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fgmm_lib.io import write_json
+from fgmm_lib.io import partial_folder, replace_folder, write_json
 from fgmm_lib.losses.scores import LOSSES
 
 #: Every loss of the study, in the order tables and legends list them (coarse baselines first).
@@ -101,6 +102,9 @@ RUN_NAME = re.compile(r"^(?P<loss>[a-z][a-z_]*)-b(?P<batch_size>\d+)-s(?P<seed>\
 METRICS_DIR = Path("results/metrics")
 DETAILS_DIR = Path("results/details")
 COMPUTE_DIR = Path("results/compute")
+#: The folders under ``results/`` that hold one record per study run, with the records' suffix
+#: (the validation curves are :func:`fgmm_lib.study.sweep.curve_path`).
+RECORD_FOLDERS = {"metrics": ".json", "details": ".json", "compute": ".json", "curves": ".csv"}
 
 
 def run_name(loss: str, batch_size: int, seed: int) -> str:
@@ -174,3 +178,44 @@ def ordered_losses(losses: Sequence[str]) -> list[str]:
     """The distinct losses of ``losses`` in the study's order (unknown names last, sorted)."""
     present = list(dict.fromkeys(str(loss) for loss in losses))
     return [loss for loss in LOSS_ORDER if loss in present] + sorted(set(present) - set(LOSS_ORDER))
+
+
+def collect_records(parts: Sequence[str | Path], root: str | Path = ".") -> list[str]:
+    """Gather the run records that each part of the study wrote under ``<part>/results/`` (its
+    ``results_root``) into ``root/results/``: every folder of :data:`RECORD_FOLDERS` is rebuilt
+    from the parts' files and then replaces the old one whole, so no record of a run that left the
+    study stays behind and a kill leaves the old or the new folder. Returns the run names, sorted.
+
+    Raises:
+        FileNotFoundError: a part holds no metrics records (naming the part).
+        ValueError: two parts hold a run of the same name (naming both), or no part is given.
+    """
+    if not parts:
+        raise ValueError("collect_records needs at least one part of the study")
+    owners: dict[str, Path] = {}
+    for part in map(Path, parts):
+        names = sorted(path.stem for path in (part / METRICS_DIR).glob("*.json") if parse_run_name(path.stem))
+        if not names:
+            raise FileNotFoundError(f"study part {part} holds no run records (no {part / METRICS_DIR}/<run>.json)")
+        for name in names:
+            if name in owners:
+                raise ValueError(f"run {name} is in two parts of the study: {owners[name]} and {part}")
+            owners[name] = part
+    sources = {folder: [part / "results" / folder / f"{name}{suffix}" for name, part in owners.items()]
+               for folder, suffix in RECORD_FOLDERS.items()}
+    for folder, paths in sources.items():  # every record is checked before any folder is replaced
+        for path in paths:
+            if folder != "curves" and not path.is_file():  # a run trained without validation has no curve
+                raise FileNotFoundError(f"run {path.stem} of study part {path.parents[2]} has no {folder} record ({path})")
+    for folder, paths in sources.items():
+        target = Path(root) / "results" / folder
+        partial = partial_folder(target)
+        try:
+            for path in paths:
+                if path.is_file():
+                    shutil.copyfile(path, partial / path.name)
+            replace_folder(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return sorted(owners)

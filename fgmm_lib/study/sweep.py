@@ -147,6 +147,17 @@ def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: fl
     return points
 
 
+def study_part(study: Mapping[str, Any], part: str) -> list[Mapping[str, Any]]:
+    """The ``{batch_size, losses[, seeds]}`` groups of one part of ``study.runs``, which maps each
+    part's name (one pipeline stage each) to its groups."""
+    runs = study.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(f"study.runs must map part names to lists of {{batch_size, losses}} groups, got {runs!r}")
+    if part not in runs:
+        raise ValueError(f"study.runs has no part {part!r}; its parts: {', '.join(map(str, runs))}")
+    return runs[part]
+
+
 def base_lr(train: Mapping[str, Any]) -> float:
     """The rule's base learning rate: the ``train`` section's ``lr``, or TrainConfig's default."""
 
