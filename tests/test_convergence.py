@@ -11,7 +11,7 @@ import pytest
 
 from fgmm_lib.study.convergence import longer_epochs, longer_points, longer_table
 from fgmm_lib.study.report import Report
-from fgmm_lib.study.report_regime import report_convergence
+from fgmm_lib.study.report_regime import report_longer_runs
 from fgmm_lib.study.stats import t_quantile_975
 
 GROUPS = [{"batch_size": 64, "losses": ["coarse"]}, {"batch_size": 8, "losses": ["coarse", "attention"]}]
@@ -67,16 +67,16 @@ def test_longer_table_pairs_each_configuration_with_the_studys_runs_seed_by_seed
         longer_table(runs, study[study["batch_size"] == 64])
 
 
-def test_report_convergence_names_the_configurations_that_still_gain(tmp_path):
+def test_report_longer_runs_names_the_configurations_that_still_gain(tmp_path):
     report = Report(tmp_path)
-    assert report_convergence(report) is None
+    assert report_longer_runs(report) is None
     assert "`dvc repro convergence`" in report.markdown()
     runs, study, _ = _frames(np.random.default_rng(6))
     (tmp_path / "convergence").mkdir()
     longer_table(runs, study).to_csv(tmp_path / "convergence/convergence.csv", index=False)
     runs.to_csv(tmp_path / "convergence/runs.csv", index=False)
     report = Report(tmp_path)
-    report_convergence(report)
+    report_longer_runs(report)
     text = report.markdown()
     assert "trained 1.5 times as long" in text and "| coarse b8 |" in text
     assert "**Not converged at the study's budget**: `coarse b8` still gain 0.02 or more" in text

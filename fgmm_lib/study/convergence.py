@@ -8,7 +8,7 @@ and the gain of each over the study's run on the same seed.
 - :func:`longer_points` names the runs ``<loss>-b<batch>-s<seed>-x<factor>``;
 - :func:`longer_table` pairs them with the study's runs: the gain, its 95% interval, and whether
   the configuration has converged (a mean gain below :data:`CONVERGED_GAIN`);
-- :func:`fgmm_lib.study.report_regime.report_convergence` writes the answer into the study summary.
+- :func:`fgmm_lib.study.report_regime.report_longer_runs` writes the answer into the study summary.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ down-weighting question (docs/study.md sections 6 and 7), answered from the resu
 - :func:`report_down_weighting`: each attention form against its uniform ablation, and the
   ``down_weighting`` stage's sharper weight temperatures;
 - :func:`report_replication`: each headline pair on fresh data;
-- :func:`report_lr_at_budget`: the learning rate chosen at the sweep's short budget, read again at
-  the study's (:func:`lr_budget_table`);
-- :func:`report_convergence`: the headline configurations trained 1.5 times as long, against the
+- :func:`report_lr_at_budget`: the learning rate chosen on one seed, read again on the study's
+  seeds against the map's runs at the rule's lr (:func:`lr_budget_table`);
+- :func:`report_longer_runs`: the headline configurations trained 1.5 times as long, against the
   study's runs (condition (c), ``results/convergence/convergence.csv``).
 
 The rest of the summary (the headline, the sweeps, compute) is :mod:`fgmm_lib.study.report`.
@@ -139,7 +139,7 @@ def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch
     return table
 
 
-def report_convergence(report: Report) -> pd.DataFrame | None:
+def report_longer_runs(report: Report) -> pd.DataFrame | None:
     """Condition (c): each headline configuration trained ``factor`` times as long (the ``convergence``
     stage), minus the study's run on the same seed; converged where the mean gain is below 0.02."""
     table = _read_csv_if_any(report.results / "convergence" / "convergence.csv")
@@ -245,8 +245,8 @@ def _report_sharper(report: Report) -> None:
 
 def lr_budget_table(regime: pd.DataFrame, curves: pd.DataFrame, budget: float, factors: Mapping[int, float],
                     loss: str = "coarse") -> pd.DataFrame:
-    """Does the learning rate chosen at the sweep's short budget still hold at the study's? For each
-    batch size whose chosen factor is not 1, the map's runs of ``loss`` at ``budget`` (trained at the
+    """Does the learning-rate factor chosen on one seed hold on the study's seeds? For each batch size
+    whose chosen factor is not 1, the map's runs of ``loss`` at ``budget`` (trained at the
     rule, factor 1) against the study's (at the chosen factor), on the final validation R@10 of each
     run (the map's ``final_val_t2v_r10``, the last point of the study's ``curves``), paired over the
     seeds both have. One row per batch size: ``batch_size, factor, n, rule, chosen, difference,
@@ -274,9 +274,9 @@ def lr_budget_table(regime: pd.DataFrame, curves: pd.DataFrame, budget: float, f
 
 def report_lr_at_budget(report: Report, curves: pd.DataFrame | None, lr: pd.DataFrame | None,
                         budget: float | None, loss: str = "coarse") -> pd.DataFrame:
-    """The learning-rate choice read again at the study's budget (:func:`lr_budget_table`), from
+    """The learning-rate choice read again on the study's seeds (:func:`lr_budget_table`), from
     ``results/regime/regime.csv``, the study's validation ``curves`` and the lr grid ``lr``."""
-    report.add("### Does the learning rate chosen at the short budget hold at the study's?")
+    report.add("### Does the chosen learning rate beat the rule's on more seeds?")
     regime = _read_csv_if_any(report.results / "regime" / "regime.csv")
     if regime is None or curves is None or curves.empty or lr is None or budget is None:
         report.add("Not answered: it needs the regime map, the study's curves and the learning-rate grid.")
@@ -289,7 +289,7 @@ def report_lr_at_budget(report: Report, curves: pd.DataFrame | None, lr: pd.Data
     shown["chosen minus rule [95% CI]"] = interval_column(table, "difference", "ci95_low", "ci95_high")
     shown["seeds where the choice is higher"] = [f"{k}/{n}" for k, n in zip(table["chosen_better"], table["n"])]
     report.add(f"Final validation R@10 of `{loss}` at {float(budget):g}x: the map's runs at the rule's lr (factor 1) "
-               "against the study's at the factor the short sweep chose, paired over the seeds both have (the map "
-               "has 2, so the interval is wide; the count says more):")
+               "against the study's at the factor the lr grid chose on one seed, paired over the seeds both have (the "
+               "map has 2, so the interval is wide; the count says more):")
     report.table(shown, index=False)
     return table
