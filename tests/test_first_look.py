@@ -18,7 +18,7 @@ STOPS = {
     "pretrain": ("data/pretrain", "dvc repro data_pretrain"),
     "sweep": ("data/pretrain", "dvc repro data_pretrain"),
     "study": ("data/pretrain", "dvc repro data_pretrain"),
-    "attention_maps": ("runs/study/attention-b8-s0", "dvc repro study"),
+    "attention_maps": ("runs/study/headline/attention-b8-s0", "dvc repro study@headline"),
     "evaluate": ("runs/demo", "fgmm pretrain --out runs/demo"),
     "inspect_run": ("runs/demo", "fgmm pretrain --out runs/demo"),
 }
