@@ -41,10 +41,17 @@ def environment(**extra: str) -> dict[str, str]:
     return values
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a shell without job control (`pytest &`) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt; a terminal's process has the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*argv: str) -> subprocess.Popen:
-    """``fgmm ARGV`` in a session of its own (its group is what a terminal's Ctrl-C reaches)."""
+    """``fgmm ARGV`` in a session of its own (its group is what a terminal's Ctrl-C reaches), with
+    SIGINT at its default however the test suite itself was started."""
     return subprocess.Popen([*FGMM, *argv], env=environment(), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_fgmm(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
