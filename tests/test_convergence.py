@@ -18,13 +18,15 @@ GROUPS = [{"batch_size": 64, "losses": ["coarse"]}, {"batch_size": 8, "losses": 
 
 
 def test_longer_points_are_the_studys_points_with_more_epochs():
-    points = longer_points(GROUPS, [0, 1], epochs=12, factor=1.5, lr=0.002, lr_factors={8: 0.5})
+    points = longer_points(GROUPS, [0, 1], epochs=12, factor=1.5, lr=0.002,
+                           lr_factors={("coarse", 8): 0.5, ("attention", 8): 2.0})
     assert [p.name for p in points] == ["coarse-b64-s0-x1.5", "coarse-b64-s1-x1.5", "coarse-b8-s0-x1.5",
                                         "coarse-b8-s1-x1.5", "attention-b8-s0-x1.5", "attention-b8-s1-x1.5"]
     first, small = points[0], points[2]
     assert first.labels == {"loss": "coarse", "batch_size": 64, "seed": 0, "factor": 1.5}
     assert first.train == {"loss": "coarse", "batch_size": 64, "seed": 0, "epochs": 18}  # the rule's lr at 64
     assert small.train["lr"] == pytest.approx(0.001) and small.train["epochs"] == 18
+    assert points[4].train["lr"] == pytest.approx(0.004)  # each loss at its own factor
 
 
 @pytest.mark.parametrize("epochs, factor, match", [(12, 1.25, "whole number of epochs above 12, got 15"),

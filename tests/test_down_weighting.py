@@ -17,13 +17,14 @@ from fgmm_lib.study.stats import t_quantile_975
 
 
 def test_weighting_points_are_the_studys_points_at_each_weight_temperature():
-    points = weighting_points("attention", [1.0, 0.1], [0, 2], batch_size=8, lr=0.002, lr_factors={8: 0.5, 64: 2.0})
+    points = weighting_points("attention", [1.0, 0.1], [0, 2], batch_size=8, lr=0.002, lr_factors={("attention", 8): 0.5, ("coarse", 8): 2.0})
     assert [p.name for p in points] == ["attention-b8-s0-tw1", "attention-b8-s2-tw1",
                                         "attention-b8-s0-tw0.1", "attention-b8-s2-tw0.1"]
     first = points[0]
     assert first.labels == {"loss": "attention", "batch_size": 8, "seed": 0, "weight_temperature": 1.0}
     assert first.train == {"loss": "attention", "batch_size": 8, "seed": 0, "lr": 0.001, "weight_temperature": 1.0}
-    assert "lr" not in weighting_points("attention", [1.0], [0], batch_size=16, lr=0.002, lr_factors={8: 0.5})[0].train
+    assert "lr" not in weighting_points("attention", [1.0], [0], batch_size=16, lr=0.002,
+                                           lr_factors={("attention", 8): 0.5})[0].train
     with pytest.raises(ValueError, match="down_weighting.weight_temperatures"):
         weighting_points("attention", [0.0], [0], batch_size=8)
     with pytest.raises(ValueError, match="unknown loss"):

@@ -153,24 +153,31 @@ def test_lr_budget_table_pairs_the_maps_rule_runs_with_the_studys_chosen_factor(
     from fgmm_lib.study.report import Report
     from fgmm_lib.study.report_regime import lr_budget_table, report_lr_at_budget
 
-    regime = pd.DataFrame([{"loss": "coarse", "batch_size": b, "budget": budget, "seed": s, "final_val_t2v_r10": v}
-                           for (b, budget, s, v) in ((8, 3.0, 0, 0.37), (8, 3.0, 1, 0.39), (8, 1.0, 0, 0.9),
-                                                     (64, 3.0, 0, 0.52), (64, 3.0, 1, 0.54), (256, 3.0, 0, 0.4))])
+    regime = pd.DataFrame([{"loss": loss, "batch_size": b, "budget": budget, "seed": s, "final_val_t2v_r10": v}
+                           for (loss, b, budget, s, v) in (
+                               ("coarse", 8, 3.0, 0, 0.37), ("coarse", 8, 3.0, 1, 0.39), ("coarse", 8, 1.0, 0, 0.9),
+                               ("coarse", 64, 3.0, 0, 0.52), ("coarse", 64, 3.0, 1, 0.54),
+                               ("coarse", 256, 3.0, 0, 0.4), ("attention", 8, 3.0, 0, 0.2), ("attention", 8, 3.0, 1, 0.3))])
     # the study's curves: two points a run, the last one counts; seed 2 has no partner in the map
-    curves = pd.DataFrame([{"run": f"coarse-b{b}-s{s}", "loss": "coarse", "batch_size": b, "seed": s,
+    curves = pd.DataFrame([{"run": f"{loss}-b{b}-s{s}", "loss": loss, "batch_size": b, "seed": s,
                             "samples_seen": samples, "val_t2v_r10": v}
-                           for (b, s, last) in ((8, 0, 0.42), (8, 1, 0.48), (8, 2, 0.5), (64, 0, 0.50), (64, 1, 0.56),
-                                                (256, 0, 0.4))
+                           for (loss, b, s, last) in (("coarse", 8, 0, 0.42), ("coarse", 8, 1, 0.48), ("coarse", 8, 2, 0.5),
+                                                      ("coarse", 64, 0, 0.50), ("coarse", 64, 1, 0.56),
+                                                      ("coarse", 256, 0, 0.4), ("attention", 8, 0, 0.6),
+                                                      ("attention", 8, 1, 0.7))
                            for samples, v in ((100, 0.1), (200, last))])
-    table = lr_budget_table(regime, curves, 3, {8: 0.5, 64: 2.0, 256: 1.0}).set_index("batch_size")
-    assert list(table.index) == [8, 64]  # batch 256 trains at the rule in both: nothing to compare
+    factors = {("coarse", 8): 0.5, ("coarse", 64): 2.0, ("coarse", 256): 1.0, ("attention", 8): 2.0}
+    table = lr_budget_table(regime, curves, 3, factors).set_index(["loss", "batch_size"])
+    # batch 256 trains at the rule in both: nothing to compare; each loss is paired with its own runs
+    assert list(table.index) == [("attention", 8), ("coarse", 8), ("coarse", 64)]
+    assert table.loc[("attention", 8), "difference"] == pytest.approx(0.4)
     differences = np.array([0.42 - 0.37, 0.48 - 0.39])
     half = T_975[1] * differences.std(ddof=1) / math.sqrt(2)
-    row = table.loc[8]
+    row = table.loc[("coarse", 8)]
     assert (row["n"], row["rule"], row["chosen"]) == (2, pytest.approx(0.38), pytest.approx(0.45))
     assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((differences.mean() - half, differences.mean() + half),
                                                                rel=1e-4)
-    assert row["chosen_better"] == 2 and table.loc[64, "chosen_better"] == 1
+    assert row["chosen_better"] == 2 and table.loc[("coarse", 64), "chosen_better"] == 1
     results = tmp_path / "results"
     (results / "regime").mkdir(parents=True)
     regime.to_csv(results / "regime" / "regime.csv", index=False)

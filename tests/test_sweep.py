@@ -11,6 +11,7 @@ from fgmm_lib.data.generate import GenerationConfig, generate_dataset
 from fgmm_lib.study.results import collect_records
 from fgmm_lib.study.selection import lr_factors
 from fgmm_lib.study.sweep import (
+    factor_for,
     lr_points,
     noise_points,
     run_sweep,
@@ -43,25 +44,33 @@ def test_noise_points_share_the_base_level_across_knobs():
     assert all(p.train == {"loss": p.labels["loss"], "batch_size": 8, "seed": 0} for p in points)
 
 
-def test_lr_factors_choose_per_batch_size_on_validation_and_keep_the_rule_within_the_margin():
-    rows = [{"loss": loss, "batch_size": batch, "lr_factor": factor, "seed": 0, "t2v_R@10": value}
-            for loss, batch, factor, value in [
-                ("attention", 8, 0.5, 0.30), ("attention", 8, 1.0, 0.35), ("attention", 8, 2.0, 0.39),
-                ("attention", 64, 0.5, 0.30), ("attention", 64, 1.0, 0.40), ("attention", 64, 2.0, 0.42),
-                ("coarse", 256, 0.5, 0.50), ("coarse", 256, 1.0, 0.40), ("coarse", 256, 2.0, 0.30)]]
+def test_lr_factors_choose_per_loss_and_batch_size_on_validation_and_keep_the_rule_within_the_margin():
+    rows = [{"loss": loss, "batch_size": batch, "lr_factor": factor, "seed": seed, "t2v_R@10": value}
+            for loss, batch, factor, seed, value in [
+                ("attention", 8, 0.5, 0, 0.30), ("attention", 8, 1.0, 0, 0.35), ("attention", 8, 2.0, 0, 0.39),
+                ("coarse", 8, 0.5, 0, 0.50), ("coarse", 8, 1.0, 0, 0.30), ("coarse", 8, 2.0, 0, 0.20),
+                ("coarse", 64, 0.5, 0, 0.30), ("coarse", 64, 1.0, 0, 0.40), ("coarse", 64, 2.0, 0, 0.42),
+                ("coarse", 256, 0.5, 0, 0.50), ("coarse", 256, 0.5, 1, 0.30),  # mean 0.40 over seeds
+                ("coarse", 256, 1.0, 0, 0.45), ("coarse", 256, 1.0, 1, 0.45)]]
     frame = pd.DataFrame(rows)
-    assert lr_factors(frame) == {8: 2.0, 64: 1.0, 256: 0.5}
-    assert lr_factors(frame, margin=0.01) == {8: 2.0, 64: 2.0, 256: 0.5}
-    points = study_points([{"batch_size": 8, "losses": ["coarse"]}, {"batch_size": 64, "losses": ["max"]},
-                                 {"batch_size": 32, "losses": ["max"]}], [0], lr=0.002,
-                                lr_factors=lr_factors(frame))
-    assert [p.train.get("lr") for p in points] == [0.004, 0.002, None]  # b32 is outside the grid: the rule
-    with pytest.raises(ValueError, match="no run at factor 1 for batch size 8"):
+    assert lr_factors(frame) == {("attention", 8): 2.0, ("coarse", 8): 0.5, ("coarse", 64): 1.0, ("coarse", 256): 1.0}
+    assert lr_factors(frame, margin=0.01)[("coarse", 64)] == 2.0
+    # each loss at its own factor; the attention variants at attention's, other losses at coarse's
+    # of their batch size, batch sizes outside the grid at the rule
+    points = study_points([{"batch_size": 8, "losses": ["coarse", "attention", "attention_gate", "max"]},
+                           {"batch_size": 64, "losses": ["max"]}, {"batch_size": 32, "losses": ["max"]}], [0],
+                          lr=0.002, lr_factors=lr_factors(frame))
+    assert {p.name: p.train.get("lr") for p in points} == {
+        "coarse-b8-s0": 0.001, "attention-b8-s0": 0.004, "attention_gate-b8-s0": 0.004, "max-b8-s0": 0.001,
+        "max-b64-s0": 0.002, "max-b32-s0": None}
+    assert factor_for({("attention", 8): 2.0}, "attention_floor", 8) == 2.0
+    assert factor_for({("attention", 8): 2.0}, "mean", 8) is None
+    with pytest.raises(ValueError, match="no run at factor 1 for attention at batch size 8"):
         lr_factors(frame[frame["lr_factor"] != 1.0])
     with pytest.raises(ValueError, match="lacks the columns"):
         lr_factors(frame.drop(columns="lr_factor"))
     with pytest.raises(ValueError, match="base lr"):
-        study_points([{"batch_size": 8, "losses": ["coarse"]}], [0], lr_factors={8: 2.0})
+        study_points([{"batch_size": 8, "losses": ["coarse"]}], [0], lr_factors={("coarse", 8): 2.0})
 
 
 def test_study_points_cross_groups_losses_and_seeds():

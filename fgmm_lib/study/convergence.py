@@ -35,7 +35,7 @@ def longer_epochs(epochs: int, factor: float) -> int:
 
 
 def longer_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], epochs: int, factor: float,
-                  lr: float | None = None, lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
+                  lr: float | None = None, lr_factors: Mapping[tuple[str, int], float] | None = None) -> list[SweepPoint]:
     """The study's points (:func:`fgmm_lib.study.sweep.study_points` of the ``runs`` groups, so the same
     lr) at ``longer_epochs(epochs, factor)``, named ``<run>-x<factor>`` and labelled with ``factor``."""
     longer = longer_epochs(epochs, factor)

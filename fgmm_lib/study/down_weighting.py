@@ -26,7 +26,7 @@ LABEL = "{loss} τw={tau_w:g}"
 
 
 def weighting_points(loss: str, weight_temperatures: Sequence[float], seeds: Sequence[int], batch_size: int,
-                     lr: float | None = None, lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
+                     lr: float | None = None, lr_factors: Mapping[tuple[str, int], float] | None = None) -> list[SweepPoint]:
     """``loss`` at ``batch_size`` with every seed, at each weight temperature: the study's points
     (:func:`fgmm_lib.study.sweep.study_points`, so the same lr) with ``weight_temperature`` set,
     named ``<loss>-b<batch>-s<seed>-tw<τw>`` and labelled with ``weight_temperature``."""

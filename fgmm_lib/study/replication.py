@@ -31,7 +31,7 @@ HEADLINE_PAIRS = ((("attention", 8), ("coarse", 256)), (("attention", 8), ("coar
 
 
 def replication_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], pretrain_seed: int,
-                       lr: float | None = None, lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
+                       lr: float | None = None, lr_factors: Mapping[tuple[str, int], float] | None = None) -> list[SweepPoint]:
     """The study's points (:func:`fgmm_lib.study.sweep.study_points`) trained on pretraining data
     generated with ``pretrain_seed``: named ``<loss>-b<batch>-s<seed>-d<pretrain_seed>``."""
     if isinstance(pretrain_seed, bool) or not isinstance(pretrain_seed, int) or pretrain_seed < 0:

@@ -481,10 +481,11 @@ def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEA
         report.add(f"The rule is confirmed for {len(table) - len(failed)} of {len(table)}; not for "
                    + "; ".join(f"`{r.loss}` b{r.batch_size} ({r.verdict})" for r in failed.itertuples()) + ".")
     chosen = lr_factors(frame, metric, margin)
-    report.add("The study trains every loss of a batch size at the factor this grid chose for that batch size (the "
-               "rule's factor 1 wherever it comes within the margin; mean over the batch size's losses): "
-               + ", ".join(f"b{batch} × {factor:g}" for batch, factor in sorted(chosen.items()))
-               + "; batch sizes outside the grid follow the rule.")
+    report.add("The study trains each loss of this grid at the factor the grid chose for it at its batch size (the "
+               "rule's factor 1 wherever it comes within the margin): "
+               + ", ".join(f"`{loss}` b{batch} × {factor:g}" for (loss, batch), factor in sorted(chosen.items()))
+               + ". The attention variants take `attention`'s factor, other losses `coarse`'s at their batch size "
+               "(fgmm_lib.study.sweep.factor_for), and batch sizes outside the grid follow the rule.")
     return table
 
 

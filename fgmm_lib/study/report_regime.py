@@ -243,37 +243,38 @@ def _report_sharper(report: Report) -> None:
         report.add(f"**Sharper weights do not help**: {', '.join(rest)} against uniform weights.")
 
 
-def lr_budget_table(regime: pd.DataFrame, curves: pd.DataFrame, budget: float, factors: Mapping[int, float],
-                    loss: str = "coarse") -> pd.DataFrame:
-    """Does the learning-rate factor chosen on one seed hold on the study's seeds? For each batch size
-    whose chosen factor is not 1, the map's runs of ``loss`` at ``budget`` (trained at the
-    rule, factor 1) against the study's (at the chosen factor), on the final validation R@10 of each
-    run (the map's ``final_val_t2v_r10``, the last point of the study's ``curves``), paired over the
-    seeds both have. One row per batch size: ``batch_size, factor, n, rule, chosen, difference,
-    ci95_low, ci95_high, chosen_better`` (seeds where the chosen factor is higher)."""
-    at = regime[(regime["budget"] == float(budget)) & (regime["loss"] == loss)]
-    final = curves[curves["loss"] == loss].sort_values("samples_seen").groupby("run").tail(1)
+def lr_budget_table(regime: pd.DataFrame, curves: pd.DataFrame, budget: float,
+                    factors: Mapping[tuple[str, int], float]) -> pd.DataFrame:
+    """Does the learning-rate factor chosen on one seed hold on the study's seeds? For each loss and
+    batch size whose chosen factor (``factors``, keys ``(loss, batch_size)``) is not 1, the map's runs at
+    ``budget`` (trained at the rule, factor 1) against the study's (at the chosen factor), on the final
+    validation R@10 of each run (the map's ``final_val_t2v_r10``, the last point of the study's
+    ``curves``), paired over the seeds both have. One row per loss and batch size: ``loss, batch_size,
+    factor, n, rule, chosen, difference, ci95_low, ci95_high, chosen_better`` (seeds where the chosen
+    factor is higher)."""
+    at = regime[regime["budget"] == float(budget)]
+    final = curves.sort_values("samples_seen").groupby("run").tail(1)
     rows = []
-    for batch_size, factor in sorted(factors.items()):
+    for (loss, batch_size), factor in sorted(factors.items()):
         if float(factor) == 1.0:
             continue
-        rule = at[at["batch_size"] == batch_size].set_index("seed")["final_val_t2v_r10"]
-        chosen = final[final["batch_size"] == batch_size].set_index("seed")["val_t2v_r10"]
+        rule = at[(at["loss"] == loss) & (at["batch_size"] == batch_size)].set_index("seed")["final_val_t2v_r10"]
+        chosen = final[(final["loss"] == loss) & (final["batch_size"] == batch_size)].set_index("seed")["val_t2v_r10"]
         seeds = sorted(set(rule.index) & set(chosen.index))
         if not seeds:
             continue
         differences = chosen[seeds] - rule[seeds]
         mean = float(differences.mean())
         low, high = t_interval(mean, float(differences.std(ddof=1)) if len(seeds) > 1 else math.nan, len(seeds))
-        rows.append({"batch_size": int(batch_size), "factor": float(factor), "n": len(seeds),
+        rows.append({"loss": loss, "batch_size": int(batch_size), "factor": float(factor), "n": len(seeds),
                      "rule": float(rule[seeds].mean()), "chosen": float(chosen[seeds].mean()), "difference": mean,
                      "ci95_low": low, "ci95_high": high, "chosen_better": int((differences > 0).sum())})
-    return pd.DataFrame(rows, columns=["batch_size", "factor", "n", "rule", "chosen", "difference", "ci95_low",
-                                       "ci95_high", "chosen_better"])
+    return pd.DataFrame(rows, columns=["loss", "batch_size", "factor", "n", "rule", "chosen", "difference",
+                                       "ci95_low", "ci95_high", "chosen_better"])
 
 
 def report_lr_at_budget(report: Report, curves: pd.DataFrame | None, lr: pd.DataFrame | None,
-                        budget: float | None, loss: str = "coarse") -> pd.DataFrame:
+                        budget: float | None) -> pd.DataFrame:
     """The learning-rate choice read again on the study's seeds (:func:`lr_budget_table`), from
     ``results/regime/regime.csv``, the study's validation ``curves`` and the lr grid ``lr``."""
     report.add("### Does the chosen learning rate beat the rule's on more seeds?")
@@ -281,15 +282,15 @@ def report_lr_at_budget(report: Report, curves: pd.DataFrame | None, lr: pd.Data
     if regime is None or curves is None or curves.empty or lr is None or budget is None:
         report.add("Not answered: it needs the regime map, the study's curves and the learning-rate grid.")
         return pd.DataFrame()
-    table = lr_budget_table(regime, curves, float(budget), lr_factors(lr), loss=loss)
+    table = lr_budget_table(regime, curves, float(budget), lr_factors(lr))
     if table.empty:
-        report.add(f"Nothing to check: every batch size trains at the rule's lr, as the map's `{loss}` runs did.")
+        report.add("Nothing to check: every configuration of the lr grid trains at the rule's lr, as the map's runs did.")
         return table
-    shown = table[["batch_size", "factor", "n", "rule", "chosen"]].copy()
+    shown = table[["loss", "batch_size", "factor", "n", "rule", "chosen"]].copy()
     shown["chosen minus rule [95% CI]"] = interval_column(table, "difference", "ci95_low", "ci95_high")
     shown["seeds where the choice is higher"] = [f"{k}/{n}" for k, n in zip(table["chosen_better"], table["n"])]
-    report.add(f"Final validation R@10 of `{loss}` at {float(budget):g}x: the map's runs at the rule's lr (factor 1) "
-               "against the study's at the factor the lr grid chose on one seed, paired over the seeds both have (the "
-               "map has 2, so the interval is wide; the count says more):")
+    report.add(f"Final validation R@10 at {float(budget):g}x: the map's runs at the rule's lr (factor 1) against the "
+               "study's at the factor the lr grid chose on one seed, paired over the seeds both have (the map has 2, "
+               "so the interval is wide; the count says more):")
     report.table(shown, index=False)
     return table

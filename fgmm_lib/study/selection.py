@@ -1,8 +1,9 @@
 """The study's choices made on validation: the learning-rate factor for each batch size and the attention temperatures.
 
 - Learning rate (docs/study.md section 7; docs/pipeline.md, "How the study's choices are made"):
-  :func:`lr_factors` keeps the rule's learning rate (factor 1) for each batch size unless another
-  factor of the lr sweep beats it by more than :data:`LR_RULE_MARGIN` (:func:`chosen_factor`).
+  :func:`lr_factors` keeps the rule's learning rate (factor 1) for each loss and batch size of the
+  lr sweep unless another factor beats it by more than :data:`LR_RULE_MARGIN` (:func:`chosen_factor`);
+  :func:`fgmm_lib.study.sweep.factor_for` gives a loss the grid lacks its family's or ``coarse``'s.
 - Temperatures (docs/study.md section 6, question 7): :func:`fixed_temperatures` (the fixed-grid
   rows of a temperature sweep), :func:`temperature_surface` (the metric over (tau_a, tau_w)) and
   :func:`best_temperatures` (the surface's best pair).
@@ -18,23 +19,25 @@ from fgmm_lib.study.results import METRICS
 LR_RULE_MARGIN = 0.03
 
 
-def lr_factors(frame: pd.DataFrame, metric: str = "t2v_R@10", margin: float = LR_RULE_MARGIN) -> dict[int, float]:
-    """The learning rate per batch size, chosen on the validation grid of the lr sweep (its rows:
-    ``batch_size``, ``lr_factor``, ``metric``): the factor of the rule's lr with the best ``metric``
-    (mean over the batch size's losses and seeds), or 1 (the rule) where 1 comes within ``margin``.
+def lr_factors(frame: pd.DataFrame, metric: str = "t2v_R@10",
+               margin: float = LR_RULE_MARGIN) -> dict[tuple[str, int], float]:
+    """The learning rate per loss and batch size, chosen on the validation grid of the lr sweep (its
+    rows: ``loss``, ``batch_size``, ``lr_factor``, ``metric``): the factor of the rule's lr with the
+    best ``metric`` (mean over seeds), or 1 (the rule) where 1 comes within ``margin``. Keys are
+    ``(loss, batch_size)``; :func:`fgmm_lib.study.sweep.factor_for` reads them.
 
     Raises:
-        ValueError: a column is missing or a batch size has no run at factor 1.
+        ValueError: a column is missing or a loss and batch size have no run at factor 1.
     """
-    missing = {"batch_size", "lr_factor", metric} - set(frame.columns)
+    missing = {"loss", "batch_size", "lr_factor", metric} - set(frame.columns)
     if missing:
         raise ValueError(f"the lr sweep table lacks the columns {sorted(missing)}")
     chosen = {}
-    for batch_size, group in frame.groupby("batch_size"):
+    for (loss, batch_size), group in frame.groupby(["loss", "batch_size"]):
         means = group.groupby("lr_factor")[metric].mean()
         if 1.0 not in means.index:
-            raise ValueError(f"the lr sweep has no run at factor 1 for batch size {batch_size}")
-        chosen[int(batch_size)] = chosen_factor(means, margin)
+            raise ValueError(f"the lr sweep has no run at factor 1 for {loss} at batch size {batch_size}")
+        chosen[(str(loss), int(batch_size))] = chosen_factor(means, margin)
     return chosen
 
 

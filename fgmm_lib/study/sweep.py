@@ -113,13 +113,33 @@ def batch_groups(name: str, runs: Sequence[Mapping[str, Any]]) -> list[tuple[int
     return [(batch_size, _check_losses(group["losses"])) for batch_size, group in zip(batch_sizes, runs)]
 
 
+#: The loss whose lr factor a loss the lr grid lacks takes at the same batch size: the baseline's.
+LR_FALLBACK_LOSS = "coarse"
+
+
+def lr_family(loss: str) -> str:
+    """The loss whose lr a variant shares: ``attention`` for ``attention_<variant>``, else the loss."""
+    return "attention" if loss.startswith("attention_") else loss
+
+
+def factor_for(factors: Mapping[tuple[str, int], float], loss: str, batch_size: int) -> float | None:
+    """The lr factor ``loss`` trains at, at ``batch_size``, from :func:`fgmm_lib.study.selection.lr_factors`: the grid's own
+    choice for the loss, else its family's (:func:`lr_family`), else :data:`LR_FALLBACK_LOSS`'s at
+    that batch size; None (the rule's lr) where the grid has none of them at that batch size."""
+    for key in ((loss, batch_size), (lr_family(loss), batch_size), (LR_FALLBACK_LOSS, batch_size)):
+        if key in factors:
+            return float(factors[key])
+    return None
+
+
 def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: float | None = None,
-                 lr_factors: Mapping[int, float] | None = None) -> list[SweepPoint]:
+                 lr_factors: Mapping[tuple[str, int], float] | None = None) -> list[SweepPoint]:
     """The main study: ``runs`` lists ``{batch_size, losses}`` groups, every loss of a group trained
     at its batch size with every seed of ``seeds``, or of the group's own ``seeds`` list where it has
     one. Run names are ``<loss>-b<batch_size>-s<seed>`` (:func:`fgmm_lib.study.results.run_name`). A
-    batch size in ``lr_factors`` trains at ``lr`` (the rule's base) times its factor
-    (:func:`lr_factors`); the others at the rule's own learning rate."""
+    loss trains at ``lr`` (the rule's base) times its factor in ``lr_factors`` (keys ``(loss,
+    batch_size)``, :func:`fgmm_lib.study.selection.lr_factors`) as :func:`factor_for` reads it; a
+    loss and batch size with none there at the rule's own learning rate."""
 
     seeds = check_grid("study.seeds", seeds)
     lr_factors = dict(lr_factors or {})
@@ -139,8 +159,9 @@ def study_points(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], lr: fl
                 raise ValueError(f"study.runs lists {loss} at batch {batch_size} twice")
             for seed in own_seeds:
                 train = {"loss": loss, "batch_size": batch_size, "seed": int(seed)}
-                if batch_size in lr_factors:
-                    train["lr"] = float(lr) * float(lr_factors[batch_size])
+                factor = factor_for(lr_factors, loss, batch_size)
+                if factor is not None:
+                    train["lr"] = float(lr) * factor
                 points.append(SweepPoint(name=run_name(loss, batch_size, int(seed)),
                                          labels={"loss": loss, "batch_size": batch_size, "seed": int(seed)},
                                          train=train))
