@@ -195,9 +195,9 @@ def test_lr_rule_verdicts(tmp_path):
     report = Report(tmp_path)
     report_lr_rule(report, lr_frame())
     assert "confirmed for 2 of 3; not for `coarse` b8 (factor 0.5 is better by 0.200)" in report.markdown()
-    # b8: the mean over max and coarse is best at 0.5 (0.60 against 0.55); b64: 1 is within the margin
-    assert "the factor this grid chose for that batch size" in report.markdown()
-    assert "b8 × 0.5, b64 × 1;" in report.markdown()
+    # each loss at its own factor: coarse b8 at 0.5, max at the rule (within the margin at b64)
+    assert "the factor the grid chose for it at its batch size" in report.markdown()
+    assert "`coarse` b8 × 0.5, `max` b8 × 1, `max` b64 × 1." in report.markdown()
 
 
 # ---------------------------------------------------------------------------------------------
