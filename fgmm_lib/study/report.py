@@ -330,7 +330,7 @@ QUESTIONS = (
     ("5. compute: time to reach a fixed retrieval target", ("compute/time_to_target.csv",)),
     ("6. attention maps and pointing", ("attention/pointing.csv",)),
     ("7. temperature sweep (τa, τw surface)", ("temperature/surface.csv",)),
-    ("7b/§7 learning rate per batch size (the rule checked and the factor chosen on validation)", ("lr/lr.csv",)),
+    ("7b/§7 learning rate per loss and batch size (the rule checked and the factor chosen on validation)", ("lr/lr.csv",)),
 )
 
 
@@ -466,7 +466,7 @@ def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEA
                    margin: float = LR_RULE_MARGIN) -> pd.DataFrame:
     """The learning-rate rule of docs/study.md section 7 (peak lr = lr * sqrt(batch / 64)) checked on
     validation: :func:`lr_rule_table` and a sentence on where it holds. Returns the table."""
-    report.add("## 7b. Learning rate per batch size: the rule checked, and the factor chosen, on validation")
+    report.add("## 7b. Learning rate per loss and batch size: the rule checked, and the factor chosen, on validation")
     if _not_answered(report, frame, "lr"):
         return pd.DataFrame()
     table = lr_rule_table(frame, metric, margin)
