@@ -22,6 +22,8 @@ from fgmm_lib.study.report import (
     report_temperature,
     report_time_to_target,
     report_width,
+    split_profile,
+    wilson_interval,
 )
 from fgmm_lib.study.report_regime import (
     report_down_weighting,
@@ -404,13 +406,39 @@ def test_report_seed_splits_names_the_split_and_the_seed_low_in_every_one(tmp_pa
     text = report.markdown()
     assert "`max` (seed 1 at 0.61, seeds 0, 2 at 0.79–0.83)" in text
     assert "`attention` (seed 1 at 0.53, seeds 0, 2 at 0.78)" in text
-    assert "Seed 1 lies in the lower group of every one of them." in text and "3 seeds cannot say" in text
+    assert "Seed 1 lies in the lower group of every one of them." in text
+    assert "`max` 1 of 3 (0.06–0.79)" in text and "`attention` 1 of 3" in text  # the Wilson interval of 1/3
+    assert "| max | lower | 1 | 0.300 | 0.610 |" in text and "| max | upper | 0, 2 | 0.300 | 0.810 |" in text
     table = seed_table(frame, 8)
     assert list(table.index) == ["coarse", "max", "attention"]
     assert table.loc["max", "action top-1 (linear probe) s1"] == pytest.approx(0.61)
     calm = Report(tmp_path)
     assert report_seed_splits(calm, seeds_frame({"coarse": [0.55, 0.58, 0.62]}), 8).empty
     assert "No loss's seeds split by more than 0.1" in calm.markdown()
+
+
+def test_wilson_interval_solves_the_score_equation_at_both_ends():
+    z = 1.959964
+    for successes, trials in [(0, 5), (2, 5), (5, 5), (1, 3), (7, 20)]:
+        low, high = wilson_interval(successes, trials)
+        rate = successes / trials
+        for end in (low, high):  # each end p solves (rate - p)^2 = z^2 p (1 - p) / n, or is clipped at 0 or 1
+            assert end in (0.0, 1.0) or (rate - end) ** 2 == pytest.approx(z * z * end * (1 - end) / trials)
+        assert low <= rate <= high and 0 <= low and high <= 1
+    assert wilson_interval(2, 5) == pytest.approx((0.1176, 0.7693), abs=1e-4)
+    with pytest.raises(ValueError, match="3/2"):
+        wilson_interval(3, 2)
+
+
+def test_split_profile_averages_every_metric_over_each_group_of_seeds():
+    frame = seeds_frame({"max": [0.9, 0.4, 0.8, 0.5]})
+    frame["pointing"] = [0.7, 0.1, 0.6, 0.3]
+    splits = seed_splits(frame, 8, "action_top1")
+    profile = split_profile(frame, splits, 8).set_index("group")
+    assert profile.loc["lower", "seeds"] == "1, 3" and profile.loc["upper", "seeds"] == "0, 2"
+    assert profile.loc["lower", "pointing accuracy"] == pytest.approx(0.2)
+    assert profile.loc["upper", "action top-1 (linear probe)"] == pytest.approx(0.85)
+    assert profile.loc["upper", "text→video R@10"] == pytest.approx(0.3)
 
 
 def test_report_convergence_says_a_flat_end_is_the_schedule_not_convergence(tmp_path):
@@ -446,6 +474,17 @@ def test_report_regime_states_each_condition_what_was_learned_and_the_weights(tm
     assert "| digit learned | 0.400 [0.300, 0.500] | fails |" in text and "not measured" in text
     assert "| coarse | 8 | 0.805 |" in text  # the mean over seeds at 3x only
     assert "0.999" in text and "at 3x the study's samples" in text
+    write_csv(tmp_path / "convergence/convergence.csv", pd.DataFrame([
+        {"loss": "coarse", "batch_size": 8, "n": 2, "gain": 0.15, "ci95_low": 0.05, "ci95_high": 0.25,
+         "converged": False},
+        {"loss": "attention", "batch_size": 8, "n": 2, "gain": 0.01, "ci95_low": -0.1, "ci95_high": 0.1,
+         "converged": True}]))
+    write_csv(tmp_path / "convergence/runs.csv", pd.DataFrame([{"loss": "coarse", "factor": 1.5}]))
+    report = Report(tmp_path)
+    checks = report_regime(report, budget=3).set_index("condition")
+    assert checks.loc["converged", "holds"] is False and checks.loc["converged", "value"] == pytest.approx(0.15)
+    assert "| converged | 0.150 [0.050, 0.250] | fails | largest gain of 1.5x the budget: coarse b8, 2 paired" \
+        in report.markdown()
 
 
 def test_report_small_batch_reference_pairs_each_loss_with_coarse_at_the_same_batch(tmp_path):

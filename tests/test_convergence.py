@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fgmm_lib.study.convergence import longer_epochs, longer_points, longer_table
+from fgmm_lib.study import report_regime
+from fgmm_lib.study.convergence import CONVERGED_GAIN, longer_epochs, longer_points, longer_table
 from fgmm_lib.study.report import Report
-from fgmm_lib.study.report_regime import report_longer_runs
+from fgmm_lib.study.report_regime import longer_pairs_table, report_longer_runs
 from fgmm_lib.study.stats import t_quantile_975
 
 GROUPS = [{"batch_size": 64, "losses": ["coarse"]}, {"batch_size": 8, "losses": ["coarse", "attention"]}]
@@ -82,3 +83,49 @@ def test_report_longer_runs_names_the_configurations_that_still_gain(tmp_path):
     text = report.markdown()
     assert "trained 1.5 times as long" in text and "| coarse b8 |" in text
     assert "**Not converged at the study's budget**: `coarse b8` still gain 0.02 or more" in text
+
+
+def test_the_report_reads_convergence_with_the_stages_threshold():
+    assert report_regime.CONVERGED_GAIN == CONVERGED_GAIN
+
+
+def test_longer_pairs_table_compares_each_pair_on_the_seeds_the_longer_runs_share():
+    rng = np.random.default_rng(7)
+    configurations = [("coarse", 8), ("coarse", 64), ("attention", 8)]
+    study = pd.DataFrame([{"loss": loss, "batch_size": batch, "seed": seed, "t2v_R@10": rng.uniform(0.3, 0.7)}
+                          for loss, batch in configurations for seed in range(4)])
+    longer = pd.DataFrame([{"loss": loss, "batch_size": batch, "seed": seed, "t2v_R@10": rng.uniform(0.3, 0.7)}
+                           for loss, batch in configurations for seed in (0, 1) if (loss, seed) != ("coarse", 1)
+                           or batch == 8])
+    table = longer_pairs_table(longer, study, [(("attention", 8), ("coarse", 8)), (("attention", 8), ("coarse", 64)),
+                                               (("max", 8), ("coarse", 8))]).set_index("comparison")
+    assert list(table.index) == ["attention b8 - coarse b8", "attention b8 - coarse b64"]  # max has no longer run
+
+    def value(frame, loss, batch, seed):
+        return frame[(frame["loss"] == loss) & (frame["batch_size"] == batch) & (frame["seed"] == seed)][
+            "t2v_R@10"].item()
+
+    for reference, seeds in ((("coarse", 8), [0, 1]), (("coarse", 64), [0])):  # coarse b64 seed 1 has no longer run
+        row = table.loc[f"attention b8 - {reference[0]} b{reference[1]}"]
+        assert row["n"] == len(seeds)
+        assert row["longer"] == pytest.approx(np.mean([value(longer, "attention", 8, s) - value(longer, *reference, s)
+                                                       for s in seeds]))
+        assert row["study"] == pytest.approx(np.mean([value(study, "attention", 8, s) - value(study, *reference, s)
+                                                      for s in seeds]))
+        assert row["per seed"].count("->") == len(seeds)
+
+
+def test_report_longer_runs_shows_the_headline_pairs_at_both_budgets(tmp_path):
+    runs, study, _ = _frames(np.random.default_rng(8))
+    fine = runs[runs["batch_size"] == 8].assign(loss="attention")
+    runs = pd.concat([runs, fine], ignore_index=True)
+    study = pd.concat([study, study[study["batch_size"] == 8].assign(loss="attention")], ignore_index=True)
+    (tmp_path / "convergence").mkdir()
+    longer_table(runs, study).to_csv(tmp_path / "convergence/convergence.csv", index=False)
+    runs.to_csv(tmp_path / "convergence/runs.csv", index=False)
+    report = Report(tmp_path)
+    report_longer_runs(report, study, small=("coarse", 8), large=("coarse", 64), threshold=0.5)
+    text = report.markdown()
+    assert "converged (gain < 0.5)" in text and "**Every headline configuration has converged**" in text
+    assert "| attention b8 - coarse b8 | 3 | 0.000 | 0.000 |" in text  # identical runs differ by nothing
+    assert "| attention b8 - coarse b64 | 3 |" in text and "at 1.5x it" in text

@@ -4,7 +4,8 @@
 it is added. Each section is a ``report_*`` function that adds its text and tables (most return
 the table they show):
 
-- the runs: :func:`report_seed_splits`, :func:`report_loss_comparison`,
+- the runs: :func:`report_seed_splits` (with :func:`split_profile`, :func:`wilson_interval`),
+  :func:`report_loss_comparison`,
   :func:`report_batch_ablation`, :func:`report_paired_batch`, :func:`report_attributes` (with
   :func:`learned_attributes_sentence`), :func:`report_compute`, :func:`report_attention`,
   :func:`report_temperatures`;
@@ -149,15 +150,60 @@ def report_seed_splits(report: Report, runs: pd.DataFrame, batch_size: int, metr
                  f"{_seeds_text(row.high_seeds)} at {_range_text(row.high_min, row.high_max)})"
                  for row in group.itertuples()]
         lows = set.intersection(*(set(seeds) for seeds in group["low_seeds"]))
-        common = (f" {_seeds_text(sorted(lows)).capitalize()} lies in the lower group of every one of them."
+        verb = "lies" if len(lows) == 1 else "lie"
+        common = (f" {_seeds_text(sorted(lows)).capitalize()} {verb} in the lower group of every one of them."
                   if lows and len(group) > 1 else "")
         report.add(f"Seeds split on {metric_label(metric)} (sorted values leave a gap over {gap:g}, several times a "
                    f"run's own evaluation interval): " + "; ".join(parts) + "." + common)
-    seeds = runs.loc[runs["batch_size"] == batch_size, "seed"].nunique()
-    report.add(f"Where seeds split, the runs landed in different outcomes of training: the mean over seeds and its "
-               f"interval say how the seeds fell, and {seeds} seeds cannot say how often each outcome occurs. More "
-               f"seeds, or a longer budget (does the lower group catch up?), would.")
+    first = splits[splits["metric"] == splits["metric"].iloc[0]]
+    often = [f"`{row.loss}` {len(row.low_seeds)} of {len(row.low_seeds) + len(row.high_seeds)} "
+             f"({_rate_interval_text(len(row.low_seeds), len(row.low_seeds) + len(row.high_seeds))})"
+             for row in first.itertuples()]
+    report.add(f"How often a seed lands in the lower group on {metric_label(first['metric'].iloc[0])}: "
+               + "; ".join(often) + " (95% Wilson interval on the rate). The mean over seeds and its interval say "
+               "how these seeds fell, not how the next one will; more seeds, or a longer budget (does the lower "
+               "group catch up?), would narrow it.")
+    profile = split_profile(runs, first, batch_size)
+    if not profile.empty:
+        report.add("What the lower seeds lack: each split loss's lower and upper seeds, mean over the group, on "
+                   "every metric of the run (the attribute the lower group did not learn is where they part):")
+        report.table(profile.round(3), index=False)
     return splits
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate of ``successes`` in ``trials`` (``trials`` >= 1)."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"wilson_interval: need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (rate + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate_interval_text(successes: int, trials: int) -> str:
+    low, high = wilson_interval(successes, trials)
+    return f"{low:.2f}–{high:.2f}"
+
+
+#: The metrics :func:`split_profile` compares between a split's lower and upper seeds.
+SPLIT_PROFILE_METRICS = ("t2v_R@10", "colour_top1", "action_top1", "digit_top1", "pointing")
+
+
+def split_profile(runs: pd.DataFrame, splits: pd.DataFrame, batch_size: int,
+                  metrics: Sequence[str] = SPLIT_PROFILE_METRICS) -> pd.DataFrame:
+    """For each row of ``splits`` (:func:`seed_splits`), the mean of ``metrics`` over its lower seeds and
+    over its upper seeds at ``batch_size``: one row per loss and group (``loss, group, seeds, *metrics``)."""
+    present = [metric for metric in metrics if metric in runs.columns]
+    rows = []
+    for split in splits.itertuples():
+        at = runs[(runs["loss"] == split.loss) & (runs["batch_size"] == batch_size)]
+        for group, seeds in (("lower", split.low_seeds), ("upper", split.high_seeds)):
+            chosen = at[at["seed"].isin(seeds)]
+            rows.append({"loss": split.loss, "group": group, "seeds": ", ".join(map(str, sorted(seeds))),
+                         **{metric_label(metric): float(chosen[metric].mean()) for metric in present}})
+    return pd.DataFrame(rows)
 
 
 def report_loss_comparison(report: Report, runs: pd.DataFrame, study_batch_size: int | None) -> pd.DataFrame:
@@ -485,7 +531,8 @@ def report_lr_rule(report: Report, frame: pd.DataFrame | None, metric: str = HEA
                "rule's factor 1 wherever it comes within the margin): "
                + ", ".join(f"`{loss}` b{batch} × {factor:g}" for (loss, batch), factor in sorted(chosen.items()))
                + ". The attention variants take `attention`'s factor, other losses `coarse`'s at their batch size "
-               "(fgmm_lib.study.sweep.factor_for), and batch sizes outside the grid follow the rule.")
+               "(fgmm_lib.study.sweep.factor_for): losses the grid lacks are untuned, so their comparisons are not "
+               "verdicts on the loss. Batch sizes outside the grid follow the rule.")
     return table
 
 

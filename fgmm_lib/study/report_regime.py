@@ -11,7 +11,8 @@ down-weighting question (docs/study.md sections 6 and 7), answered from the resu
 - :func:`report_lr_at_budget`: the learning rate chosen on one seed, read again on the study's
   seeds against the map's runs at the rule's lr (:func:`lr_budget_table`);
 - :func:`report_longer_runs`: the headline configurations trained 1.5 times as long, against the
-  study's runs (condition (c), ``results/convergence/convergence.csv``).
+  study's runs (condition (c), ``results/convergence/convergence.csv``), and the headline pairs
+  again at the longer budget (:func:`longer_pairs_table`).
 
 The rest of the summary (the headline, the sweeps, compute) is :mod:`fgmm_lib.study.report`.
 """
@@ -47,15 +48,41 @@ def _holds_text(value: Any) -> str:
     return "holds" if bool(value) else "fails"
 
 
+#: The largest gain of a 1.5x longer run for which a configuration has converged; the same value as
+#: :data:`fgmm_lib.study.convergence.CONVERGED_GAIN`, which wrote ``results/convergence/convergence.csv``.
+CONVERGED_GAIN = 0.02
+
+
+def convergence_check(table: pd.DataFrame, factor: str = "1.5", threshold: float = CONVERGED_GAIN) -> dict[str, Any]:
+    """Condition (c) as a row of ``checks.csv`` from the convergence stage's ``table``
+    (``results/convergence/convergence.csv``): the largest mean gain over the headline configurations,
+    with its interval; it holds where every mean gain is below ``threshold``."""
+    worst = table.loc[table["gain"].idxmax()]
+    return {"condition": "converged", "holds": bool((table["gain"] < threshold).all()),
+            "value": float(worst["gain"]), "ci95_low": float(worst["ci95_low"]),
+            "ci95_high": float(worst["ci95_high"]),
+            "detail": f"largest gain of {factor}x the budget: {worst['loss']} b{int(worst['batch_size'])}, "
+                      f"{int(worst['n'])} paired seeds (`results/convergence/`)"}
+
+
 def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame | None:
     """The regime first (docs/study.md section 7): the three conditions of ``results/regime/checks.csv``
     at the chosen budget, what each configuration of the map learned there (``regime.csv``), and
-    whether the down-weighting is active (``results/attention/mechanism.csv``). Returns the checks."""
+    whether the down-weighting is active (``results/attention/mechanism.csv``). Where the map has no
+    longer budget to read convergence from, the convergence stage's longer runs answer it
+    (:func:`convergence_check`). Returns the checks."""
     report.add("## The regime: does the comparison's premise hold, what is learned, has it converged?")
     checks = _read_csv_if_any(report.results / "regime" / "checks.csv")
     if checks is None:
         report.add("Not answered yet: `results/regime/checks.csv` is missing (`dvc repro regime_map`).")
         return None
+    longer = _read_csv_if_any(report.results / "convergence" / "convergence.csv")
+    unmeasured = (checks["condition"] == "converged") & checks["holds"].isna()
+    if longer is not None and not longer.empty and unmeasured.any():
+        checks = checks.astype({"holds": object})
+        row = convergence_check(longer, _longer_factor(report))
+        for column, value in row.items():
+            checks.loc[unmeasured, column] = value
     shown = pd.DataFrame({"condition": checks["condition"],
                           "value [95% CI]": interval_column(checks, "value", "ci95_low", "ci95_high"),
                           "": [_holds_text(value) for value in checks["holds"]],
@@ -139,30 +166,79 @@ def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch
     return table
 
 
-def report_longer_runs(report: Report) -> pd.DataFrame | None:
+def _longer_factor(report: Report) -> str:
+    runs = _read_csv_if_any(report.results / "convergence" / "runs.csv")
+    return f"{float(runs['factor'].iloc[0]):g}" if runs is not None and "factor" in runs else "more"
+
+
+def longer_pairs_table(longer: pd.DataFrame, study: pd.DataFrame, pairs: Sequence[Sequence[Sequence[Any]]],
+                       metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Does a comparison keep its sign with a longer budget? Each ``(configuration, reference)`` of ``pairs``
+    (each a ``(loss, batch_size)``), paired seed by seed on the seeds where the ``longer`` runs have both,
+    once on those runs and once on the ``study``'s runs of the same seeds. One row per pair: ``comparison,
+    n, study, longer`` (mean differences) and ``per seed`` (``s<seed> study -> longer``)."""
+    def values(frame: pd.DataFrame, loss: str, batch_size: int) -> pd.Series:
+        at = frame[(frame["loss"] == loss) & (frame["batch_size"] == batch_size)]
+        return at.set_index("seed")[metric].astype(float)
+
+    rows = []
+    for configuration, reference in pairs:
+        (loss, batch), (ref_loss, ref_batch) = (str(configuration[0]), int(configuration[1])), \
+            (str(reference[0]), int(reference[1]))
+        long_diff = (values(longer, loss, batch) - values(longer, ref_loss, ref_batch)).dropna()
+        study_diff = (values(study, loss, batch) - values(study, ref_loss, ref_batch)).reindex(long_diff.index)
+        if long_diff.empty:
+            continue
+        rows.append({"comparison": f"{loss} b{batch} - {ref_loss} b{ref_batch}", "n": len(long_diff),
+                     "study": float(study_diff.mean()), "longer": float(long_diff.mean()),
+                     "per seed": ", ".join(f"s{int(seed)} {study_diff[seed]:+.3f} -> {long_diff[seed]:+.3f}"
+                                           for seed in sorted(long_diff.index))})
+    return pd.DataFrame(rows, columns=["comparison", "n", "study", "longer", "per seed"])
+
+
+def report_longer_runs(report: Report, runs: pd.DataFrame | None = None, small: Sequence[Any] = ("coarse", 8),
+                       large: Sequence[Any] = ("coarse", 64), threshold: float = CONVERGED_GAIN) -> pd.DataFrame | None:
     """Condition (c): each headline configuration trained ``factor`` times as long (the ``convergence``
-    stage), minus the study's run on the same seed; converged where the mean gain is below 0.02."""
+    stage), minus the study's run on the same seed; converged where the mean gain is below
+    ``threshold``. With the study's ``runs``, each fine-grained configuration of the longer runs at
+    ``small``'s batch against ``small`` and ``large`` at both budgets (:func:`longer_pairs_table`)."""
     table = _read_csv_if_any(report.results / "convergence" / "convergence.csv")
     if table is None:
         report.add("Convergence at the study's budget is not measured yet (`results/convergence/` is missing: "
                    "`dvc repro convergence`).")
         return None
-    runs = _read_csv_if_any(report.results / "convergence" / "runs.csv")
-    factor = f"{float(runs['factor'].iloc[0]):g}" if runs is not None and "factor" in runs else "more"
+    factor = _longer_factor(report)
+    table = table.assign(converged=table["gain"] < threshold)
     shown = pd.DataFrame({"configuration": [f"{loss} b{batch}" for loss, batch in zip(table["loss"], table["batch_size"])],
                           "n": table["n"], "study": table["study_mean"].round(3),
                           f"{factor}x": table["longer_mean"].round(3),
                           "gain [95% CI]": interval_column(table, "gain", "ci95_low", "ci95_high"),
-                          "converged (gain < 0.02)": table["converged"].map({True: "yes", False: "no"}),
+                          f"converged (gain < {threshold:g})": table["converged"].map({True: "yes", False: "no"}),
                           "interval decides": table["decided"].map({True: "yes", False: "no"})})
     report.add(f"Condition (c), convergence: the headline configurations trained {factor} times as long (the same lr, "
                f"temperatures and seeds; `results/convergence/`), minus the study's run on the same seed, "
                f"{metric_label(HEADLINE_METRIC)}:")
     report.table(shown, index=False)
     open_ = [label for label, done in zip(shown["configuration"], table["converged"]) if not done]
-    report.add("**Every headline configuration has converged** (a mean gain below 0.02)." if not open_ else
+    report.add(f"**Every headline configuration has converged** (a mean gain below {threshold:g})." if not open_ else
                f"**Not converged at the study's budget**: {', '.join(f'`{label}`' for label in open_)} still gain "
-               "0.02 or more from a longer run.")
+               f"{threshold:g} or more from a longer run.")
+    longer = _read_csv_if_any(report.results / "convergence" / "runs.csv")
+    if runs is None or runs.empty or longer is None:
+        return table
+    small, large = (str(small[0]), int(small[1])), (str(large[0]), int(large[1]))
+    fine = [(loss, batch) for loss, batch in zip(table["loss"], table["batch_size"])
+            if int(batch) == small[1] and (loss, int(batch)) != small]
+    pairs = [((loss, batch), reference) for loss, batch in fine for reference in (small, large)]
+    moved = longer_pairs_table(longer, runs, pairs)
+    if moved.empty:
+        return table
+    report.add(f"Does the headline keep its sign with the longer budget? {metric_label(HEADLINE_METRIC)}, each "
+               f"fine-grained configuration at batch {small[1]} minus each reference, seed by seed, at the study's "
+               f"budget and at {factor}x it (the same seeds):")
+    report.table(moved.round(3), index=False)
+    report.add("Two seeds decide no comparison; where the sign or the size moves, the study's verdict at its budget "
+               "is a verdict on that budget (how fast each loss learns), not on where it ends.")
     return table
 
 
