@@ -99,8 +99,9 @@ def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame |
         at = table[table["budget"] == budget]
         learned = at.groupby(["loss", "batch_size"], sort=False)[
             [m for m in ("t2v_R@10", "colour_top1", "action_top1", "digit_top1", "steps") if m in at.columns]].mean()
-        report.add(f"What each configuration of the map learned{where} (mean over its seeds; the map's plot is "
-                   "`results/regime/regime.png`):")
+        report.add(f"What each configuration of the map learned{where} (mean over its seeds, at the rule's lr: the "
+                   "map comes before the lr grid, so a loss whose chosen lr factor is not 1 trains at another lr in "
+                   "the study; the map's plot is `results/regime/regime.png`):")
         report.table(learned.reset_index(), index=False)
     mechanism = _read_csv_if_any(report.results / "attention" / "mechanism.csv")
     if mechanism is not None and not mechanism.empty:
