@@ -80,7 +80,7 @@ def report_regime(report: Report, budget: float | None = None) -> pd.DataFrame |
     unmeasured = (checks["condition"] == "converged") & checks["holds"].isna()
     if longer is not None and not longer.empty and unmeasured.any():
         checks = checks.astype({"holds": object})
-        row = convergence_check(longer, _longer_factor(report))
+        row = convergence_check(longer, _longer_factor(_read_csv_if_any(report.results / "convergence" / "runs.csv")))
         for column, value in row.items():
             checks.loc[unmeasured, column] = value
     shown = pd.DataFrame({"condition": checks["condition"],
@@ -167,8 +167,7 @@ def report_small_batch_reference(report: Report, runs: pd.DataFrame, small_batch
     return table
 
 
-def _longer_factor(report: Report) -> str:
-    runs = _read_csv_if_any(report.results / "convergence" / "runs.csv")
+def _longer_factor(runs: pd.DataFrame | None) -> str:
     return f"{float(runs['factor'].iloc[0]):g}" if runs is not None and "factor" in runs else "more"
 
 
@@ -208,7 +207,8 @@ def report_longer_runs(report: Report, runs: pd.DataFrame | None = None, small: 
         report.add("Convergence at the study's budget is not measured yet (`results/convergence/` is missing: "
                    "`dvc repro convergence`).")
         return None
-    factor = _longer_factor(report)
+    longer = _read_csv_if_any(report.results / "convergence" / "runs.csv")
+    factor = _longer_factor(longer)
     table = table.assign(converged=table["gain"] < threshold)
     shown = pd.DataFrame({"configuration": [f"{loss} b{batch}" for loss, batch in zip(table["loss"], table["batch_size"])],
                           "n": table["n"], "study": table["study_mean"].round(3),
@@ -224,7 +224,6 @@ def report_longer_runs(report: Report, runs: pd.DataFrame | None = None, small: 
     report.add(f"**Every headline configuration has converged** (a mean gain below {threshold:g})." if not open_ else
                f"**Not converged at the study's budget**: {', '.join(f'`{label}`' for label in open_)} still gain "
                f"{threshold:g} or more from a longer run.")
-    longer = _read_csv_if_any(report.results / "convergence" / "runs.csv")
     if runs is None or runs.empty or longer is None:
         return table
     small, large = (str(small[0]), int(small[1])), (str(large[0]), int(large[1]))
