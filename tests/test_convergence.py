@@ -113,6 +113,12 @@ def test_longer_pairs_table_compares_each_pair_on_the_seeds_the_longer_runs_shar
         assert row["study"] == pytest.approx(np.mean([value(study, "attention", 8, s) - value(study, *reference, s)
                                                       for s in seeds]))
         assert row["per seed"].count("->") == len(seeds)
+        if len(seeds) > 1:
+            differences = [value(longer, "attention", 8, s) - value(longer, *reference, s) for s in seeds]
+            half = t_quantile_975(len(seeds) - 1) * np.std(differences, ddof=1) / math.sqrt(len(seeds))
+            assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((row["longer"] - half, row["longer"] + half))
+        else:
+            assert math.isnan(row["ci95_low"]) and math.isnan(row["ci95_high"])
 
 
 def test_report_longer_runs_shows_the_headline_pairs_at_both_budgets(tmp_path):
@@ -127,5 +133,5 @@ def test_report_longer_runs_shows_the_headline_pairs_at_both_budgets(tmp_path):
     report_longer_runs(report, study, small=("coarse", 8), large=("coarse", 64), threshold=0.5)
     text = report.markdown()
     assert "converged (gain < 0.5)" in text and "**Every headline configuration has converged**" in text
-    assert "| attention b8 - coarse b8 | 3 | 0.000 | 0.000 |" in text  # identical runs differ by nothing
+    assert "| attention b8 - coarse b8 | 3 | 0.000 | 0.000 [0.000, 0.000] |" in text  # identical runs differ by nothing
     assert "| attention b8 - coarse b64 | 3 |" in text and "at 1.5x it" in text

@@ -176,7 +176,8 @@ def longer_pairs_table(longer: pd.DataFrame, study: pd.DataFrame, pairs: Sequenc
     """Does a comparison keep its sign with a longer budget? Each ``(configuration, reference)`` of ``pairs``
     (each a ``(loss, batch_size)``), paired seed by seed on the seeds where the ``longer`` runs have both,
     once on those runs and once on the ``study``'s runs of the same seeds. One row per pair: ``comparison,
-    n, study, longer`` (mean differences) and ``per seed`` (``s<seed> study -> longer``)."""
+    n, study, longer`` (mean differences), ``ci95_low, ci95_high`` (the 95% t-interval of ``longer``) and
+    ``per seed`` (``s<seed> study -> longer``)."""
     def values(frame: pd.DataFrame, loss: str, batch_size: int) -> pd.Series:
         at = frame[(frame["loss"] == loss) & (frame["batch_size"] == batch_size)]
         return at.set_index("seed")[metric].astype(float)
@@ -189,11 +190,14 @@ def longer_pairs_table(longer: pd.DataFrame, study: pd.DataFrame, pairs: Sequenc
         study_diff = (values(study, loss, batch) - values(study, ref_loss, ref_batch)).reindex(long_diff.index)
         if long_diff.empty:
             continue
+        low, high = t_interval(float(long_diff.mean()), float(long_diff.std(ddof=1)) if len(long_diff) > 1
+                               else math.nan, len(long_diff))
+        per_seed = ", ".join(f"s{int(seed)} {study_diff[seed]:+.3f} -> {long_diff[seed]:+.3f}"
+                             for seed in sorted(long_diff.index))
         rows.append({"comparison": f"{loss} b{batch} - {ref_loss} b{ref_batch}", "n": len(long_diff),
                      "study": float(study_diff.mean()), "longer": float(long_diff.mean()),
-                     "per seed": ", ".join(f"s{int(seed)} {study_diff[seed]:+.3f} -> {long_diff[seed]:+.3f}"
-                                           for seed in sorted(long_diff.index))})
-    return pd.DataFrame(rows, columns=["comparison", "n", "study", "longer", "per seed"])
+                     "ci95_low": low, "ci95_high": high, "per seed": per_seed})
+    return pd.DataFrame(rows, columns=["comparison", "n", "study", "longer", "ci95_low", "ci95_high", "per seed"])
 
 
 def report_longer_runs(report: Report, runs: pd.DataFrame | None = None, small: Sequence[Any] = ("coarse", 8),
@@ -233,12 +237,16 @@ def report_longer_runs(report: Report, runs: pd.DataFrame | None = None, small: 
     moved = longer_pairs_table(longer, runs, pairs)
     if moved.empty:
         return table
+    shown = pd.DataFrame({"comparison": moved["comparison"], "n": moved["n"], "study": moved["study"].round(3),
+                          f"{factor}x [95% CI]": interval_column(moved, "longer", "ci95_low", "ci95_high"),
+                          "per seed": moved["per seed"]})
     report.add(f"Does the headline keep its sign with the longer budget? {metric_label(HEADLINE_METRIC)}, each "
                f"fine-grained configuration at batch {small[1]} minus each reference, seed by seed, at the study's "
-               f"budget and at {factor}x it (the same seeds):")
-    report.table(moved.round(3), index=False)
-    report.add("Two seeds decide no comparison; where the sign or the size moves, the study's verdict at its budget "
-               "is a verdict on that budget (how fast each loss learns), not on where it ends.")
+               f"budget and at {factor}x it (the same seeds; the interval is over the longer runs' pairs):")
+    report.table(shown, index=False)
+    report.add(f"With {int(moved['n'].max())} seeds a shift smaller than these intervals decides nothing; where the "
+               "sign or the size moves, the study's verdict at its budget is a verdict on that budget (how fast each "
+               "loss learns), not on where it ends.")
     return table
 
 
