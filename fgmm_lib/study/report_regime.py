@@ -28,7 +28,7 @@ import pandas as pd
 from fgmm_lib.study.curves import convergence_table
 from fgmm_lib.study.report import Report, has_evidence
 from fgmm_lib.study.selection import lr_factors
-from fgmm_lib.study.stats import t_interval
+from fgmm_lib.study.stats import mean_interval, seed_values, t_interval
 from fgmm_lib.study.tables import (
     HEADLINE_METRIC,
     interval_column,
@@ -178,24 +178,21 @@ def longer_pairs_table(longer: pd.DataFrame, study: pd.DataFrame, pairs: Sequenc
     once on those runs and once on the ``study``'s runs of the same seeds. One row per pair: ``comparison,
     n, study, longer`` (mean differences), ``ci95_low, ci95_high`` (the 95% t-interval of ``longer``) and
     ``per seed`` (``s<seed> study -> longer``)."""
-    def values(frame: pd.DataFrame, loss: str, batch_size: int) -> pd.Series:
-        at = frame[(frame["loss"] == loss) & (frame["batch_size"] == batch_size)]
-        return at.set_index("seed")[metric].astype(float)
-
     rows = []
     for configuration, reference in pairs:
         (loss, batch), (ref_loss, ref_batch) = (str(configuration[0]), int(configuration[1])), \
             (str(reference[0]), int(reference[1]))
-        long_diff = (values(longer, loss, batch) - values(longer, ref_loss, ref_batch)).dropna()
-        study_diff = (values(study, loss, batch) - values(study, ref_loss, ref_batch)).reindex(long_diff.index)
+        long_diff = (seed_values(longer, loss, batch, metric)
+                     - seed_values(longer, ref_loss, ref_batch, metric)).dropna()
+        study_diff = (seed_values(study, loss, batch, metric)
+                      - seed_values(study, ref_loss, ref_batch, metric)).reindex(long_diff.index)
         if long_diff.empty:
             continue
-        low, high = t_interval(float(long_diff.mean()), float(long_diff.std(ddof=1)) if len(long_diff) > 1
-                               else math.nan, len(long_diff))
+        mean, low, high = mean_interval(long_diff)
         per_seed = ", ".join(f"s{int(seed)} {study_diff[seed]:+.3f} -> {long_diff[seed]:+.3f}"
                              for seed in sorted(long_diff.index))
         rows.append({"comparison": f"{loss} b{batch} - {ref_loss} b{ref_batch}", "n": len(long_diff),
-                     "study": float(study_diff.mean()), "longer": float(long_diff.mean()),
+                     "study": float(study_diff.mean()), "longer": mean,
                      "ci95_low": low, "ci95_high": high, "per seed": per_seed})
     return pd.DataFrame(rows, columns=["comparison", "n", "study", "longer", "ci95_low", "ci95_high", "per seed"])
 
